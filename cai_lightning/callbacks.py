@@ -1,0 +1,123 @@
+"""Side effects at the edges: beam-search samples in TensorBoard, predictions as JSONL, and the fine-tuned
+model exported in Hugging Face format."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from lightning.pytorch.utilities import rank_zero_only
+
+from cai_lightning.prompts import format_prompt
+
+
+def _log_dir(trainer: pl.Trainer) -> Path:
+    return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+class BeamSearchSamples(Callback):
+    """At each validation epoch end, beam-search completions for a fixed set of prompts, logged to
+    TensorBoard as text (tag ``samples``, one entry per global step) and briefly to the console.
+
+    Uses the model's own ``generation`` settings, so samples look exactly like ``predict`` output.
+
+    Args:
+        instructions: Instructions to complete (formatted with the dataset's template); ``null`` takes
+            the first ``num_prompts`` prompts of the validation split.
+        num_prompts: How many validation prompts when ``instructions`` is null.
+        every_n_epochs: Sample every this many epochs (the last epoch is always sampled).
+        console_chars: Characters of each first completion printed to the console; 0 = none.
+    """
+
+    def __init__(
+        self,
+        instructions: list[str] | None = None,
+        num_prompts: int = 3,
+        every_n_epochs: int = 1,
+        console_chars: int = 200,
+    ) -> None:
+        self.instructions = instructions
+        self.num_prompts = num_prompts
+        self.every_n_epochs = every_n_epochs
+        self.console_chars = console_chars
+
+    def _prompts(self, trainer: pl.Trainer) -> list[str]:
+        if self.instructions:
+            return [format_prompt(i) for i in self.instructions]
+        val = trainer.datamodule.splits["val"]
+        return list(val["prompt"][: self.num_prompts])
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        epoch = trainer.current_epoch
+        last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
+        if (epoch + 1) % self.every_n_epochs and not last:
+            return
+        prompts = self._prompts(trainer)
+        if not prompts:
+            return
+        was_training = pl_module.training
+        pl_module.eval()
+        try:
+            with trainer.precision_plugin.forward_context():
+                completions = pl_module.complete(prompts)
+        finally:
+            pl_module.train(was_training)
+        step = trainer.global_step
+        text = "\n\n---\n\n".join(
+            f"**prompt {i}**\n\n```\n{p}\n```\n\n"
+            + "\n\n".join(f"completion {j}:\n\n```python\n{c}\n```" for j, c in enumerate(cs))
+            for i, (p, cs) in enumerate(zip(prompts, completions))
+        )
+        if trainer.logger is not None and hasattr(trainer.logger.experiment, "add_text"):
+            trainer.logger.experiment.add_text("samples", text, global_step=step)
+        if self.console_chars:
+            first = completions[0][0][: self.console_chars] if completions[0] else ""
+            print(f"\n[samples @ step {step}] first completion:\n{first}\n")
+
+
+class JsonlPredictionWriter(BasePredictionWriter):
+    """Write ``predict`` output as JSONL, one ``{"prompt", "completions"}`` object per line.
+
+    Args:
+        output_path: File to write; ``null`` writes ``predictions.jsonl`` in the run's log folder.
+    """
+
+    def __init__(self, output_path: str | None = None) -> None:
+        super().__init__(write_interval="epoch")
+        self.output_path = output_path
+
+    def write_on_epoch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
+    ) -> None:
+        path = Path(self.output_path) if self.output_path else _log_dir(trainer) / "predictions.jsonl"
+        if trainer.world_size > 1:
+            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        n = 0
+        with path.open("w") as f:
+            for batch in predictions:
+                for item in batch:
+                    f.write(json.dumps(item) + "\n")
+                    n += 1
+        print(f"Wrote {n} predictions to {path}")
+
+
+class ExportHuggingFace(Callback):
+    """At the end of ``fit``, save the model and tokenizer with ``save_pretrained`` into ``hf_model/``
+    beside the run's ``checkpoints/``, so ``transformers.pipeline("text-generation", model=<dir>)`` loads it.
+
+    The exported weights are the final ones; the best checkpoint by ``val/loss`` stays in ``checkpoints/``.
+    """
+
+    @rank_zero_only
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        path = _log_dir(trainer) / "hf_model"
+        pl_module.model.save_pretrained(path)
+        pl_module.tokenizer.save_pretrained(path)
+        print(f"Exported the fine-tuned model and tokenizer to {path}")

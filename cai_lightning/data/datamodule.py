@@ -1,0 +1,291 @@
+"""The LightningDataModule: everything left of the model.
+
+    source ─► validated records ─► train/val/test by stable hash ─► tokenizer ─► prompt-masked tokens
+                 (records.py)              (records.split_of)      (tokenization.py)  (tokenization.build_example)
+
+``prepare_data`` does the expensive part once and caches it on disk under a fingerprint of everything it
+depends on (the source's content, split settings, tokenizer, template, ``max_length``, masking, bad-row
+policy, this module's format version): a second run with the same inputs reuses the cache and says so;
+any change builds a new entry. Entries are written to a temporary folder and renamed into place, so a
+killed run never leaves a half-written cache. ``setup`` only loads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+from torch.utils.data import DataLoader
+
+from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
+from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
+from cai_lightning.errors import ConfigError, DataError
+from cai_lightning.data.tokenization import build_example, load_pretrained_tokenizer, save_and_reload, train_bpe_tokenizer
+from cai_lightning.prompts import TEMPLATE_VERSION, format_prompt
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = 1  # bump when what prepare_data writes changes shape
+SPLITS = ("train", "val", "test")
+Split = Literal["train", "val", "test"]
+
+
+class CodeInstructionDataModule(pl.LightningDataModule):
+    """Instruction → Python code examples, prompt-masked and cached.
+
+    Args:
+        source: ``builtin`` (the task set shipped in the package), a local ``.json``/``.jsonl``/``.csv``/
+            ``.parquet`` file, or a Hugging Face Hub dataset id such as
+            ``iamtarun/python_code_instructions_18k_alpaca``. Rows need ``instruction`` and ``output``;
+            ``input`` is optional.
+        hub_split: Split of a Hub dataset to read (all of it is then re-split by ``val_fraction`` /
+            ``test_fraction``).
+        revision: Hub dataset revision (branch, tag or commit) to pin; ``null`` for the default branch.
+        on_bad_rows: ``error`` stops at the first bad row, naming file, row and field; ``skip`` skips
+            and counts such rows.
+        val_fraction: Share of tasks held out for validation (by a stable hash of the task, see
+            ``records.split_of``).
+        test_fraction: Share of tasks held out for ``test``.
+        split_seed: Seed of the split hash; change it for a different split.
+        tokenizer: Name or folder for ``AutoTokenizer.from_pretrained`` (a ``[PAD]`` token is added);
+            ``null`` trains a byte-level BPE on the training texts at prepare time (the offline default).
+            In the CLI this is linked to ``model.pretrained``.
+        vocab_size: Size of the trained BPE vocabulary (only when ``tokenizer`` is null).
+        max_length: Longest sequence in tokens, prompt + target + EOS. Targets that overflow are cut;
+            examples whose prompt alone fills it are dropped and counted.
+        mask_prompt: Labels are -100 on prompt tokens, so the loss is on the code only.
+        batch_size: Examples per batch (per device; see ``trainer.accumulate_grad_batches``).
+        pad_to_multiple_of: Round each batch's padded length up to a multiple of this (8 suits GPU
+            tensor cores); ``null`` pads to the longest example only.
+        group_by_length: Batch examples of similar length together (less padding, faster).
+        num_workers: DataLoader worker processes.
+        shuffle_seed: Seed for the training order.
+        cache_dir: Where tokenized datasets (and trained tokenizers) are cached, one folder per fingerprint.
+        predict_split: Which split's prompts ``predict`` completes.
+        predict_limit: At most this many prompts in ``predict`` (``null``: all of the split).
+    """
+
+    def __init__(
+        self,
+        source: str = "builtin",
+        hub_split: str = "train",
+        revision: str | None = None,
+        on_bad_rows: OnBadRows = "error",
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        split_seed: int = 0,
+        tokenizer: str | None = None,
+        vocab_size: int = 4096,
+        max_length: int = 512,
+        mask_prompt: bool = True,
+        batch_size: int = 8,
+        pad_to_multiple_of: int | None = None,
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        shuffle_seed: int = 0,
+        cache_dir: str = "~/.cache/cai_lightning",
+        predict_split: Split = "test",
+        predict_limit: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise ConfigError(
+                f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) "
+                "and leave a share for training"
+            )
+        if max_length < 2:
+            raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
+        self.save_hyperparameters()
+        self.cache_root = Path(cache_dir).expanduser()
+        self.tokenizer = None  # set by setup()
+        self.splits: dict[str, object] = {}  # split name → datasets.Dataset, set by setup()
+        self.manifest: dict = {}
+        self._resolved: tuple[str, Path] | None = None
+
+    # ---------------------------------------------------------------- cache key
+    def _load_records(self) -> tuple[list[dict], dict]:
+        hp = self.hparams
+        loaded = load_source(hp.source, split=hp.hub_split, revision=hp.revision)
+        records, skipped = validate(loaded.rows, loaded.origin, loaded.rows.column_names, hp.on_bad_rows)
+        return records, {"origin": loaded.origin, "fingerprint": loaded.fingerprint, "rows_read": len(loaded.rows), "rows_skipped": skipped}
+
+    def fingerprint(self, source_fingerprint: str) -> str:
+        """Key of the cache entry: a hash of every input of ``prepare_data``'s output."""
+        hp = self.hparams
+        tokenizer_key: str
+        if hp.tokenizer is None:
+            tokenizer_key = f"bpe:{hp.vocab_size}"
+        else:
+            tokenizer = load_pretrained_tokenizer(hp.tokenizer)
+            vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
+            tokenizer_key = f"pretrained:{hashlib.sha256(vocab.encode()).hexdigest()}"
+        inputs = {
+            "format": CACHE_FORMAT,
+            "source": source_fingerprint,
+            "on_bad_rows": hp.on_bad_rows,
+            "split": [hp.val_fraction, hp.test_fraction, hp.split_seed],
+            "template": TEMPLATE_VERSION,
+            "tokenizer": tokenizer_key,
+            "max_length": hp.max_length,
+            "mask_prompt": hp.mask_prompt,
+        }
+        return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+    def _resolve(self) -> tuple[str, Path, list[dict], dict]:
+        records, source = self._load_records()
+        key = self.fingerprint(source["fingerprint"])
+        return key, self.cache_root / key, records, source
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        """Build (or reuse) the cached, tokenized splits. Raises :class:`DataError` on bad data."""
+        key, path, records, source = self._resolve()
+        self._resolved = (key, path)
+        if (path / "manifest.json").exists():
+            log.info("Reusing cached tokenized dataset %s (fingerprint %s)", path, key)
+            print(f"Reusing cached tokenized dataset {path}")
+            return
+        self.cache_root.mkdir(parents=True, exist_ok=True)
+        for stale in self.cache_root.glob(f".tmp-{key}-*"):  # left by a killed run
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = self.cache_root / f".tmp-{key}-{os.getpid()}"
+        try:
+            manifest = self._build(records, source, staging)
+            manifest["fingerprint"] = key
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            os.replace(staging, path)  # atomic: the entry is complete or absent
+        except OSError:
+            if not (path / "manifest.json").exists():
+                raise
+            log.info("another process built %s first", path)  # concurrent builds of the same key
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        print(f"Built tokenized dataset {path}")
+        _print_summary(json.loads((path / "manifest.json").read_text()))
+
+    def _build(self, records: list[dict], source: dict, out: Path) -> dict:
+        import datasets
+
+        hp = self.hparams
+        for record in records:
+            record["split"] = split_of(record, hp.val_fraction, hp.test_fraction, hp.split_seed)
+            record["prompt"] = format_prompt(record["instruction"], record["input"])
+        by_split = {s: [r for r in records if r["split"] == s] for s in SPLITS}
+        for name, fraction in (("train", 1.0), ("val", hp.val_fraction), ("test", hp.test_fraction)):
+            if fraction > 0 and not by_split[name]:
+                raise DataError(
+                    f"{source['origin']}: the {name} split is empty ({len(records)} rows in all); "
+                    f"add rows or raise data.{name}_fraction"
+                )
+
+        if hp.tokenizer is None:
+            texts = (r["prompt"] + r["output"] for r in by_split["train"])
+            tokenizer = train_bpe_tokenizer(texts, hp.vocab_size)
+        else:
+            tokenizer = load_pretrained_tokenizer(hp.tokenizer)
+        tokenizer = save_and_reload(tokenizer, out / "tokenizer")
+
+        manifest = {"source": source, "splits": {}}
+        splits = {}
+        for name in SPLITS:
+            rows = by_split[name]
+            prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+            targets = tokenizer([r["output"] for r in rows], add_special_tokens=False)["input_ids"]
+            kept, dropped, truncated = [], 0, 0
+            for row, prompt_ids, target_ids in zip(rows, prompts, targets):
+                example = build_example(prompt_ids, target_ids, tokenizer.eos_token_id, hp.max_length, hp.mask_prompt)
+                if example is None:
+                    dropped += 1
+                    continue
+                truncated += len(example["input_ids"]) < len(prompt_ids) + len(target_ids) + 1
+                kept.append({**row, **example, "prompt_length": len(prompt_ids)})
+            if dropped:
+                log.warning(
+                    "%s split: dropped %d example(s) whose prompt alone fills data.max_length=%d",
+                    name, dropped, hp.max_length,
+                )
+            if truncated:
+                log.warning("%s split: cut the target of %d example(s) at data.max_length=%d", name, truncated, hp.max_length)
+            if not kept and rows:
+                raise DataError(
+                    f"{source['origin']}: every {name} example's prompt is longer than data.max_length={hp.max_length}; "
+                    "raise data.max_length"
+                )
+            splits[name] = datasets.Dataset.from_list(kept) if kept else datasets.Dataset.from_dict({})
+            manifest["splits"][name] = {
+                "examples": len(kept),
+                "dropped_prompt_too_long": dropped,
+                "truncated_target": truncated,
+                "target_tokens": sum(sum(t != -100 for t in e["labels"]) for e in kept),
+            }
+        datasets.DatasetDict(splits).save_to_disk(str(out / "dataset"))
+        return manifest
+
+    def setup(self, stage: str | None = None) -> None:
+        """Load the cached splits and tokenizer built by ``prepare_data``."""
+        import datasets
+        from transformers import AutoTokenizer
+
+        if self.tokenizer is not None:
+            return
+        if self._resolved is None:  # other ranks: prepare_data ran in another process
+            key, path, _, _ = self._resolve()
+            self._resolved = (key, path)
+        key, path = self._resolved
+        if not (path / "manifest.json").exists():
+            raise DataError(f"no cached dataset at {path}: prepare_data must run first")
+        self.manifest = json.loads((path / "manifest.json").read_text())
+        self.tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
+        loaded = datasets.load_from_disk(str(path / "dataset"))
+        self.splits = {name: loaded[name] for name in SPLITS}
+
+    # ---------------------------------------------------------------- loaders
+    def _collator(self) -> PadCollator:
+        return PadCollator(self.tokenizer.pad_token_id, self.hparams.pad_to_multiple_of)
+
+    def _labelled(self, split: str):
+        return self.splits[split].select_columns(["input_ids", "labels"])
+
+    def train_dataloader(self) -> DataLoader:
+        hp = self.hparams
+        data = self._labelled("train")
+        if hp.group_by_length:
+            lengths = [len(ids) for ids in data["input_ids"]]
+            sampler = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.shuffle_seed)
+            return DataLoader(data, hp.batch_size, sampler=sampler, collate_fn=self._collator(), num_workers=hp.num_workers)
+        return DataLoader(data, hp.batch_size, shuffle=True, collate_fn=self._collator(), num_workers=hp.num_workers)
+
+    def _eval_loader(self, data) -> DataLoader:
+        return DataLoader(data, self.hparams.batch_size, collate_fn=self._collator(), num_workers=self.hparams.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._labelled("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader(self._labelled("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Left-padded prompts (no targets) of ``predict_split``."""
+        return self._eval_loader(self.prompt_examples(self.hparams.predict_split, self.hparams.predict_limit))
+
+    def prompt_examples(self, split: Split, limit: int | None = None) -> list[dict]:
+        """The first ``limit`` prompts of ``split`` as ``{"input_ids"}`` (the prompt tokens only)."""
+        data = self.splits[split]
+        n = len(data) if limit is None else min(limit, len(data))
+        return [{"input_ids": ids[:k]} for ids, k in zip(data[:n]["input_ids"], data[:n]["prompt_length"])]
+
+
+def _print_summary(manifest: dict) -> None:
+    source = manifest["source"]
+    print(f"  source: {source['origin']}: {source['rows_read']} rows read, {source['rows_skipped']} bad rows skipped")
+    for name, stats in manifest["splits"].items():
+        print(
+            f"  {name:5s}: {stats['examples']:6d} examples, {stats['target_tokens']:8d} target tokens, "
+            f"{stats['dropped_prompt_too_long']} dropped (prompt too long), {stats['truncated_target']} targets cut"
+        )

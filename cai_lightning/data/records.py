@@ -1,0 +1,166 @@
+"""Raw rows → validated records.
+
+A *record* is a plain dict with at least ``instruction``, ``input`` and ``output`` (all ``str``), plus
+whatever optional task fields the source carries (``task_id``, ``entry_point``, ``tests``). Every source —
+the task set shipped in the package, a local json/jsonl/csv/parquet file, a Hugging Face Hub dataset id —
+is read through :func:`datasets.load_dataset`, so a local parquet file in the Hub dataset's schema takes
+exactly the code path the Hub dataset takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal
+
+from cai_lightning.errors import DataError
+
+log = logging.getLogger(__name__)
+
+BUILTIN = "builtin"
+"""``data.source`` value that selects the task set shipped inside the package."""
+
+BUILTIN_DIR = Path(__file__).resolve().parent.parent / "tasks"
+
+FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+"""Local file suffix → `datasets` builder name."""
+
+REQUIRED = ("instruction", "output")
+OPTIONAL_TEXT = ("input", "task_id", "entry_point", "tests")
+
+OnBadRows = Literal["error", "skip"]
+
+
+@dataclass(frozen=True)
+class LoadedSource:
+    """Rows as read, before validation, with what identifies them for the cache key."""
+
+    rows: Any  # datasets.Dataset
+    origin: str  # what error messages call it: a file path or a Hub id
+    fingerprint: str  # changes whenever the rows can have changed
+
+
+def builtin_files() -> list[Path]:
+    files = sorted(BUILTIN_DIR.glob("*.jsonl"))
+    if not files:
+        raise DataError(f"the shipped task set is missing: no *.jsonl under {BUILTIN_DIR}")
+    return files
+
+
+def _sha256_files(paths: Iterable[Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def load_source(source: str, split: str = "train", revision: str | None = None) -> LoadedSource:
+    """Read ``source`` with `datasets.load_dataset`.
+
+    ``source`` is ``"builtin"``, a path to a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, a Hub
+    dataset id, or a local folder laid out like a Hub dataset repository (``split`` and ``revision``
+    apply to those last two, which take the very same ``load_dataset(source, split=...)`` call).
+    Raises :class:`DataError` for a missing file, an unknown format, or a dataset that cannot be read.
+    """
+    import datasets
+
+    if source == BUILTIN:
+        files = builtin_files()
+        rows = datasets.load_dataset("json", data_files=[str(f) for f in files], split="train")
+        return LoadedSource(rows, f"builtin task set ({BUILTIN_DIR})", "builtin:" + _sha256_files(files))
+
+    path = Path(source).expanduser()
+    if path.is_dir():
+        # A folder is read like a Hub dataset repository (a local clone of one works): same call below.
+        source = str(path)
+    elif path.suffix.lower() in FORMATS or path.exists() or source.startswith((".", "/", "~")):
+        if not path.exists():
+            raise DataError(f"data.source: file not found: {path}")
+        builder = FORMATS.get(path.suffix.lower())
+        if builder is None:
+            raise DataError(
+                f"data.source: unknown format {path.suffix!r} for {path}; "
+                f"use one of {', '.join(sorted(FORMATS))}, or a folder laid out like a Hub dataset"
+            )
+        if path.stat().st_size == 0:
+            raise DataError(f"data.source: {path} is empty")
+        try:
+            rows = datasets.load_dataset(builder, data_files=str(path), split="train")
+        except Exception as err:  # the builders raise many types for unreadable files
+            raise DataError(f"data.source: could not read {path} as {builder}: {err}") from err
+        return LoadedSource(rows, str(path), f"file:{path.suffix}:" + _sha256_files([path]))
+
+    try:
+        rows = datasets.load_dataset(source, split=split, revision=revision)
+    except Exception as err:
+        raise DataError(
+            f"data.source: could not load Hub dataset {source!r} (split {split!r}): {err}. "
+            "Without Hub access, download it elsewhere and point data.source at a local "
+            ".parquet/.jsonl file in the same schema."
+        ) from err
+    return LoadedSource(rows, source, f"hub:{source}@{revision}:{split}:{rows._fingerprint}")
+
+
+def validate(rows: Iterable[dict], origin: str, columns: Iterable[str], on_bad_rows: OnBadRows = "error") -> tuple[list[dict], int]:
+    """Check every row and return ``(records, n_skipped)``.
+
+    ``instruction`` and ``output`` must be non-empty strings; ``input`` and the task fields may be
+    missing or null (→ ``""``) but otherwise must be strings. A bad row raises :class:`DataError` naming
+    ``origin``, the 1-based row number and the field, or with ``on_bad_rows="skip"`` is skipped, logged
+    and counted. A source lacking a required column, or left with no rows, is always an error.
+    """
+    columns = list(columns)
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise DataError(f"{origin}: no column {missing[0]!r} (columns found: {', '.join(columns) or 'none'})")
+    records: list[dict] = []
+    skipped = 0
+    for number, row in enumerate(rows, start=1):
+        problem = _row_problem(row)
+        if problem is None:
+            records.append({k: row.get(k) or "" for k in REQUIRED + OPTIONAL_TEXT})
+            continue
+        message = f"{origin}: row {number}: {problem}"
+        if on_bad_rows == "error":
+            raise DataError(message + " (set data.on_bad_rows: skip to skip such rows)")
+        log.warning("skipping %s", message)
+        skipped += 1
+    if skipped:
+        log.warning("%s: skipped %d bad row(s) of %d", origin, skipped, skipped + len(records))
+    if not records:
+        raise DataError(f"{origin}: no usable rows (read {skipped} bad row(s))")
+    return records, skipped
+
+
+def _row_problem(row: dict) -> str | None:
+    for field in REQUIRED:
+        value = row.get(field)
+        if not isinstance(value, str):
+            return f"field {field!r} must be a string, got {type(value).__name__}"
+        if not value.strip():
+            return f"field {field!r} is empty"
+    for field in OPTIONAL_TEXT:
+        value = row.get(field)
+        if value is not None and not isinstance(value, str):
+            return f"field {field!r} must be a string, got {type(value).__name__}"
+    return None
+
+
+def split_of(record: dict, val_fraction: float, test_fraction: float, seed: int) -> str:
+    """``"train"``, ``"val"`` or ``"test"`` from a stable hash of the task, never from row order.
+
+    The same task (``task_id``, else instruction + input) lands in the same split on every machine and
+    whatever else is in the file, so adding rows never moves an existing one, and duplicate
+    instructions cannot leak from train into test.
+    """
+    key = record.get("task_id") or record["instruction"] + "\0" + record.get("input", "")
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    u = int.from_bytes(digest[:8], "big") / 2**64  # uniform in [0, 1)
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"

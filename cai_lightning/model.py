@@ -1,0 +1,290 @@
+"""The LightningModule: GPT-2 with a ``[PAD]`` token, AdamW with a warmup + cosine schedule, target-token
+metrics, and beam-search generation (used by ``predict`` and the sample callback)."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torchmetrics import MeanMetric
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+
+from cai_lightning.data.collate import PadCollator
+from cai_lightning.data.tokenization import IGNORE_INDEX
+from cai_lightning.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class BeamSearch:
+    """Generation settings shared by ``predict`` and the sample callback.
+
+    Args:
+        num_beams: Beams kept per prompt (1 = greedy).
+        num_return_sequences: Completions returned per prompt, best first; at most ``num_beams``.
+        max_new_tokens: Tokens generated after the prompt. Takes precedence over ``max_length``.
+        max_length: Prompt + generated tokens (counts the prompt!); used only when ``max_new_tokens`` is null.
+        no_repeat_ngram_size: Forbid repeating any n-gram of this size; 0 = off. Off by default for
+            code: real Python repeats n-grams all the time (``self.``, indentation, ``return``), and
+            forbidding them forces wrong code.
+        length_penalty: Exponent on length in beam scores; > 1 favours longer completions.
+        early_stopping: Stop a prompt's search once ``num_beams`` finished candidates exist.
+    """
+
+    num_beams: int = 4
+    num_return_sequences: int = 1
+    max_new_tokens: int | None = 128
+    max_length: int | None = None
+    no_repeat_ngram_size: int = 0
+    length_penalty: float = 1.0
+    early_stopping: bool = True
+
+    def __post_init__(self) -> None:
+        if self.num_return_sequences > self.num_beams:
+            raise ConfigError(
+                f"model.generation.num_return_sequences ({self.num_return_sequences}) must not exceed "
+                f"model.generation.num_beams ({self.num_beams})"
+            )
+        if self.max_new_tokens is None and self.max_length is None:
+            raise ConfigError("set model.generation.max_new_tokens or model.generation.max_length")
+
+
+class CodeGPT2(pl.LightningModule):
+    """GPT-2 fine-tuned on prompt-masked instruction → code examples.
+
+    The tokenizer is runtime state, not a hyperparameter: it comes from the datamodule in ``setup``
+    (or :meth:`connect` when used without a Trainer), and the network is built in ``configure_model``
+    once its vocabulary is known.
+
+    Args:
+        pretrained: Name or folder for ``GPT2LMHeadModel.from_pretrained`` (e.g. ``gpt2-medium``);
+            ``null`` builds a randomly initialised GPT-2 from the ``n_*`` settings below.
+        n_layer: Transformer blocks (from-scratch only).
+        n_head: Attention heads per block (from-scratch only).
+        n_embd: Width of the residual stream (from-scratch only); a multiple of ``n_head``.
+        n_positions: Longest sequence the position table covers (from-scratch only); must be at
+            least ``data.max_length``.
+        dropout: Dropout on embeddings, attention and residuals (from-scratch only).
+        learning_rate: Peak AdamW learning rate, reached after warmup.
+        weight_decay: AdamW decay on 2-D weights (matmuls, embeddings) only.
+        betas: AdamW moment coefficients.
+        warmup_fraction: Share of all optimizer steps spent warming the learning rate up linearly.
+        min_lr_ratio: Cosine decay ends at ``learning_rate * min_lr_ratio``.
+        generation: Beam-search settings for ``predict`` and the sample callback.
+    """
+
+    def __init__(
+        self,
+        pretrained: str | None = None,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 256,
+        n_positions: int = 512,
+        dropout: float = 0.1,
+        learning_rate: float = 3e-4,
+        weight_decay: float = 0.1,
+        betas: tuple[float, float] = (0.9, 0.95),
+        warmup_fraction: float = 0.05,
+        min_lr_ratio: float = 0.1,
+        generation: BeamSearch = BeamSearch(),
+    ) -> None:
+        super().__init__()
+        if n_embd % n_head:
+            raise ConfigError(f"model.n_embd ({n_embd}) must be a multiple of model.n_head ({n_head})")
+        self.save_hyperparameters()
+        self.generation = generation
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.model: GPT2LMHeadModel | None = None
+        self.metrics = torch.nn.ModuleDict(
+            {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc")}
+        )
+        self._batch_tokens = 0  # target tokens in the current training batch
+        self._last_batch_end: float | None = None
+
+    # ---------------------------------------------------------------- building
+    def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """Give the module its tokenizer (runtime state: vocabulary size, PAD and EOS ids)."""
+        self.tokenizer = tokenizer
+
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if self.tokenizer is None and datamodule is not None:
+            self.connect(datamodule.tokenizer)
+        if self.tokenizer is None:
+            raise RuntimeError("CodeGPT2 needs a tokenizer: use it with CodeInstructionDataModule or call connect()")
+        max_length = getattr(getattr(datamodule, "hparams", None), "max_length", None)
+        if self.hparams.pretrained is None and max_length and max_length > self.hparams.n_positions:
+            raise ConfigError(
+                f"data.max_length ({max_length}) exceeds model.n_positions ({self.hparams.n_positions}); "
+                "raise model.n_positions or lower data.max_length"
+            )
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        tok = self.tokenizer
+        hp = self.hparams
+        if hp.pretrained is not None:
+            try:
+                model = GPT2LMHeadModel.from_pretrained(hp.pretrained)  # never trust_remote_code
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"could not load model.pretrained={hp.pretrained!r}: {err}") from err
+        else:
+            config = GPT2Config(
+                vocab_size=len(tok), n_positions=hp.n_positions, n_embd=hp.n_embd, n_layer=hp.n_layer,
+                n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
+                bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+            )
+            model = GPT2LMHeadModel(config)
+        if model.get_input_embeddings().num_embeddings < len(tok):
+            # Room for [PAD]; new rows start at the mean embedding. Rounded up to a multiple of 64, which
+            # matmul kernels prefer (nanoGPT's 50257 → 50304); the spare rows are never produced by the tokenizer.
+            model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
+        model.config.pad_token_id = tok.pad_token_id
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        self.model = model
+
+    # ---------------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        hp = self.hparams
+        # 2-D tensors (matmul weights, embeddings) are decayed; biases and LayerNorm gains are not:
+        # shrinking those towards zero only fights the normalisation and buys no regularisation.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ]
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), fused=True)
+        total = max(1, int(self.trainer.estimated_stepping_batches))  # optimizer steps, accumulation included
+        schedule = warmup_cosine(total, math.ceil(hp.warmup_fraction * total), hp.min_lr_ratio)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ---------------------------------------------------------------- steps
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
+
+    def _loss_and_metrics(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
+        logits = self(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V): predicts token t+1
+        targets = batch["labels"][:, 1:]  # (B, T-1)
+        mask = targets != IGNORE_INDEX
+        n_tokens = mask.sum()
+        # Sum over target tokens / count: every target token weighs the same, however the batch is padded.
+        loss = F.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+        ) / n_tokens.clamp(min=1)
+        correct = ((logits.argmax(-1) == targets) & mask).sum()
+        weight = n_tokens.clamp(min=1).float()
+        self.metrics[f"{stage}_loss"].update(loss.detach(), weight)
+        self.metrics[f"{stage}_acc"].update(correct.float() / weight, weight)
+        if stage == "train":
+            self._batch_tokens = int(n_tokens)
+        return loss
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss_and_metrics(batch, "train")
+        self.log("train/loss_step", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
+        self.log("train/lr", self.optimizers().param_groups[0]["lr"])
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._last_batch_end = None  # the first batch of an epoch includes loader start-up: not timed
+
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_batch_end is not None:
+            rate = self._batch_tokens / (now - self._last_batch_end)  # wall time between batch ends
+            self.log("train/target_tokens_per_s", rate, on_step=True, on_epoch=True, prog_bar=True)
+        self._last_batch_end = now
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._loss_and_metrics(batch, "val")
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self._loss_and_metrics(batch, "test")
+
+    def _log_epoch(self, stage: str) -> None:
+        loss_metric, acc_metric = self.metrics[f"{stage}_loss"], self.metrics[f"{stage}_acc"]
+        if loss_metric.update_count == 0:
+            return
+        loss = loss_metric.compute()
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/ppl": torch.exp(loss), f"{stage}/acc": acc_metric.compute()},
+            prog_bar=stage == "val", sync_dist=False,  # MeanMetric already reduces across processes
+        )
+        loss_metric.reset()
+        acc_metric.reset()
+
+    def on_train_epoch_end(self) -> None:
+        self._log_epoch("train")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    # ---------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[str]]:
+        """Beam-search completions for left-padded prompts ``(B, T)``.
+
+        Returns, per prompt, ``num_return_sequences`` completions (best first): the generated text only,
+        prompt stripped, cut at the first EOS.
+        """
+        g = self.generation
+        prompt_len = input_ids.size(1)
+        room = self.model.config.n_positions - prompt_len  # the position table bounds prompt + completion
+        new_tokens = g.max_new_tokens if g.max_new_tokens is not None else g.max_length - prompt_len
+        new_tokens = min(new_tokens, room)
+        if new_tokens < 1:
+            return [[""] * g.num_return_sequences for _ in range(input_ids.size(0))]
+        out = self.model.generate(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            max_new_tokens=new_tokens,
+            num_beams=g.num_beams,
+            num_return_sequences=g.num_return_sequences,
+            no_repeat_ngram_size=g.no_repeat_ngram_size,
+            length_penalty=g.length_penalty,
+            early_stopping=g.early_stopping,
+            do_sample=False,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )  # (B * num_return_sequences, T + new)
+        texts = [self._decode_completion(row) for row in out[:, prompt_len:].tolist()]
+        n = g.num_return_sequences
+        return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    def _decode_completion(self, ids: list[int]) -> str:
+        eos = self.tokenizer.eos_token_id
+        if eos in ids:
+            ids = ids[: ids.index(eos)]
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def complete(self, prompts: list[str]) -> list[list[str]]:
+        """Beam-search completions for prompt texts (already formatted with the template)."""
+        encoded = [{"input_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
+        batch = PadCollator(self.tokenizer.pad_token_id)(encoded)  # left-padded: no labels
+        return self.generate(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict]:
+        completions = self.generate(batch["input_ids"], batch["attention_mask"])
+        prompts = self.tokenizer.batch_decode(batch["input_ids"], skip_special_tokens=True)
+        return [{"prompt": p, "completions": c} for p, c in zip(prompts, completions)]
+
+
+def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
+    """LR multiplier per optimizer step: linear warmup to 1, then cosine decay to ``min_ratio``."""
+
+    def multiplier(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return multiplier

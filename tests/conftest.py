@@ -1,0 +1,45 @@
+"""Shared fixtures: small data files in the Hub dataset's schema, and CLI flags for a tiny, fast run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+# Flags that shrink any config to seconds on a CPU: a 1-layer, 32-wide GPT-2, short sequences, 2 beams.
+TINY = [
+    "--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--model.n_positions=128",
+    "--data.max_length=128", "--data.vocab_size=300", "--data.batch_size=8",
+    "--model.generation.num_beams=2", "--model.generation.num_return_sequences=2",
+    "--model.generation.max_new_tokens=8", "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def make_rows(n: int) -> list[dict]:
+    """``n`` valid rows in the Hub dataset's schema (instruction, input, output, prompt)."""
+    rows = []
+    for i in range(n):
+        instruction = f"Write a function add_{i}(x) that returns x plus {i}."
+        given = f"x = {i}" if i % 3 == 0 else ""
+        output = f"def add_{i}(x):\n    return x + {i}\n"
+        rows.append({"instruction": instruction, "input": given, "output": output, "prompt": instruction})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def rows_file(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "rows.jsonl", make_rows(60))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in ``tmp_path`` so ``lightning_logs/`` and the cache land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
