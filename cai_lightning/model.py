@@ -158,7 +158,7 @@ class CodeGPT2(pl.LightningModule):
             {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
-        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas), fused=True)
+        optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))  # optimizer steps, accumulation included
         schedule = warmup_cosine(total, math.ceil(hp.warmup_fraction * total), hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
@@ -251,7 +251,7 @@ class CodeGPT2(pl.LightningModule):
             num_return_sequences=g.num_return_sequences,
             no_repeat_ngram_size=g.no_repeat_ngram_size,
             length_penalty=g.length_penalty,
-            early_stopping=g.early_stopping,
+            early_stopping=g.early_stopping if g.num_beams > 1 else False,  # a beam-search-only flag
             do_sample=False,
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,

@@ -43,3 +43,24 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in ``tmp_path`` so ``lightning_logs/`` and the cache land there."""
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def save_tiny_gpt2(directory: Path, texts: list[str] | None = None) -> Path:
+    """A stand-in for ``gpt2-medium`` saved with ``save_pretrained``: a GPT-2 tokenizer *without* a pad
+    token (like the real one) and a 1-layer GPT2LMHeadModel sized to it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(texts or [r["instruction"] + r["output"] for r in make_rows(60)], trainer)
+    tokenizer = GPT2TokenizerFast(tokenizer_object=backend)
+    assert tokenizer.pad_token is None
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2, bos_token_id=0, eos_token_id=0)
+    GPT2LMHeadModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

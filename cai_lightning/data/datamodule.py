@@ -258,11 +258,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         if hp.group_by_length:
             lengths = [len(ids) for ids in data["input_ids"]]
             sampler = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.shuffle_seed)
-            return DataLoader(data, hp.batch_size, sampler=sampler, collate_fn=self._collator(), num_workers=hp.num_workers)
-        return DataLoader(data, hp.batch_size, shuffle=True, collate_fn=self._collator(), num_workers=hp.num_workers)
+            return DataLoader(data, batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collator(), num_workers=hp.num_workers)
+        return DataLoader(data, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collator(), num_workers=hp.num_workers)
 
     def _eval_loader(self, data) -> DataLoader:
-        return DataLoader(data, self.hparams.batch_size, collate_fn=self._collator(), num_workers=self.hparams.num_workers)
+        return DataLoader(data, batch_size=self.hparams.batch_size, collate_fn=self._collator(), num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._labelled("val"))

@@ -1,0 +1,1 @@
+"""Everything left of the model: sources, validation, tokenization, collation, the DataModule."""

@@ -1,0 +1,147 @@
+"""The CLI end to end, in-process through ``main([...])``, on the shipped configs shrunk with flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from cai_lightning.cli import main
+from conftest import TINY, make_rows, save_tiny_gpt2
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+DEFAULT = str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
+
+
+def _fit_args(rows_file: Path, *extra: str) -> list[str]:
+    return ["--config", DEFAULT, *TINY, f"--data.source={rows_file}", "--data.cache_dir=cache", *extra]
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
+@pytest.mark.parametrize("subcommand", ["fit", "validate", "test", "predict"])
+def test_every_shipped_config_parses(config, subcommand, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([subcommand, "--config", str(config), "--print_config"])
+    assert exit_.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["model"]["generation"]["num_beams"] >= printed["model"]["generation"]["num_return_sequences"]
+    assert printed["data"]["source"]
+
+
+@pytest.mark.slow
+def test_fit_leaves_checkpoint_config_scalars_samples_and_export(workdir, rows_file):
+    main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=2")])
+    run = workdir / "lightning_logs" / "default" / "version_0"
+    assert (run / "config.yaml").exists()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["data"]["source"] == str(rows_file) and saved["model"]["n_layer"] == 1
+    assert (run / "checkpoints" / "last.ckpt").exists()
+    assert len(list((run / "checkpoints").glob("epoch=*.ckpt"))) == 1
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run), size_guidance={"tensors": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"val/loss", "val/ppl", "val/acc", "train/loss", "train/lr", "train/target_tokens_per_s_epoch"} <= scalars
+    val_loss = [e.value for e in events.Scalars("val/loss")]
+    assert len(val_loss) == 2 and all(v == v for v in val_loss)  # one per epoch, no NaN
+    [sample] = [t for t in events.Tags()["tensors"] if t.startswith("samples")]
+    text = events.Tensors(sample)[-1].tensor_proto.string_val[0].decode()
+    assert "### Instruction:" in text and "completion 1" in text  # 2 completions per prompt
+
+    from transformers import pipeline
+
+    generator = pipeline("text-generation", model=str(run / "hf_model"))
+    out = generator("### Instruction:\nAdd.\n\n### Output:\n", max_new_tokens=5, do_sample=False)
+    assert out[0]["generated_text"].startswith("### Instruction:")
+
+
+@pytest.mark.slow
+def test_resume_continues_the_global_step_in_the_same_run(workdir, rows_file):
+    main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=1")])
+    last = workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["global_step"] > 0
+    main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=2"), "--ckpt_path=last"])
+    resumed = torch.load(last, weights_only=False)
+    assert resumed["global_step"] == 2 * first["global_step"]
+    assert resumed["epoch"] == 1
+    assert resumed["lr_schedulers"][0]["last_epoch"] == 2 * first["global_step"]
+    assert not (workdir / "lightning_logs/default/version_1").exists()  # resumed in place
+
+
+@pytest.mark.slow
+def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
+    main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=1")])
+    out = workdir / "preds.jsonl"
+    main(["predict", *_fit_args(rows_file), "--ckpt_path=last", f"--trainer.callbacks+=cai_lightning.callbacks.JsonlPredictionWriter", f"--trainer.callbacks.output_path={out}"])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    dm_test_size = json.loads(next((workdir / "cache").glob("*/manifest.json")).read_text())["splits"]["test"]["examples"]
+    assert len(lines) == dm_test_size > 0
+    assert all(len(item["completions"]) == 2 and "### Output:" in item["prompt"] for item in lines)
+    assert f"to {out}" in capsys.readouterr().out
+
+    cli = main(["test", *_fit_args(rows_file), "--ckpt_path=last"])
+    metrics = cli.trainer.callback_metrics
+    assert {"test/loss", "test/ppl", "test/acc"} <= set(metrics)
+    assert torch.isclose(metrics["test/ppl"], torch.exp(metrics["test/loss"]))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.source=missing.jsonl"], "file not found: missing.jsonl"),
+        (["--data.source=rows.txt"], "unknown format '.txt'"),
+        (["--data.no_such_key=1"], "no_such_key"),
+        (["--data.batch_size=many"], "batch_size"),
+        (["--model.generation.num_return_sequences=9"], "num_return_sequences"),
+        (["--data.max_length=256"], "exceeds model.n_positions"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message_and_no_traceback(workdir, rows_file, args, expected, capsys):
+    (workdir / "rows.txt").write_text("x")
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *_fit_args(rows_file), *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+
+
+def test_bad_row_through_the_cli(workdir, capsys):
+    rows = make_rows(30)
+    rows[11]["output"] = 42
+    path = workdir / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *_fit_args(path)])
+    assert exit_.value.code == 2
+    assert f"{path}: row 12: field 'output' must be a string, got int" in capsys.readouterr().err
+    assert not any((workdir / "cache").glob("*/manifest.json"))
+
+
+@pytest.mark.slow
+def test_gpt2_medium_recipe_with_local_stand_ins_trains_a_step(workdir):
+    """configs/gpt2-medium.yaml with the Hub ids swapped for a tiny GPT-2 saved with save_pretrained and
+    a local folder in the Hub dataset's layout and schema."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    model_dir = save_tiny_gpt2(workdir / "gpt2-medium-stand-in")
+    repo = workdir / "python_code_instructions_18k_alpaca" / "data"
+    repo.mkdir(parents=True)
+    rows = make_rows(120)
+    pq.write_table(pa.table({k: [r[k] for r in rows] for k in ("instruction", "input", "output", "prompt")}), repo / "train.parquet")
+    config = str(Path(DEFAULT).with_name("gpt2-medium.yaml"))
+    cli = main([
+        "fit", "--config", config, f"--model.pretrained={model_dir}", f"--data.source={repo.parent}",
+        "--data.cache_dir=cache", "--data.num_workers=0", "--trainer.accelerator=cpu", "--trainer.max_steps=1",
+        "--trainer.limit_val_batches=1", "--model.generation.max_new_tokens=4", "--data.max_length=256",
+        "--trainer.enable_progress_bar=false",
+    ])
+    assert cli.trainer.global_step == 1
+    assert cli.model.model.config.pad_token_id == len(cli.datamodule.tokenizer) - 1  # [PAD] appended
+    assert (workdir / "lightning_logs/gpt2-medium/version_0/hf_model/config.json").exists()

@@ -1,0 +1,144 @@
+import math
+
+import pytest
+import torch
+
+from cai_lightning.data.tokenization import load_pretrained_tokenizer, train_bpe_tokenizer
+from cai_lightning.errors import ConfigError
+from cai_lightning.model import BeamSearch, CodeGPT2, warmup_cosine
+from cai_lightning.prompts import format_prompt
+from conftest import make_rows, save_tiny_gpt2
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    rows = make_rows(40)
+    return train_bpe_tokenizer([format_prompt(r["instruction"]) + r["output"] for r in rows], vocab_size=300)
+
+
+def _module(tokenizer, **kwargs):
+    torch.manual_seed(0)
+    module = CodeGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, dropout=0.0, **kwargs)
+    module.connect(tokenizer)
+    module.configure_model()
+    return module
+
+
+def test_pretrained_path_adds_pad_and_resizes_embeddings(tmp_path):
+    path = save_tiny_gpt2(tmp_path / "tiny-gpt2")
+    tokenizer = load_pretrained_tokenizer(str(path))
+    assert tokenizer.pad_token == "[PAD]" and tokenizer.pad_token_id == 400 != tokenizer.eos_token_id
+    module = CodeGPT2(pretrained=str(path))
+    module.connect(tokenizer)
+    module.configure_model()
+    rows = module.model.get_input_embeddings().num_embeddings
+    assert rows >= len(tokenizer) == 401 and rows % 64 == 0
+    assert module.model.config.pad_token_id == 400
+    assert module.model.generation_config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_unloadable_pretrained_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="could not load tokenizer"):
+        load_pretrained_tokenizer(str(tmp_path / "nowhere"))
+
+
+def test_contradictory_settings_are_rejected_naming_the_flag():
+    with pytest.raises(ConfigError, match="num_return_sequences"):
+        BeamSearch(num_beams=2, num_return_sequences=3)
+    with pytest.raises(ConfigError, match="model.n_embd"):
+        CodeGPT2(n_embd=30, n_head=4)
+
+
+def test_parameters_change_after_one_step_and_loss_is_on_targets_only(tokenizer):
+    module = _module(tokenizer)
+    ids = tokenizer("def f(x):\n    return x\n", add_special_tokens=False)["input_ids"]
+    batch = {
+        "input_ids": torch.tensor([ids]),
+        "attention_mask": torch.ones(1, len(ids), dtype=torch.long),
+        "labels": torch.tensor([[-100] * 3 + ids[3:]]),
+    }
+    before = [p.detach().clone() for p in module.model.parameters()]
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-2)
+    loss = module._loss_and_metrics(batch, "train")
+    loss.backward()
+    optimizer.step()
+    assert all(not torch.equal(a, b) for a, b in zip(before, module.model.parameters()) if b.grad is not None)
+    assert sum(p.grad is not None for p in module.model.parameters()) == len(before)
+    # all-masked labels contribute nothing (and no NaN)
+    batch["labels"][:] = -100
+    assert module._loss_and_metrics(batch, "val").item() == 0.0
+
+
+def test_weight_decay_groups_exclude_biases_and_layernorm(tokenizer):
+    module = _module(tokenizer)
+
+    class FakeTrainer:
+        estimated_stepping_batches = 100
+
+    module._trainer = FakeTrainer()
+    config = module.configure_optimizers()
+    decay, no_decay = config["optimizer"].param_groups
+    names = {id(p): n for n, p in module.model.named_parameters()}
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith("weight") and p.dim() == 2 for p in decay["params"])
+    assert any("ln_" in names[id(p)] for p in no_decay["params"]) and any(names[id(p)].endswith("bias") for p in no_decay["params"])
+    assert config["lr_scheduler"]["interval"] == "step"
+
+
+def test_warmup_cosine_schedule():
+    f = warmup_cosine(total_steps=110, warmup_steps=10, min_ratio=0.1)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(10) == pytest.approx(1.0) and f(60) == pytest.approx(0.55)
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    assert all(f(s) >= f(s + 1) - 1e-12 for s in range(10, 200))
+
+
+def test_generation_returns_completions_only_and_left_padding_does_not_change_them(tokenizer):
+    module = _module(tokenizer, generation=BeamSearch(num_beams=3, num_return_sequences=2, max_new_tokens=12))
+    module.eval()
+    prompts = [format_prompt("Write a function add_1(x) that returns x plus 1."), format_prompt("Add.", "x = 3")]
+    together = module.complete(prompts)
+    assert len(together) == 2 and all(len(c) == 2 for c in together)
+    alone = [module.complete([p])[0] for p in prompts]
+    assert together == alone  # the shorter prompt was left-padded in the batch
+    assert all("### Instruction" not in text for completions in together for text in completions)  # prompt stripped
+
+
+def _spy_on_generate(module):
+    calls = []
+    original = module.model.generate
+
+    def spy(**kwargs):
+        out = original(**kwargs)
+        calls.append((kwargs, kwargs["input_ids"].shape, out.shape))
+        return out
+
+    module.model.generate = spy
+    return calls
+
+
+def test_generation_respects_the_position_table(tokenizer):
+    module = _module(tokenizer, generation=BeamSearch(num_beams=1, max_new_tokens=500))
+    module.eval()
+    calls = _spy_on_generate(module)
+    module.complete([format_prompt("Add.")])
+    [(kwargs, (_, prompt_len), (_, total))] = calls
+    assert kwargs["max_new_tokens"] == 128 - prompt_len and total <= 128
+
+
+def test_max_new_tokens_and_max_length(tokenizer):
+    module = _module(tokenizer, generation=BeamSearch(num_beams=2, max_new_tokens=7))
+    calls = _spy_on_generate(module)
+    module.complete([format_prompt("Add.")])
+    assert calls[-1][0]["max_new_tokens"] == 7 and calls[-1][2][1] <= calls[-1][1][1] + 7
+    module.generation = BeamSearch(num_beams=2, max_new_tokens=None, max_length=90)  # counts the prompt
+    module.complete([format_prompt("Add.")])
+    assert calls[-1][0]["max_new_tokens"] == 90 - calls[-1][1][1]
+
+
+def test_decode_cuts_at_eos(tokenizer):
+    module = _module(tokenizer)
+    ids = tokenizer("x = 1", add_special_tokens=False)["input_ids"]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert module._decode_completion(ids + [eos] + ids + [pad]) == "x = 1"
+    assert math.isclose(len(module._decode_completion(ids + [pad, pad])), 5)
