@@ -145,3 +145,17 @@ def test_gpt2_medium_recipe_with_local_stand_ins_trains_a_step(workdir):
     assert cli.trainer.global_step == 1
     assert cli.model.model.config.pad_token_id == len(cli.datamodule.tokenizer) - 1  # [PAD] appended
     assert (workdir / "lightning_logs/gpt2-medium/version_0/hf_model/config.json").exists()
+
+
+@pytest.mark.slow
+def test_default_config_as_shipped_runs_on_the_builtin_task_set(workdir):
+    """configs/default.yaml unchanged but for trainer flags that shorten it (and a temporary cache)."""
+    cli = main([
+        "fit", "--config", DEFAULT, "--data.cache_dir=cache", "--trainer.max_epochs=1",
+        "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.enable_progress_bar=false",
+        "--model.generation.max_new_tokens=4",
+    ])
+    assert cli.trainer.global_step == 2
+    splits = cli.datamodule.manifest["splits"]
+    assert splits["train"]["examples"] >= 60 and splits["val"]["examples"] > 0 and splits["test"]["examples"] > 0
+    assert cli.datamodule.hparams.source == "builtin"
