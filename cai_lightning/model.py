@@ -19,12 +19,17 @@ from cai_lightning.errors import ConfigError
 
 
 @dataclass(frozen=True)
-class BeamSearch:
-    """Generation settings shared by ``predict`` and the sample callback.
+class Generation:
+    """Generation settings: beam search by default (``predict``, the sample callback), sampling when
+    ``do_sample`` (execution-based evaluation draws ``n`` samples per task).
 
     Args:
-        num_beams: Beams kept per prompt (1 = greedy).
-        num_return_sequences: Completions returned per prompt, best first; at most ``num_beams``.
+        num_beams: Beams kept per prompt (1 = greedy, or plain sampling with ``do_sample``).
+        num_return_sequences: Completions returned per prompt, best first; at most ``num_beams`` unless
+            ``do_sample``.
+        do_sample: Sample instead of searching (``temperature``, ``top_p`` apply).
+        temperature: Softmax temperature when sampling.
+        top_p: Nucleus sampling mass when sampling (1.0 = off).
         max_new_tokens: Tokens generated after the prompt. Takes precedence over ``max_length``.
         max_length: Prompt + generated tokens (counts the prompt!); used only when ``max_new_tokens`` is null.
         no_repeat_ngram_size: Forbid repeating any n-gram of this size; 0 = off. Off by default for
@@ -36,6 +41,9 @@ class BeamSearch:
 
     num_beams: int = 4
     num_return_sequences: int = 1
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
     max_new_tokens: int | None = 128
     max_length: int | None = None
     no_repeat_ngram_size: int = 0
@@ -43,7 +51,7 @@ class BeamSearch:
     early_stopping: bool = True
 
     def __post_init__(self) -> None:
-        if self.num_return_sequences > self.num_beams:
+        if self.num_return_sequences > self.num_beams and not self.do_sample:
             raise ConfigError(
                 f"model.generation.num_return_sequences ({self.num_return_sequences}) must not exceed "
                 f"model.generation.num_beams ({self.num_beams})"
@@ -89,7 +97,7 @@ class CodeGPT2(pl.LightningModule):
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.1,
-        generation: BeamSearch = BeamSearch(),
+        generation: Generation = Generation(),
     ) -> None:
         super().__init__()
         if n_embd % n_head:
@@ -230,13 +238,15 @@ class CodeGPT2(pl.LightningModule):
 
     # ---------------------------------------------------------------- generation
     @torch.inference_mode()
-    def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> list[list[str]]:
-        """Beam-search completions for left-padded prompts ``(B, T)``.
+    def generate(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation: Generation | None = None
+    ) -> list[list[str]]:
+        """Completions for left-padded prompts ``(B, T)``, with ``generation`` or the model's own settings.
 
-        Returns, per prompt, ``num_return_sequences`` completions (best first): the generated text only,
-        prompt stripped, cut at the first EOS.
+        Returns, per prompt, ``num_return_sequences`` completions (best first for beam search): the
+        generated text only, prompt stripped, cut at the first EOS.
         """
-        g = self.generation
+        g = generation or self.generation
         prompt_len = input_ids.size(1)
         room = self.model.config.n_positions - prompt_len  # the position table bounds prompt + completion
         new_tokens = g.max_new_tokens if g.max_new_tokens is not None else g.max_length - prompt_len
@@ -252,7 +262,8 @@ class CodeGPT2(pl.LightningModule):
             no_repeat_ngram_size=g.no_repeat_ngram_size,
             length_penalty=g.length_penalty,
             early_stopping=g.early_stopping if g.num_beams > 1 else False,  # a beam-search-only flag
-            do_sample=False,
+            do_sample=g.do_sample,
+            **({"temperature": g.temperature, "top_p": g.top_p} if g.do_sample else {}),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )  # (B * num_return_sequences, T + new)
@@ -266,11 +277,11 @@ class CodeGPT2(pl.LightningModule):
             ids = ids[: ids.index(eos)]
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def complete(self, prompts: list[str]) -> list[list[str]]:
-        """Beam-search completions for prompt texts (already formatted with the template)."""
+    def complete(self, prompts: list[str], generation: Generation | None = None) -> list[list[str]]:
+        """Completions for prompt texts (already formatted with the template); see :meth:`generate`."""
         encoded = [{"input_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         batch = PadCollator(self.tokenizer.pad_token_id)(encoded)  # left-padded: no labels
-        return self.generate(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+        return self.generate(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), generation)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict]:
         completions = self.generate(batch["input_ids"], batch["attention_mask"])

@@ -18,13 +18,16 @@ TINY = [
 
 
 def make_rows(n: int) -> list[dict]:
-    """``n`` valid rows in the Hub dataset's schema (instruction, input, output, prompt)."""
+    """``n`` valid rows in the Hub dataset's schema (instruction, input, output, prompt), plus the task
+    fields of the shipped set (entry_point, tests)."""
     rows = []
     for i in range(n):
         instruction = f"Write a function add_{i}(x) that returns x plus {i}."
         given = f"x = {i}" if i % 3 == 0 else ""
         output = f"def add_{i}(x):\n    return x + {i}\n"
-        rows.append({"instruction": instruction, "input": given, "output": output, "prompt": instruction})
+        tests = f"assert add_{i}(1) == {1 + i}\nassert add_{i}(-{i}) == 0"
+        rows.append({"instruction": instruction, "input": given, "output": output, "prompt": instruction,
+                     "entry_point": f"add_{i}", "tests": tests})
     return rows
 
 

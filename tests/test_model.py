@@ -5,7 +5,7 @@ import torch
 
 from cai_lightning.data.tokenization import load_pretrained_tokenizer, train_bpe_tokenizer
 from cai_lightning.errors import ConfigError
-from cai_lightning.model import BeamSearch, CodeGPT2, warmup_cosine
+from cai_lightning.model import Generation, CodeGPT2, warmup_cosine
 from cai_lightning.prompts import format_prompt
 from conftest import make_rows, save_tiny_gpt2
 
@@ -44,7 +44,7 @@ def test_unloadable_pretrained_is_a_config_error(tmp_path):
 
 def test_contradictory_settings_are_rejected_naming_the_flag():
     with pytest.raises(ConfigError, match="num_return_sequences"):
-        BeamSearch(num_beams=2, num_return_sequences=3)
+        Generation(num_beams=2, num_return_sequences=3)
     with pytest.raises(ConfigError, match="model.n_embd"):
         CodeGPT2(n_embd=30, n_head=4)
 
@@ -94,7 +94,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_generation_returns_completions_only_and_left_padding_does_not_change_them(tokenizer):
-    module = _module(tokenizer, generation=BeamSearch(num_beams=3, num_return_sequences=2, max_new_tokens=12))
+    module = _module(tokenizer, generation=Generation(num_beams=3, num_return_sequences=2, max_new_tokens=12))
     module.eval()
     prompts = [format_prompt("Write a function add_1(x) that returns x plus 1."), format_prompt("Add.", "x = 3")]
     together = module.complete(prompts)
@@ -118,7 +118,7 @@ def _spy_on_generate(module):
 
 
 def test_generation_respects_the_position_table(tokenizer):
-    module = _module(tokenizer, generation=BeamSearch(num_beams=1, max_new_tokens=500))
+    module = _module(tokenizer, generation=Generation(num_beams=1, max_new_tokens=500))
     module.eval()
     calls = _spy_on_generate(module)
     module.complete([format_prompt("Add.")])
@@ -127,11 +127,11 @@ def test_generation_respects_the_position_table(tokenizer):
 
 
 def test_max_new_tokens_and_max_length(tokenizer):
-    module = _module(tokenizer, generation=BeamSearch(num_beams=2, max_new_tokens=7))
+    module = _module(tokenizer, generation=Generation(num_beams=2, max_new_tokens=7))
     calls = _spy_on_generate(module)
     module.complete([format_prompt("Add.")])
     assert calls[-1][0]["max_new_tokens"] == 7 and calls[-1][2][1] <= calls[-1][1][1] + 7
-    module.generation = BeamSearch(num_beams=2, max_new_tokens=None, max_length=90)  # counts the prompt
+    module.generation = Generation(num_beams=2, max_new_tokens=None, max_length=90)  # counts the prompt
     module.complete([format_prompt("Add.")])
     assert calls[-1][0]["max_new_tokens"] == 90 - calls[-1][1][1]
 
