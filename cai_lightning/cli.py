@@ -50,8 +50,7 @@ class CAILightningCLI(LightningCLI):
         logger = config.trainer.logger
         init = getattr(logger, "init_args", None)
         root = Path(getattr(init, "save_dir", None) or config.trainer.default_root_dir or ".")
-        name = getattr(init, "name", None) or "lightning_logs"
-        runs = root / name if init is not None else root / "lightning_logs"
+        runs = root / (getattr(init, "name", None) or "lightning_logs")
         found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UserError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints/; train first")

@@ -105,6 +105,7 @@ class CodeGPT2(pl.LightningModule):
         self.save_hyperparameters()
         self.generation = generation
         self.tokenizer: PreTrainedTokenizerBase | None = None
+        self._tokenizer_fingerprint: str | None = None  # set with the tokenizer by connect()
         self.model: GPT2LMHeadModel | None = None
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc")}
@@ -116,6 +117,7 @@ class CodeGPT2(pl.LightningModule):
     def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
         """Give the module its tokenizer (runtime state: vocabulary size, PAD and EOS ids)."""
         self.tokenizer = tokenizer
+        self._tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)  # once, not on every checkpoint
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -159,13 +161,13 @@ class CodeGPT2(pl.LightningModule):
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["tokenizer_fingerprint"] = tokenizer_fingerprint(self.tokenizer)
+        checkpoint["tokenizer_fingerprint"] = self._tokenizer_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained with another tokenizer: its token ids would mean other strings,
         and every metric and completion would be silently wrong."""
         saved = checkpoint.get("tokenizer_fingerprint")
-        if saved is not None and self.tokenizer is not None and saved != tokenizer_fingerprint(self.tokenizer):
+        if saved is not None and self.tokenizer is not None and saved != self._tokenizer_fingerprint:
             raise ConfigError(
                 "the checkpoint was trained with a different tokenizer than this config builds (different "
                 "data.source content, data.vocab_size or model.pretrained): use the config the checkpoint "

@@ -121,14 +121,14 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         records, skipped = validate(loaded.rows, loaded.origin, loaded.rows.column_names, hp.on_bad_rows)
         return records, {"origin": loaded.origin, "fingerprint": loaded.fingerprint, "rows_read": len(loaded.rows), "rows_skipped": skipped}
 
-    def fingerprint(self, source_fingerprint: str) -> str:
-        """Key of the cache entry: a hash of every input of ``prepare_data``'s output."""
+    def fingerprint(self, source_fingerprint: str, pretrained=None) -> str:
+        """Key of the cache entry: a hash of every input of ``prepare_data``'s output. ``pretrained`` is the
+        loaded ``data.tokenizer`` (None when a BPE is trained)."""
         hp = self.hparams
-        tokenizer_key: str
-        if hp.tokenizer is None:
+        if pretrained is None:
             tokenizer_key = f"bpe:{hp.vocab_size}"
         else:
-            tokenizer_key = f"pretrained:{tokenizer_fingerprint(load_pretrained_tokenizer(hp.tokenizer))}"
+            tokenizer_key = f"pretrained:{tokenizer_fingerprint(pretrained)}"
         inputs = {
             "format": CACHE_FORMAT,
             "source": source_fingerprint,
@@ -141,15 +141,17 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _resolve(self) -> tuple[str, Path, list[dict], dict]:
+    def _resolve(self) -> tuple[str, Path, list[dict], dict, object]:
+        """Records, source facts, the pretrained tokenizer (loaded once, or None) and the cache key/path."""
         records, source = self._load_records()
-        key = self.fingerprint(source["fingerprint"])
-        return key, self.cache_root / key, records, source
+        pretrained = load_pretrained_tokenizer(self.hparams.tokenizer) if self.hparams.tokenizer else None
+        key = self.fingerprint(source["fingerprint"], pretrained)
+        return key, self.cache_root / key, records, source, pretrained
 
     # ---------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
         """Build (or reuse) the cached, tokenized splits. Raises :class:`DataError` on bad data."""
-        key, path, records, source = self._resolve()
+        key, path, records, source, pretrained = self._resolve()
         self._resolved = (key, path)
         if (path / "manifest.json").exists():
             log.info("Reusing cached tokenized dataset %s (fingerprint %s)", path, key)
@@ -160,7 +162,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.cache_root / f".tmp-{key}-{os.getpid()}"
         try:
-            manifest = self._build(records, source, staging)
+            manifest = self._build(records, source, pretrained, staging)
             manifest["fingerprint"] = key
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             os.replace(staging, path)  # atomic: the entry is complete or absent
@@ -173,7 +175,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         print(f"Built tokenized dataset {path}")
         _print_summary(json.loads((path / "manifest.json").read_text()))
 
-    def _build(self, records: list[dict], source: dict, out: Path) -> dict:
+    def _build(self, records: list[dict], source: dict, pretrained, out: Path) -> dict:
         import datasets
 
         hp = self.hparams
@@ -188,11 +190,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
                     f"add rows or raise data.{name}_fraction"
                 )
 
-        if hp.tokenizer is None:
+        if pretrained is None:
             texts = (r["prompt"] + r["output"] for r in by_split["train"])
             tokenizer = train_bpe_tokenizer(texts, hp.vocab_size)
         else:
-            tokenizer = load_pretrained_tokenizer(hp.tokenizer)
+            tokenizer = pretrained
         tokenizer = save_and_reload(tokenizer, out / "tokenizer")
 
         manifest = {"source": source, "splits": {}}
@@ -239,7 +241,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         if self.tokenizer is not None:
             return
         if self._resolved is None:  # other ranks: prepare_data ran in another process
-            key, path, _, _ = self._resolve()
+            key, path, *_ = self._resolve()
             self._resolved = (key, path)
         key, path = self._resolved
         if not (path / "manifest.json").exists():
@@ -281,8 +283,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
     def prompt_examples(self, split: Split, limit: int | None = None) -> list[dict]:
         """The first ``limit`` prompts of ``split`` as ``{"input_ids"}`` (the prompt tokens only)."""
         data = self.splits[split]
-        n = len(data) if limit is None else min(limit, len(data))
-        return [{"input_ids": ids[:k]} for ids, k in zip(data[:n]["input_ids"], data[:n]["prompt_length"])]
+        head = data[: len(data) if limit is None else min(limit, len(data))]  # one read of both columns
+        return [{"input_ids": ids[:k]} for ids, k in zip(head["input_ids"], head["prompt_length"])]
 
 
 def _print_summary(manifest: dict) -> None:
