@@ -13,7 +13,7 @@ TINY = [
     "--data.max_length=128", "--data.vocab_size=300", "--data.batch_size=8",
     "--model.generation.num_beams=2", "--model.generation.num_return_sequences=2",
     "--model.generation.max_new_tokens=8", "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
+    "--trainer.enable_model_summary=false", "--data.revise.critique_tokens=8", "--data.revise.revision_tokens=24",
 ]
 
 

@@ -78,7 +78,7 @@ def test_resume_continues_the_global_step_in_the_same_run(workdir, rows_file):
 def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
     main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=1")])
     out = workdir / "preds.jsonl"
-    main(["predict", *_fit_args(rows_file), "--ckpt_path=last", f"--trainer.callbacks+=cai_lightning.callbacks.JsonlPredictionWriter", f"--trainer.callbacks.output_path={out}"])
+    main(["predict", *_fit_args(rows_file), "--ckpt_path=last", "--trainer.callbacks+=cai_lightning.callbacks.JsonlPredictionWriter", f"--trainer.callbacks.output_path={out}"])
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     dm_test_size = json.loads(next((workdir / "cache").glob("*/manifest.json")).read_text())["splits"]["test"]["examples"]
     assert len(lines) == dm_test_size > 0

@@ -29,7 +29,8 @@ def test_default_constitution_covers_the_required_principles():
         ("principles: []", "non-empty list under 'principles'"),
         ("principles:\n  - name: x\n    critique: c\n", "principle 1 (x): missing or empty field 'revision'"),
         ("principles:\n  - name: x\n    critique: c\n    revision: r\n    check: pep8\n", "unknown check 'pep8'"),
-        ("principles:\n  - {name: x, critique: c, revision: r, weight: 2}\n", "unknown field(s) weight"),
+        ("principles:\n  - {name: x, critique: c, revision: r, severity: 2}\n", "unknown field(s) severity"),
+        ("principles:\n  - {name: x, critique: c, revision: r, weight: -1}\n", "weight must be a positive number"),
     ],
 )
 def test_bad_constitution_files_name_file_and_principle(tmp_path, text, expected):

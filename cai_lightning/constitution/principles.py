@@ -5,6 +5,7 @@
         critique: Identify specific ways in which the code is incorrect ...
         revision: Rewrite the code so that it is correct ...
         check: correctness          # optional: a name from checks.CHECKS
+        weight: 4                   # optional (default 1): what passing the check adds to the score
 
 Errors name the file and the principle: not valid YAML, a principle missing a field, an unknown check.
 """
@@ -29,6 +30,7 @@ class Principle:
     critique: str  # the critique request
     revision: str  # the revision request
     check: str | None = None  # an automatic check grounding the critique, or model critique only
+    weight: float = 1.0  # what passing ``check`` adds to a response's score (see stage.score)
 
 
 @dataclass(frozen=True)
@@ -58,17 +60,25 @@ class Constitution:
             for field in FIELDS:
                 if not isinstance(entry.get(field), str) or not entry[field].strip():
                     raise ConfigError(f"{label}: missing or empty field {field!r}")
-            unknown = set(entry) - {*FIELDS, "check"}
+            unknown = set(entry) - {*FIELDS, "check", "weight"}
             if unknown:
                 raise ConfigError(f"{label}: unknown field(s) {', '.join(sorted(unknown))}")
             check = entry.get("check")
             if check is not None and check not in CHECKS:
                 raise ConfigError(f"{label}: unknown check {check!r}; known checks: {', '.join(CHECKS)}")
+            weight = entry.get("weight", 1.0)
+            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight <= 0:
+                raise ConfigError(f"{label}: weight must be a positive number, got {weight!r}")
             if entry["name"] in names:
                 raise ConfigError(f"{label}: duplicate principle name")
             names.add(entry["name"])
-            principles.append(Principle(entry["name"], entry["critique"].strip(), entry["revision"].strip(), check))
+            principles.append(Principle(entry["name"], entry["critique"].strip(), entry["revision"].strip(), check, float(weight)))
         return cls(tuple(principles), str(path))
+
+    @property
+    def weights(self) -> dict[str, float]:
+        """Check name → weight, over the principles that have a check."""
+        return {p.check: p.weight for p in self.principles if p.check}
 
     def __getitem__(self, name: str) -> Principle:
         for principle in self.principles:

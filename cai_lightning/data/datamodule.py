@@ -1,13 +1,16 @@
 """The LightningDataModule: everything left of the model.
 
-    source ─► validated records ─► train/val/test by stable hash ─► tokenizer ─► prompt-masked tokens
-                 (records.py)              (records.split_of)      (tokenization.py)  (tokenization.build_example)
+    source ─► validated records ─► train/val/test ─► constitution stage ─► tokenizer ─► prompt-masked tokens
+               (records.py)        (split_of, a       (constitution/       (tokenization.py)  (build_example)
+                                    stable hash)       stage.py; optional)
 
 ``prepare_data`` does the expensive part once and caches it on disk under a fingerprint of everything it
-depends on (the source's content, split settings, tokenizer, template, ``max_length``, masking, bad-row
-policy, this module's format version): a second run with the same inputs reuses the cache and says so;
+depends on (the source's content, split settings, the constitution stage's fingerprint, tokenizer,
+template, ``max_length``, masking, bad-row policy, this module's format version): a second run with the same inputs reuses the cache and says so;
 any change builds a new entry. Entries are written to a temporary folder and renamed into place, so a
-killed run never leaves a half-written cache. ``setup`` only loads.
+killed run never leaves a half-written cache. The constitution stage keeps its own cache (one folder per
+fingerprint under ``<cache_dir>/constitution/``, chunk by chunk), so it resumes after a kill and is not
+redone when only tokenization settings change. ``setup`` only loads.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from typing import Literal
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 
+from cai_lightning.constitution import DEFAULT_PATH, Constitution
+from cai_lightning.constitution.critic import Critic, critic_identity, resolve_device
+from cai_lightning.constitution.stage import ConstitutionStage, Revise, format_summary, stage_fingerprint, summarize
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
 from cai_lightning.data.tokenization import (
@@ -37,7 +43,7 @@ from cai_lightning.prompts import TEMPLATE_VERSION, format_prompt
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when what prepare_data writes changes shape
+CACHE_FORMAT = 2  # bump when what prepare_data writes changes shape
 SPLITS = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
 
@@ -75,6 +81,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         cache_dir: Where tokenized datasets (and trained tokenizers) are cached, one folder per fingerprint.
         predict_split: Which split's prompts ``predict`` completes.
         predict_limit: At most this many prompts in ``predict`` (``null``: all of the split).
+        constitution: ``default`` (the constitution shipped in the package), the path of your own
+            constitution YAML, or ``null`` to train on the raw data. When set, ``prepare_data`` critiques
+            and revises the responses of ``revise.splits`` before tokenizing (see ``revise``).
+        revise: Settings of the constitution stage (critic, rounds, candidates, fixers, batch size,
+            generation lengths, seed); ``null``: the defaults of ``Revise``.
     """
 
     def __init__(
@@ -98,6 +109,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         cache_dir: str = "~/.cache/cai_lightning",
         predict_split: Split = "test",
         predict_limit: int | None = None,
+        constitution: str | None = None,
+        revise: Revise | None = None,
     ) -> None:
         super().__init__()
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -108,9 +121,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         if max_length < 2:
             raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
         self.save_hyperparameters()
+        self.revise = revise or Revise()
         self.cache_root = Path(cache_dir).expanduser()
         self.tokenizer = None  # set by setup()
         self.splits: dict[str, object] = {}  # split name → datasets.Dataset, set by setup()
+        self.preferences = None  # datasets.Dataset of (prompt, chosen, rejected), set by setup() when revised
         self.manifest: dict = {}
         self._resolved: tuple[str, Path] | None = None
 
@@ -121,9 +136,10 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         records, skipped = validate(loaded.rows, loaded.origin, loaded.rows.column_names, hp.on_bad_rows)
         return records, {"origin": loaded.origin, "fingerprint": loaded.fingerprint, "rows_read": len(loaded.rows), "rows_skipped": skipped}
 
-    def fingerprint(self, source_fingerprint: str, pretrained=None) -> str:
+    def fingerprint(self, source_fingerprint: str, pretrained=None, stage_key: str | None = None) -> str:
         """Key of the cache entry: a hash of every input of ``prepare_data``'s output. ``pretrained`` is the
-        loaded ``data.tokenizer`` (None when a BPE is trained)."""
+        loaded ``data.tokenizer`` (None when a BPE is trained); ``stage_key`` the constitution stage's
+        fingerprint (None without a constitution)."""
         hp = self.hparams
         if pretrained is None:
             tokenizer_key = f"bpe:{hp.vocab_size}"
@@ -138,20 +154,46 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             "tokenizer": tokenizer_key,
             "max_length": hp.max_length,
             "mask_prompt": hp.mask_prompt,
+            "constitution": stage_key and [stage_key, sorted(self.revise.splits)],
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
-    def _resolve(self) -> tuple[str, Path, list[dict], dict, object]:
-        """Records, source facts, the pretrained tokenizer (loaded once, or None) and the cache key/path."""
+    def _resolve(self) -> tuple[str, Path, list[dict], dict, object, ConstitutionStage | None]:
+        """Records (with their split), source facts, the pretrained tokenizer (loaded once, or None), the
+        constitution stage (or None) and the cache key/path."""
+        hp = self.hparams
         records, source = self._load_records()
-        pretrained = load_pretrained_tokenizer(self.hparams.tokenizer) if self.hparams.tokenizer else None
-        key = self.fingerprint(source["fingerprint"], pretrained)
-        return key, self.cache_root / key, records, source, pretrained
+        for record in records:
+            record["split"] = split_of(record, hp.val_fraction, hp.test_fraction, hp.split_seed)
+        pretrained = load_pretrained_tokenizer(hp.tokenizer) if hp.tokenizer else None
+        stage = self._stage(records) if hp.constitution else None
+        key = self.fingerprint(source["fingerprint"], pretrained, stage and stage.folder.name)
+        return key, self.cache_root / key, records, source, pretrained, stage
+
+    def _stage(self, records: list[dict]) -> ConstitutionStage:
+        """The constitution stage for these records, keyed on everything its output depends on. Its critic
+        is loaded only if a chunk is left to do."""
+        hp, settings = self.hparams, self.revise
+        constitution = Constitution.load(DEFAULT_PATH if hp.constitution == "default" else Path(hp.constitution).expanduser())
+        critic_name = settings.critic or hp.tokenizer  # by default, the pretrained model being fine-tuned
+        identity = critic_identity(critic_name, settings.seed, hp.vocab_size) if settings.uses_critic else None
+        device = resolve_device(settings.device).type if settings.uses_critic else None
+        rows = [r for r in records if r["split"] in settings.splits]
+        key = stage_fingerprint(rows, constitution, identity, settings, device)
+
+        def load_critic() -> Critic:
+            if critic_name:
+                return Critic.load(critic_name, settings.device)
+            # the offline default: a random GPT-2 speaking a BPE trained on the same texts the model's is
+            texts = (format_prompt(r["instruction"], r["input"]) + r["output"] for r in records if r["split"] == "train")
+            return Critic.random(train_bpe_tokenizer(texts, hp.vocab_size), settings.seed, settings.device)
+
+        return ConstitutionStage(constitution, settings, self.cache_root / "constitution" / key, load_critic)
 
     # ---------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
         """Build (or reuse) the cached, tokenized splits. Raises :class:`DataError` on bad data."""
-        key, path, records, source, pretrained = self._resolve()
+        key, path, records, source, pretrained, stage = self._resolve()
         self._resolved = (key, path)
         if (path / "manifest.json").exists():
             log.info("Reusing cached tokenized dataset %s (fingerprint %s)", path, key)
@@ -162,7 +204,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             shutil.rmtree(stale, ignore_errors=True)
         staging = self.cache_root / f".tmp-{key}-{os.getpid()}"
         try:
-            manifest = self._build(records, source, pretrained, staging)
+            manifest = self._build(records, source, pretrained, stage, staging)
             manifest["fingerprint"] = key
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             os.replace(staging, path)  # atomic: the entry is complete or absent
@@ -175,13 +217,14 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         print(f"Built tokenized dataset {path}")
         _print_summary(json.loads((path / "manifest.json").read_text()))
 
-    def _build(self, records: list[dict], source: dict, pretrained, out: Path) -> dict:
+    def _build(self, records: list[dict], source: dict, pretrained, stage: ConstitutionStage | None, out: Path) -> dict:
         import datasets
 
         hp = self.hparams
         for record in records:
-            record["split"] = split_of(record, hp.val_fraction, hp.test_fraction, hp.split_seed)
             record["prompt"] = format_prompt(record["instruction"], record["input"])
+            record["original_output"] = record["output"]
+            record["provenance"] = ""  # JSON of the stage's record for revised rows
         by_split = {s: [r for r in records if r["split"] == s] for s in SPLITS}
         for name, fraction in (("train", 1.0), ("val", hp.val_fraction), ("test", hp.test_fraction)):
             if fraction > 0 and not by_split[name]:
@@ -190,6 +233,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
                     f"add rows or raise data.{name}_fraction"
                 )
 
+        manifest = {"source": source, "splits": {}}
+        preferences = []
+        if stage is not None:
+            manifest["constitution"], preferences = self._revise(stage, records)
+
         if pretrained is None:
             texts = (r["prompt"] + r["output"] for r in by_split["train"])
             tokenizer = train_bpe_tokenizer(texts, hp.vocab_size)
@@ -197,7 +245,6 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             tokenizer = pretrained
         tokenizer = save_and_reload(tokenizer, out / "tokenizer")
 
-        manifest = {"source": source, "splits": {}}
         splits = {}
         for name in SPLITS:
             rows = by_split[name]
@@ -230,8 +277,38 @@ class CodeInstructionDataModule(pl.LightningDataModule):
                 "truncated_target": truncated,
                 "target_tokens": sum(sum(t != -100 for t in e["labels"]) for e in kept),
             }
+        if stage is not None:
+            splits["preference"] = datasets.Dataset.from_list(preferences) if preferences else datasets.Dataset.from_dict(
+                {k: [] for k in ("task_id", "split", "prompt", "chosen", "rejected")}
+            )
         datasets.DatasetDict(splits).save_to_disk(str(out / "dataset"))
         return manifest
+
+    def _revise(self, stage: ConstitutionStage, records: list[dict]) -> tuple[dict, list[dict]]:
+        """Run the constitution stage on the records of ``revise.splits`` (in place: ``output`` becomes the
+        chosen response, ``original_output`` keeps the dataset's, ``provenance`` the stage's record).
+        Returns the manifest's ``constitution`` entry and the preference pairs (chosen = final,
+        rejected = original, where they differ)."""
+        rows = [r for r in records if r["split"] in self.revise.splits]
+        print(f"Constitution stage: {len(rows)} rows of {', '.join(self.revise.splits)} ({stage.folder})")
+        provenance = stage.run(rows)
+        preferences = []
+        for row, record in zip(rows, provenance):
+            row["output"] = record["final"]
+            row["provenance"] = json.dumps(record)
+            if record["changed"]:
+                preferences.append(
+                    {"task_id": row["task_id"], "split": row["split"], "prompt": row["prompt"],
+                     "chosen": record["final"], "rejected": record["original"]}
+                )
+        summary = {
+            "constitution": stage.constitution.source,
+            "fingerprint": stage.folder.name,
+            "splits": list(self.revise.splits),
+            "preference_pairs": len(preferences),
+            **summarize(provenance, stage.constitution),
+        }
+        return summary, preferences
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cached splits and tokenizer built by ``prepare_data``."""
@@ -250,6 +327,32 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         self.tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
         loaded = datasets.load_from_disk(str(path / "dataset"))
         self.splits = {name: loaded[name] for name in SPLITS}
+        self.preferences = loaded["preference"] if "preference" in loaded else None
+        if stage == "fit" and "constitution" in self.manifest:
+            self._log_constitution(self.manifest["constitution"])
+
+    def _log_constitution(self, summary: dict) -> None:
+        """The stage's summary to the trainer's logger (TensorBoard: scalars under ``constitution/``, and
+        the printed table as text)."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or trainer.logger is None:
+            return
+        metrics = {
+            "constitution/rows": summary["rows"], "constitution/rows_changed": summary["rows_changed"],
+            "constitution/preference_pairs": summary["preference_pairs"],
+            "constitution/mean_score_before": summary["mean_score_before"],
+            "constitution/mean_score_after": summary["mean_score_after"],
+        }
+        for source in ("critic", "fixer"):
+            metrics[f"constitution/proposed_{source}"] = summary["proposed"].get(source, 0)
+            metrics[f"constitution/accepted_{source}"] = summary["accepted"].get(source, 0)
+        for name, counts in summary["violations"].items():
+            metrics[f"constitution/violations_before/{name}"] = counts["before"]
+            metrics[f"constitution/violations_after/{name}"] = counts["after"]
+        trainer.logger.log_metrics(metrics, step=0)
+        experiment = getattr(trainer.logger, "experiment", None)
+        if hasattr(experiment, "add_text"):
+            experiment.add_text("constitution/summary", "```\n" + format_summary(summary) + "\n```", 0)
 
     # ---------------------------------------------------------------- loaders
     def _collator(self) -> PadCollator:
@@ -290,6 +393,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
 def _print_summary(manifest: dict) -> None:
     source = manifest["source"]
     print(f"  source: {source['origin']}: {source['rows_read']} rows read, {source['rows_skipped']} bad rows skipped")
+    if "constitution" in manifest:
+        summary = manifest["constitution"]
+        print(f"  constitution {summary['constitution']} on {', '.join(summary['splits'])}:")
+        print(format_summary(summary))
+        print(f"  preference pairs: {summary['preference_pairs']}")
     for name, stats in manifest["splits"].items():
         print(
             f"  {name:5s}: {stats['examples']:6d} examples, {stats['target_tokens']:8d} target tokens, "

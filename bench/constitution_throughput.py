@@ -1,0 +1,95 @@
+"""Constitution stage throughput: the batched stage against the seed's way, side by side in one run.
+
+    python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16]
+
+Both rows run the same stage code on the same rows with the same critic (same weights, same seed) and
+the same settings: the response is the critic's own answer (``response_source: model``, so every row is
+reviewed), one round, a critique and ``--candidates`` revisions per row, the fixer candidate, all checks.
+Only batching differs:
+
+  seed's way (one at a time)   batch_size 1 and 1 sandbox worker: each row's answer, critique and
+                               revisions generated on their own, its checks run one after another
+  batched                      batch_size ``--batch-size`` (left-padded prompts, KV cache) and one
+                               sandbox worker per core
+
+The critic is randomly initialised (no Hub access here): ``tiny`` is the offline default's critic,
+``gpt2`` a GPT-2 small-sized model (124M parameters, GPT-2's compute per token). A random critic does not
+stop early, so every generation runs to its token limit in both rows alike. Each row starts from an
+empty cache folder. ``speedup`` is rows/s over the seed's way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cai_lightning.constitution import DEFAULT_PATH, Constitution
+from cai_lightning.constitution.critic import RANDOM_CRITIC, Critic
+from cai_lightning.constitution.stage import ConstitutionStage, Revise, summarize
+from cai_lightning.data.records import builtin_files
+from cai_lightning.data.tokenization import train_bpe_tokenizer
+from cai_lightning.prompts import format_prompt
+
+
+def load_rows(n: int) -> list[dict]:
+    rows = [json.loads(line) for path in builtin_files() for line in Path(path).read_text().splitlines() if line.strip()]
+    return rows[:: max(1, len(rows) // n)][:n]  # spread over the four task files
+
+
+def build_critic(kind: str, rows: list[dict]) -> Critic:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    tokenizer = train_bpe_tokenizer((format_prompt(r["instruction"], r["input"]) + r["output"] for r in rows), 2048)
+    if kind == "tiny":
+        return Critic.random(tokenizer, seed=0, device="cpu")
+    config = GPT2Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    return Critic(GPT2LMHeadModel(config), tokenizer, "random gpt2 (124M)")
+
+
+def time_stage(critic: Critic, rows: list[dict], settings: Revise) -> tuple[float, dict]:
+    with tempfile.TemporaryDirectory() as folder:
+        stage = ConstitutionStage(Constitution.load(DEFAULT_PATH), settings, Path(folder) / "stage", lambda: critic)
+        start = time.perf_counter()
+        provenance = stage.run(rows, progress=False)
+        return time.perf_counter() - start, summarize(provenance, stage.constitution)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=64, help="rows of the shipped task set")
+    parser.add_argument("--model", choices=("tiny", "gpt2"), default="tiny", help=f"tiny: {RANDOM_CRITIC}; gpt2: 124M")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--candidates", type=int, default=2)
+    parser.add_argument("--critique-tokens", type=int, default=32)
+    parser.add_argument("--revision-tokens", type=int, default=128)
+    args = parser.parse_args(argv)
+
+    rows = load_rows(args.rows)
+    critic = build_critic(args.model, rows)
+    common = dict(
+        response_source="model", rounds=1, candidates=args.candidates, critique_tokens=args.critique_tokens,
+        revision_tokens=args.revision_tokens, device="cpu",
+    )
+    print(f"{len(rows)} rows, critic {critic.name}, {torch.get_num_threads()} threads; "
+          f"per row: answer {args.revision_tokens} + critique {args.critique_tokens} + "
+          f"{args.candidates} x revision {args.revision_tokens} tokens, fixer, all checks")
+    print(f"{'':30s} {'seconds':>8s} {'rows/s':>8s} {'speedup':>8s}  reviewed  changed")
+    baseline = None
+    for label, settings in (
+        ("seed's way (one at a time)", Revise(batch_size=1, workers=1, **common)),
+        (f"batched (batch {args.batch_size})", Revise(batch_size=args.batch_size, workers=None, **common)),
+    ):
+        seconds, summary = time_stage(critic, rows, settings)
+        rate = len(rows) / seconds
+        baseline = baseline or rate
+        print(f"{label:30s} {seconds:8.1f} {rate:8.2f} {rate / baseline:7.2f}x  {summary['rows_reviewed']:8d} {summary['rows_changed']:8d}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""The critic: the causal LM that writes responses, critiques and revisions for the constitution stage.
+
+By default it is the pretrained model being fine-tuned (as in the seed project); any Hugging Face causal
+LM by name or folder otherwise, prompted through its chat template when it has one. Offline, with no
+pretrained model at all, it is a tiny randomly initialised GPT-2 (see :meth:`Critic.random`), which
+writes noise: the acceptance gate keeps that noise out of the data (README, "What the constitution
+stage can and cannot do").
+
+Generation is batched: prompts are left-padded so every row's next token sits in the last column, and
+``generate`` reuses the KV cache, so a batch of 16 costs little more per step than a batch of 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from cai_lightning.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+# The offline critic: 2 blocks, 128 wide (~0.8M parameters + embeddings). The context is long enough
+# for a critique prompt quoting a response and its findings.
+RANDOM_CRITIC = {"n_layer": 2, "n_head": 2, "n_embd": 128, "n_positions": 1024}
+
+
+class Critic:
+    """A causal LM with its tokenizer, generating completions for batches of prompt texts.
+
+    Args:
+        model: Any ``PreTrainedModel`` with ``generate``.
+        tokenizer: Its tokenizer. A missing pad token is fine: generation pads with EOS under an
+            attention mask (the critic is never trained, so the pad == EOS pitfall does not apply).
+        name: What to call it in messages.
+    """
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
+        if tokenizer.eos_token_id is None:
+            raise ConfigError(f"critic {name!r}: its tokenizer has no EOS token to stop generation on")
+        self.name = name
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        config = model.config
+        self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
+        self.prompts_truncated = 0  # prompts cut from the left to fit the context (counted, reported)
+
+    # ---------------------------------------------------------------- building
+    @classmethod
+    def load(cls, name_or_path: str, device: str = "auto") -> Critic:
+        """``AutoModelForCausalLM`` + ``AutoTokenizer`` by Hub name or local folder, remote code never
+        trusted. bf16 weights on a GPU, fp32 on the CPU. Raises :class:`ConfigError` naming the critic."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        device = resolve_device(device)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(
+                name_or_path, trust_remote_code=False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
+            )
+        except (OSError, ValueError, KeyError) as err:
+            raise ConfigError(
+                f"could not load the critic model {name_or_path!r} (data.revise.critic, or model.pretrained when "
+                f"that is null): {err}"
+            ) from err
+        return cls(model.to(device), tokenizer, name_or_path)
+
+    @classmethod
+    def random(cls, tokenizer: PreTrainedTokenizerBase, seed: int, device: str = "auto") -> Critic:
+        """A GPT-2 of :data:`RANDOM_CRITIC` size, randomly initialised from ``seed`` (the offline default)."""
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        config = GPT2Config(
+            vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+            **RANDOM_CRITIC,
+        )
+        with torch.random.fork_rng(devices=[]):  # same weights for the same seed, global RNG untouched
+            torch.manual_seed(seed)
+            model = GPT2LMHeadModel(config)
+        return cls(model.to(resolve_device(device)), tokenizer, "random-gpt2")
+
+    # ---------------------------------------------------------------- generating
+    def as_prompt(self, text: str) -> str:
+        """``text`` as one user turn of the critic's chat template, or as is for a plain LM."""
+        if getattr(self.tokenizer, "chat_template", None):
+            return self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
+            )
+        return text
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        prompts: list[str],
+        *,
+        max_new_tokens: int,
+        n: int = 1,
+        do_sample: bool = True,
+        temperature: float = 0.7,
+        top_p: float = 0.95,
+        seed: int = 0,
+    ) -> list[list[str]]:
+        """``n`` completions per prompt (generated text only, cut at EOS), in one batched ``generate``.
+
+        Sampling is seeded with ``seed`` for this call alone, so a batch's output depends only on its
+        prompts and the seed (what makes a killed stage resume to the same result). Prompts longer than
+        the context minus ``max_new_tokens`` keep their tail (where the request is) and are counted.
+        """
+        if not prompts:
+            return []
+        budget = max(self.context - max_new_tokens, 1)
+        encoded = self.tokenizer([self.as_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        self.prompts_truncated += sum(len(ids) > budget for ids in encoded)
+        encoded = [ids[-budget:] for ids in encoded]
+        width = max(len(ids) for ids in encoded)
+        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)  # (B, T), left-padded
+        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
+        for row, ids in enumerate(encoded):
+            input_ids[row, width - len(ids) :] = torch.tensor(ids)
+            attention_mask[row, width - len(ids) :] = 1
+        new_tokens = min(max_new_tokens, self.context - width)
+        if new_tokens < 1:
+            return [[""] * n for _ in prompts]
+        device = self.model.device
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            out = self.model.generate(
+                input_ids=input_ids.to(device),
+                attention_mask=attention_mask.to(device),
+                max_new_tokens=new_tokens,
+                num_return_sequences=n,
+                do_sample=do_sample,
+                **({"temperature": temperature, "top_p": top_p} if do_sample else {"num_beams": 1}),
+                pad_token_id=self.pad_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                use_cache=True,
+            )  # (B * n, T + new)
+        eos = self.tokenizer.eos_token_id
+        texts = []
+        for ids in out[:, width:].tolist():
+            if eos in ids:
+                ids = ids[: ids.index(eos)]
+            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
+        return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def critic_identity(name_or_path: str | None, seed: int, vocab_size: int) -> dict:
+    """What the stage's cache key records about the critic, known *without* loading it (so a cached stage
+    costs no model load): a local folder by the hash of its files, a Hub model by name, the random critic
+    by its size, seed and vocabulary size (its BPE is trained on the rows, which the key covers anyway)."""
+    if name_or_path is None:
+        return {"name": "random-gpt2", "config": RANDOM_CRITIC, "seed": seed, "vocab_size": vocab_size}
+    path = Path(name_or_path).expanduser()
+    return {"name": name_or_path, "weights": _folder_digest(path) if path.is_dir() else None}
+
+
+def _folder_digest(folder: Path) -> str:
+    """A hash of every file in a local model folder (weights, config, tokenizer): re-saved weights change
+    it, a copied folder does not. About a second per GB."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.iterdir() if p.is_file()):
+        with path.open("rb") as f:
+            digest.update(path.name.encode() + hashlib.file_digest(f, "sha256").digest())
+    return digest.hexdigest()[:16]

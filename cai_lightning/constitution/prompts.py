@@ -1,0 +1,90 @@
+"""The critique and revision prompts, and reading code back out of a revision.
+
+Both prompts extend the dataset's own template (``cai_lightning.prompts``) with the response under review,
+the findings of the principle's automatic check (quoted, so that even a weak critic is grounded in facts),
+and the principle's request::
+
+    Below is an instruction that describes a task, and a response to review. ...
+
+    ### Instruction:
+    {instruction}
+
+    ### Input:                       (left out when empty)
+    {input}
+
+    ### Response:
+    {response}
+
+    ### Automatic check (style):     (left out for principles without a check)
+    - line 1: F401 `os` imported but unused
+
+    ### Critique request:
+    {principle.critique}
+
+    ### Critique:
+    {critique}                       (the revision prompt goes on from here)
+
+    ### Revision request:
+    {principle.revision}
+
+    ### Revision:
+"""
+
+from __future__ import annotations
+
+import re
+
+from cai_lightning.constitution.checks import Finding
+from cai_lightning.constitution.principles import Principle
+
+REVIEW_PREAMBLE = (
+    "Below is an instruction that describes a task, and a response to review. "
+    "Critique the response as requested, then revise it."
+)
+MAX_FINDINGS = 10  # quoted per prompt; the rest are summarised as a count
+
+
+def _sections(instruction: str, input: str, response: str, principle: Principle, findings: list[Finding]) -> list[str]:
+    sections = [REVIEW_PREAMBLE, f"### Instruction:\n{instruction.strip()}"]
+    if input.strip():
+        sections.append(f"### Input:\n{input.strip()}")
+    sections.append(f"### Response:\n{response.rstrip()}")
+    if principle.check:
+        lines = [f"- {finding}" for finding in findings[:MAX_FINDINGS]]
+        if len(findings) > MAX_FINDINGS:
+            lines.append(f"- ... and {len(findings) - MAX_FINDINGS} more")
+        sections.append(f"### Automatic check ({principle.check}):\n" + ("\n".join(lines) or "- no findings"))
+    sections.append(f"### Critique request:\n{principle.critique}")
+    return sections
+
+
+def critique_prompt(instruction: str, input: str, response: str, principle: Principle, findings: list[Finding]) -> str:
+    """The prompt whose completion is the critique of ``response`` under ``principle``."""
+    return "\n\n".join([*_sections(instruction, input, response, principle, findings), "### Critique:\n"])
+
+
+def revision_prompt(
+    instruction: str, input: str, response: str, principle: Principle, findings: list[Finding], critique: str
+) -> str:
+    """The prompt whose completion is a revised response: the critique prompt, the critique, the request."""
+    return "\n\n".join(
+        [
+            *_sections(instruction, input, response, principle, findings),
+            f"### Critique:\n{critique.strip()}",
+            f"### Revision request:\n{principle.revision}",
+            "### Revision:\n",
+        ]
+    )
+
+
+_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+
+
+def extract_code(completion: str) -> str:
+    """The code of a revision: the first fenced block if there is one, else the text up to the next
+    ``### `` section header a model may go on to write; trailing blank space trimmed, one final newline."""
+    fenced = _FENCE.search(completion)
+    code = fenced.group(1) if fenced else re.split(r"^### ", completion, maxsplit=1, flags=re.MULTILINE)[0]
+    code = code.rstrip()
+    return code + "\n" if code else ""
+
