@@ -2,15 +2,18 @@
 
     python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16]
 
+Defaults are the offline default's settings (configs/default.yaml: critique 32, revision 192 tokens, 2 candidates).
+
 Both rows run the same stage code on the same rows with the same critic (same weights, same seed) and
 the same settings: the response is the critic's own answer (``response_source: model``, so every row is
 reviewed), one round, a critique and ``--candidates`` revisions per row, the fixer candidate, all checks.
 Only batching differs:
 
-  seed's way (one at a time)   batch_size 1 and 1 sandbox worker: each row's answer, critique and
-                               revisions generated on their own, its checks run one after another
-  batched                      batch_size ``--batch-size`` (left-padded prompts, KV cache) and one
-                               sandbox worker per core
+  seed's way (one at a time)   batch_size 1, one sequence per ``generate`` call (each revision
+                               candidate on its own, as the seed made its one revision), 1 sandbox
+                               worker: nothing batched anywhere
+  batched                      batch_size ``--batch-size`` rows (left-padded prompts, KV cache, all
+                               candidates of all rows in one ``generate``), one sandbox worker per core
 
 The critic is randomly initialised (no Hub access here): ``tiny`` is the offline default's critic,
 ``gpt2`` a GPT-2 small-sized model (124M parameters, GPT-2's compute per token). A random critic does not
@@ -52,7 +55,25 @@ def build_critic(kind: str, rows: list[dict]) -> Critic:
     return Critic(GPT2LMHeadModel(config), tokenizer, "random gpt2 (124M)")
 
 
-def time_stage(critic: Critic, rows: list[dict], settings: Revise) -> tuple[float, dict]:
+class OneAtATime:
+    """The critic, made to generate one sequence per call (the seed's way)."""
+
+    def __init__(self, critic: Critic) -> None:
+        self.critic = critic
+        self.name = critic.name
+
+    @property
+    def prompts_truncated(self) -> int:
+        return self.critic.prompts_truncated
+
+    def generate(self, prompts: list[str], *, n: int = 1, seed: int = 0, **settings) -> list[list[str]]:
+        return [
+            [self.critic.generate([prompt], n=1, seed=seed + 7919 * p + j, **settings)[0][0] for j in range(n)]
+            for p, prompt in enumerate(prompts)
+        ]
+
+
+def time_stage(critic: Critic | OneAtATime, rows: list[dict], settings: Revise) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as folder:
         stage = ConstitutionStage(Constitution.load(DEFAULT_PATH), settings, Path(folder) / "stage", lambda: critic)
         start = time.perf_counter()
@@ -67,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--critique-tokens", type=int, default=32)
-    parser.add_argument("--revision-tokens", type=int, default=128)
+    parser.add_argument("--revision-tokens", type=int, default=192)
     args = parser.parse_args(argv)
 
     rows = load_rows(args.rows)
@@ -81,11 +102,11 @@ def main(argv: list[str] | None = None) -> None:
           f"{args.candidates} x revision {args.revision_tokens} tokens, fixer, all checks")
     print(f"{'':30s} {'seconds':>8s} {'rows/s':>8s} {'speedup':>8s}  reviewed  changed")
     baseline = None
-    for label, settings in (
-        ("seed's way (one at a time)", Revise(batch_size=1, workers=1, **common)),
-        (f"batched (batch {args.batch_size})", Revise(batch_size=args.batch_size, workers=None, **common)),
+    for label, model, settings in (
+        ("seed's way (one at a time)", OneAtATime(critic), Revise(batch_size=1, workers=1, **common)),
+        (f"batched (batch {args.batch_size})", critic, Revise(batch_size=args.batch_size, workers=None, **common)),
     ):
-        seconds, summary = time_stage(critic, rows, settings)
+        seconds, summary = time_stage(model, rows, settings)
         rate = len(rows) / seconds
         baseline = baseline or rate
         print(f"{label:30s} {seconds:8.1f} {rate:8.2f} {rate / baseline:7.2f}x  {summary['rows_reviewed']:8d} {summary['rows_changed']:8d}")

@@ -145,6 +145,19 @@ def test_random_critic_generates_batched_and_seeded(tmp_path):
     assert alone == critic.generate(prompts, max_new_tokens=6, n=1, do_sample=False)[:1]  # left padding is masked
 
 
+def test_candidates_share_one_prefill_without_changing_what_is_generated():
+    from cai_lightning.data.tokenization import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer([r["instruction"] + r["output"] for r in make_rows(20)], 300)
+    critic = Critic.random(tokenizer, seed=2, device="cpu")
+    prompts = ["x = 1", "a longer prompt, left-padded in the batch: def add(a, b):"]
+    greedy = critic.generate(prompts, max_new_tokens=8, n=2, do_sample=False)
+    assert greedy == [[one[0], one[0]] for one in critic.generate(prompts, max_new_tokens=8, n=1, do_sample=False)]
+    shared = critic.generate(prompts, max_new_tokens=8, n=3, seed=4)
+    critic._shared_prefill = False  # generate(num_return_sequences=3): each prompt encoded 3 times
+    assert shared == critic.generate(prompts, max_new_tokens=8, n=3, seed=4)
+
+
 def test_hub_style_critic_with_chat_template(tmp_path):
     folder = save_tiny_gpt2(tmp_path / "critic")
     critic = Critic.load(str(folder), device="cpu")
@@ -226,6 +239,8 @@ def test_bad_constitution_and_critic_fail_before_any_work(tmp_path):
     assert not list((tmp_path / "cache" / "constitution").glob("*/chunk-*"))
     with pytest.raises(ConfigError, match="data.revise.splits: unknown split"):
         Revise(splits=("train", "dev"))
+    with pytest.raises(ConfigError, match="greedy decoding would propose the same revision"):
+        Revise(do_sample=False, candidates=2)
 
 
 KILL_SCRIPT = """

@@ -48,6 +48,8 @@ class Critic:
         config = model.config
         self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
         self.prompts_truncated = 0  # prompts cut from the left to fit the context (counted, reported)
+        # encode a prompt once for its n samples; models whose cache cannot be repeated fall back
+        self._shared_prefill = hasattr(model, "generate") and getattr(model, "_supports_default_dynamic_cache", lambda: False)()
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -126,19 +128,26 @@ class Critic:
         if new_tokens < 1:
             return [[""] * n for _ in prompts]
         device = self.model.device
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        settings = dict(
+            max_new_tokens=new_tokens,
+            do_sample=do_sample,
+            **({"temperature": temperature, "top_p": top_p} if do_sample else {"num_beams": 1}),
+            pad_token_id=self.pad_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+            use_cache=True,
+        )
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            out = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention_mask.to(device),
-                max_new_tokens=new_tokens,
-                num_return_sequences=n,
-                do_sample=do_sample,
-                **({"temperature": temperature, "top_p": top_p} if do_sample else {"num_beams": 1}),
-                pad_token_id=self.pad_id,
-                eos_token_id=self.tokenizer.eos_token_id,
-                use_cache=True,
-            )  # (B * n, T + new)
+            if n > 1 and self._shared_prefill:
+                out = self._generate_from_shared_prefill(input_ids, attention_mask, n, settings)
+            else:
+                # a preallocated KV cache: no growing torch.cat per step (~15% of a CPU step at batch 32);
+                # transformers ignores it, with a warning, for models that cannot use one
+                out = self.model.generate(
+                    input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=n,
+                    cache_implementation="static", **settings,
+                )  # (B * n, T + new)
         eos = self.tokenizer.eos_token_id
         texts = []
         for ids in out[:, width:].tolist():
@@ -146,6 +155,28 @@ class Critic:
                 ids = ids[: ids.index(eos)]
             texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
         return [texts[i : i + n] for i in range(0, len(texts), n)]
+
+    def _generate_from_shared_prefill(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, settings: dict
+    ) -> torch.Tensor:
+        """``n`` samples per prompt with the prompt encoded once. ``generate(num_return_sequences=n)``
+        copies each prompt ``n`` times *before* the forward pass, so a long critique prompt is encoded
+        ``n`` times over; here all but its last token go through the model once, the KV cache is
+        repeated ``n``-fold, and ``generate`` goes on from it (it only feeds the tokens the cache lacks).
+        Returns ``(B * n, T + new)`` like ``generate``."""
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens count from 0
+        prefill = self.model(
+            input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=position_ids[:, :-1],
+            use_cache=True,
+        )
+        cache = prefill.past_key_values
+        cache.batch_repeat_interleave(n)
+        return self.model.generate(
+            input_ids=input_ids.repeat_interleave(n, dim=0),
+            attention_mask=attention_mask.repeat_interleave(n, dim=0),
+            past_key_values=cache,
+            **settings,
+        )
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,7 +11,7 @@ less 0.01 per finding (at most 99 counted), so fewer findings is progress but ne
 passed. A row that already passes every check is not sent to the critic: no candidate could score
 strictly higher, so skipping it changes nothing but the time taken.
 
-Rows are processed in chunks of ``batch_size``. Each finished chunk is written atomically to the stage's
+Rows are processed in chunks of ``batch_size`` rows of similar length. Each finished chunk is written atomically to the stage's
 folder as ``chunk-NNNNNN.json`` (the provenance of its rows); a re-run after a kill — SIGKILL included —
 reads the finished chunks and does only the rest. Every random draw is seeded from ``(seed, chunk, step)``
 and never from the global RNG, so the resumed result is identical to an uninterrupted run's.
@@ -39,7 +39,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 1  # bump when what a chunk file holds, or how it is computed, changes
+STAGE_FORMAT = 2  # bump when what a chunk file holds, or how it is computed, changes
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -99,6 +99,11 @@ class Revise:
             raise ConfigError("data.revise.candidates is 0 and data.revise.fixers is false: nothing would propose a revision")
         if self.candidates == 0 and self.response_source == "model":
             raise ConfigError("data.revise.response_source: model needs the critic, but data.revise.candidates is 0")
+        if not self.do_sample and self.candidates > 1:
+            raise ConfigError(
+                f"data.revise.candidates is {self.candidates} but data.revise.do_sample is false: greedy decoding "
+                "would propose the same revision each time; set do_sample: true or candidates: 1"
+            )
         unknown = set(self.splits) - {"train", "val", "test"}
         if unknown:
             raise ConfigError(f"data.revise.splits: unknown split(s) {', '.join(sorted(unknown))}; use train, val, test")
@@ -174,7 +179,10 @@ class ConstitutionStage:
         for torn in self.folder.glob(".chunk-*.tmp"):  # a killed run's unfinished write
             torn.unlink(missing_ok=True)
         size = self.settings.batch_size
-        chunks = [rows[start : start + size] for start in range(0, len(rows), size)]
+        # chunks of rows of similar length: less left padding in every batch. The order is a pure
+        # function of the rows, so a resumed run cuts the same chunks.
+        order = sorted(range(len(rows)), key=lambda i: (_length(rows[i]), i))
+        chunks = [[rows[i] for i in order[start : start + size]] for start in range(0, len(rows), size)]
         done = {index: self._read(index) for index in range(len(chunks))}
         done = {index: result for index, result in done.items() if result is not None and len(result) == len(chunks[index])}
         if len(done) < len(chunks) and self.settings.uses_critic:
@@ -185,14 +193,15 @@ class ConstitutionStage:
             total=len(rows), initial=sum(len(chunks[i]) for i in done), unit="row", desc="constitution",
             disable=not progress, dynamic_ncols=True,
         )
-        results = []
         for index, chunk in enumerate(chunks):
             if index not in done:
                 done[index] = self._revise_chunk(index, chunk)
                 self._write(index, done[index])
                 bar.update(len(chunk))
-            results.extend(done[index])
         bar.close()
+        results: list[dict] = [{}] * len(rows)
+        for position, record in zip(order, (record for index in range(len(chunks)) for record in done[index])):
+            results[position] = record
         if self._critic is not None and self._critic.prompts_truncated:
             log.warning(
                 "constitution stage: %d prompt(s) were longer than the critic's context and lost their beginning",
@@ -314,6 +323,10 @@ class ConstitutionStage:
         for record, text, f, sc in zip(records, responses, findings, scores):
             record.update(final=text, findings_after=_strings(f), score_after=sc, changed=text != record["original"])
         return records
+
+
+def _length(row: dict) -> int:
+    return len(row["instruction"]) + len(row["input"]) + len(row["output"])
 
 
 def _strings(findings: dict[str, list[Finding]]) -> dict[str, list[str]]:
