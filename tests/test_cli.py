@@ -52,6 +52,12 @@ def test_fit_leaves_checkpoint_config_scalars_samples_and_export(workdir, rows_f
     [sample] = [t for t in events.Tags()["tensors"] if t.startswith("samples")]
     text = events.Tensors(sample)[-1].tensor_proto.string_val[0].decode()
     assert "### Instruction:" in text and "completion 1" in text  # 2 completions per prompt
+    # the constitution stage's summary (the rows of make_rows have no docstrings: the fixer adds them)
+    assert {"constitution/rows", "constitution/accepted_fixer", "constitution/violations_after/documentation"} <= scalars
+    assert events.Scalars("constitution/violations_before/documentation")[0].value > 0
+    assert events.Scalars("constitution/violations_after/documentation")[0].value == 0
+    [summary] = [t for t in events.Tags()["tensors"] if t.startswith("constitution/summary")]
+    assert "rows violating each principle" in events.Tensors(summary)[0].tensor_proto.string_val[0].decode()
 
     from transformers import pipeline
 

@@ -115,6 +115,14 @@ def test_each_principle_in_turn_quotes_its_own_findings(tmp_path):
     assert provenance[0]["final"] == response  # the only candidate ties: nothing was strictly better
 
 
+def test_model_responses_are_answered_then_revised(tmp_path):
+    provenance, critic = run_stage(tmp_path, [{**ROW, "output": CLEAN}], [UNDOCUMENTED], response_source="model", principles="sample")
+    record = provenance[0]
+    assert critic.prompts[0].endswith("### Output:\n")  # the dataset's own prompt: the critic answers it first
+    assert record["response_source"] == "model" and record["original"] == UNDOCUMENTED  # not the dataset's output
+    assert record["final"] == UNDOCUMENTED and record["steps"][0]["accepted"] is None  # its revision only ties
+
+
 def test_code_that_does_not_parse_is_a_recorded_finding_not_a_crash(tmp_path):
     provenance, _ = run_stage(tmp_path, [{**ROW, "output": "def add(a, b:\n  return"}], ["def add(:"], principles="sample")
     before = provenance[0]["findings_before"]
