@@ -13,6 +13,7 @@ Generation is batched: prompts are left-padded so every row's next token sits in
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 from pathlib import Path
 
@@ -49,7 +50,9 @@ class Critic:
         self.context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None) or 2048
         self.prompts_truncated = 0  # prompts cut from the left to fit the context (counted, reported)
         # encode a prompt once for its n samples; models whose cache cannot be repeated fall back
-        self._shared_prefill = hasattr(model, "generate") and getattr(model, "_supports_default_dynamic_cache", lambda: False)()
+        self._shared_prefill = getattr(model, "_supports_default_dynamic_cache", lambda: False)()
+        # transformers 5.24 renamed the KV cache argument and output field `past_key_values` -> `cache`
+        self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -110,11 +113,12 @@ class Critic:
 
         Sampling is seeded with ``seed`` for this call alone, so a batch's output depends only on its
         prompts and the seed (what makes a killed stage resume to the same result). Prompts longer than
-        the context minus ``max_new_tokens`` keep their tail (where the request is) and are counted.
+        the context minus ``max_new_tokens`` (but at least half the context) keep their tail, where the
+        request is, and are counted; what is left of the context bounds the new tokens.
         """
         if not prompts:
             return []
-        budget = max(self.context - max_new_tokens, 1)
+        budget = max(self.context - max_new_tokens, self.context // 2)  # a small-context critic writes less
         encoded = self.tokenizer([self.as_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
         self.prompts_truncated += sum(len(ids) > budget for ids in encoded)
         encoded = [ids[-budget:] for ids in encoded]
@@ -139,7 +143,7 @@ class Critic:
         )
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(seed)
-            if n > 1 and self._shared_prefill:
+            if n > 1 and self._shared_prefill and width > 1:
                 out = self._generate_from_shared_prefill(input_ids, attention_mask, n, settings)
             else:
                 # a preallocated KV cache: no growing torch.cat per step (~15% of a CPU step at batch 32);
@@ -169,12 +173,12 @@ class Critic:
             input_ids=input_ids[:, :-1], attention_mask=attention_mask[:, :-1], position_ids=position_ids[:, :-1],
             use_cache=True,
         )
-        cache = prefill.past_key_values
+        cache = prefill[self._cache_name]
         cache.batch_repeat_interleave(n)
         return self.model.generate(
             input_ids=input_ids.repeat_interleave(n, dim=0),
             attention_mask=attention_mask.repeat_interleave(n, dim=0),
-            past_key_values=cache,
+            **{self._cache_name: cache},
             **settings,
         )
 
