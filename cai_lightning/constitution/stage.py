@@ -26,6 +26,7 @@ import logging
 import os
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -153,7 +154,9 @@ class ConstitutionStage:
             costs no model load; ``None`` when ``settings.candidates`` is 0 (fixers only).
     """
 
-    def __init__(self, constitution: Constitution, settings: Revise, folder: Path, critic=None) -> None:
+    def __init__(
+        self, constitution: Constitution, settings: Revise, folder: Path, critic: Callable[[], Critic] | None = None
+    ) -> None:
         self.constitution = constitution
         self.settings = settings
         self.folder = folder
@@ -187,7 +190,9 @@ class ConstitutionStage:
         done = {index: result for index, result in done.items() if result is not None and len(result) == len(chunks[index])}
         if len(done) < len(chunks) and self.settings.uses_critic:
             self.critic  # load it now: a critic that cannot be loaded fails before any work, not mid-way
-        if done:
+        if len(done) == len(chunks):
+            print(f"Constitution stage: reusing all {len(chunks)} chunks in {self.folder}")
+        elif done:
             print(f"Constitution stage: resuming, {len(done)} of {len(chunks)} chunks already done in {self.folder}")
         bar = tqdm(
             total=len(rows), initial=sum(len(chunks[i]) for i in done), unit="row", desc="constitution",
