@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+# The tests are offline by design: a mistyped Hub id fails at once instead of retrying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 # Flags that shrink any config to seconds on a CPU: a 1-layer, 32-wide GPT-2, short sequences, 2 beams.
 TINY = [

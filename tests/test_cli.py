@@ -111,6 +111,9 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
         (["--data.batch_size=many"], "batch_size"),
         (["--model.generation.num_return_sequences=9"], "num_return_sequences"),
         (["--data.max_length=256"], "exceeds model.n_positions"),
+        (["--data.revise.rounds=0"], "data.revise.rounds must be at least 1, got 0"),
+        (["--data.constitution=missing.yaml"], "constitution missing.yaml: cannot read it"),
+        (["--data.revise.critic=/nonexistent/critic"], "could not load the critic model '/nonexistent/critic'"),
     ],
 )
 def test_user_errors_exit_2_with_a_message_and_no_traceback(workdir, rows_file, args, expected, capsys):

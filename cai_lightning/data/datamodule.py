@@ -85,7 +85,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             constitution YAML, or ``null`` to train on the raw data. When set, ``prepare_data`` critiques
             and revises the responses of ``revise.splits`` before tokenizing (see ``revise``).
         revise: Settings of the constitution stage (critic, rounds, candidates, fixers, batch size,
-            generation lengths, seed); ``null``: the defaults of ``Revise``.
+            generation lengths, seed); see ``Revise``.
     """
 
     def __init__(
@@ -110,7 +110,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         predict_split: Split = "test",
         predict_limit: int | None = None,
         constitution: str | None = None,
-        revise: Revise | None = None,
+        revise: Revise = Revise(),  # frozen, so one shared default instance is safe (and keeps errors clean:
+        # with `Revise | None` jsonargparse wraps a bad value's ConfigError in a union-type traceback)
     ) -> None:
         super().__init__()
         if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
@@ -121,7 +122,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         if max_length < 2:
             raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
         self.save_hyperparameters()
-        self.revise = revise or Revise()
+        self.revise = revise
         self.cache_root = Path(cache_dir).expanduser()
         self.tokenizer = None  # set by setup()
         self.splits: dict[str, object] = {}  # split name → datasets.Dataset, set by setup()
