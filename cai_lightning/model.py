@@ -14,7 +14,7 @@ from torchmetrics import MeanMetric
 from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
 
 from cai_lightning.data.collate import PadCollator
-from cai_lightning.data.tokenization import IGNORE_INDEX, tokenizer_fingerprint
+from cai_lightning.data.tokenization import IGNORE_INDEX, decode_completions, tokenizer_fingerprint
 from cai_lightning.errors import ConfigError
 
 
@@ -285,15 +285,7 @@ class CodeGPT2(pl.LightningModule):
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )  # (B * num_return_sequences, T + new)
-        texts = [self._decode_completion(row) for row in out[:, prompt_len:].tolist()]
-        n = g.num_return_sequences
-        return [texts[i : i + n] for i in range(0, len(texts), n)]
-
-    def _decode_completion(self, ids: list[int]) -> str:
-        eos = self.tokenizer.eos_token_id
-        if eos in ids:
-            ids = ids[: ids.index(eos)]
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+        return decode_completions(self.tokenizer, out[:, prompt_len:].tolist(), g.num_return_sequences)
 
     def complete(self, prompts: list[str], generation: Generation | None = None) -> list[list[str]]:
         """Completions for prompt texts (already formatted with the template); see :meth:`generate`."""

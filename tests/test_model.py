@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from cai_lightning.data.tokenization import load_pretrained_tokenizer, train_bpe_tokenizer
+from cai_lightning.data.tokenization import decode_completions, load_pretrained_tokenizer, train_bpe_tokenizer
 from cai_lightning.errors import ConfigError
 from cai_lightning.model import Generation, CodeGPT2, warmup_cosine
 from cai_lightning.prompts import format_prompt
@@ -137,8 +137,9 @@ def test_max_new_tokens_and_max_length(tokenizer):
 
 
 def test_decode_cuts_at_eos(tokenizer):
-    module = _module(tokenizer)
     ids = tokenizer("x = 1", add_special_tokens=False)["input_ids"]
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
-    assert module._decode_completion(ids + [eos] + ids + [pad]) == "x = 1"
-    assert math.isclose(len(module._decode_completion(ids + [pad, pad])), 5)
+    [[cut, padded]] = decode_completions(tokenizer, [ids + [eos] + ids + [pad], ids + [pad, pad]], n=2)
+    assert cut == "x = 1"
+    assert math.isclose(len(padded), 5)
+    assert decode_completions(tokenizer, [ids, ids + [eos]], n=1) == [["x = 1"], ["x = 1"]]  # n per prompt

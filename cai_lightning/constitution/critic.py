@@ -20,6 +20,8 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from cai_lightning.data.collate import PadCollator
+from cai_lightning.data.tokenization import decode_completions
 from cai_lightning.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -121,18 +123,13 @@ class Critic:
         budget = max(self.context - max_new_tokens, self.context // 2)  # a small-context critic writes less
         encoded = self.tokenizer([self.as_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
         self.prompts_truncated += sum(len(ids) > budget for ids in encoded)
-        encoded = [ids[-budget:] for ids in encoded]
-        width = max(len(ids) for ids in encoded)
-        input_ids = torch.full((len(encoded), width), self.pad_id, dtype=torch.long)  # (B, T), left-padded
-        attention_mask = torch.zeros((len(encoded), width), dtype=torch.long)
-        for row, ids in enumerate(encoded):
-            input_ids[row, width - len(ids) :] = torch.tensor(ids)
-            attention_mask[row, width - len(ids) :] = 1
+        batch = PadCollator(self.pad_id)([{"input_ids": ids[-budget:]} for ids in encoded])  # left-padded (B, T)
+        width = batch["input_ids"].size(1)
         new_tokens = min(max_new_tokens, self.context - width)
         if new_tokens < 1:
             return [[""] * n for _ in prompts]
         device = self.model.device
-        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         settings = dict(
             max_new_tokens=new_tokens,
             do_sample=do_sample,
@@ -152,13 +149,7 @@ class Critic:
                     input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=n,
                     cache_implementation="static", **settings,
                 )  # (B * n, T + new)
-        eos = self.tokenizer.eos_token_id
-        texts = []
-        for ids in out[:, width:].tolist():
-            if eos in ids:
-                ids = ids[: ids.index(eos)]
-            texts.append(self.tokenizer.decode(ids, skip_special_tokens=True))
-        return [texts[i : i + n] for i in range(0, len(texts), n)]
+        return decode_completions(self.tokenizer, out[:, width:].tolist(), n)
 
     def _generate_from_shared_prefill(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, n: int, settings: dict

@@ -89,3 +89,11 @@ def tokenizer_fingerprint(tokenizer: PreTrainedTokenizerBase) -> str:
     """A hash of the vocabulary (token → id), the part a checkpoint's weights depend on."""
     vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1])
     return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+
+
+def decode_completions(tokenizer: PreTrainedTokenizerBase, generated: list[list[int]], n: int) -> list[list[str]]:
+    """Generated ids, ``B * n`` rows with the prompt already cut off (``generate``'s order: a prompt's
+    ``n`` sequences are adjacent), as text cut at the first EOS, ``n`` per prompt."""
+    eos = tokenizer.eos_token_id
+    texts = [tokenizer.decode(ids[: ids.index(eos)] if eos in ids else ids, skip_special_tokens=True) for ids in generated]
+    return [texts[i : i + n] for i in range(0, len(texts), n)]
