@@ -1,6 +1,6 @@
 """Constitution stage throughput: the batched stage against the seed's way, side by side in one run.
 
-    python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16]
+    python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16] [--repeats 1]
 
 Defaults are the offline default's settings (configs/default.yaml: critique 32, revision 192 tokens, 2 candidates).
 
@@ -18,13 +18,15 @@ Only batching differs:
 The critic is randomly initialised (no Hub access here): ``tiny`` is the offline default's critic,
 ``gpt2`` a GPT-2 small-sized model (124M parameters, GPT-2's compute per token). A random critic does not
 stop early, so every generation runs to its token limit in both rows alike. Each row starts from an
-empty cache folder. ``speedup`` is rows/s over the seed's way.
+empty cache folder. ``speedup`` is rows/s over the seed's way. With ``--repeats`` above 1 the two rows
+run in turn, repeatedly, and each reports its median time and its range (a shared VM drifts by 10-15%).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -89,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--critique-tokens", type=int, default=32)
     parser.add_argument("--revision-tokens", type=int, default=192)
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each row, in turn; the median is reported")
     args = parser.parse_args(argv)
 
     rows = load_rows(args.rows)
@@ -100,16 +103,27 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{len(rows)} rows, critic {critic.name}, {torch.get_num_threads()} threads; "
           f"per row: answer {args.revision_tokens} + critique {args.critique_tokens} + "
           f"{args.candidates} x revision {args.revision_tokens} tokens, fixer, all checks")
-    print(f"{'':30s} {'seconds':>8s} {'rows/s':>8s} {'speedup':>8s}  reviewed  changed")
-    baseline = None
-    for label, model, settings in (
+    print(f"{'':30s} {'seconds':>8s} {'rows/s':>8s} {'speedup':>8s}  reviewed  changed  range (s)")
+    contenders = (
         ("seed's way (one at a time)", OneAtATime(critic), Revise(batch_size=1, workers=1, **common)),
         (f"batched (batch {args.batch_size})", critic, Revise(batch_size=args.batch_size, workers=None, **common)),
-    ):
-        seconds, summary = time_stage(model, rows, settings)
+    )
+    times: dict[str, list[float]] = {label: [] for label, _, _ in contenders}
+    summaries = {}
+    for _ in range(args.repeats):  # in turn, so drift on a shared machine falls on both rows alike
+        for label, model, settings in contenders:
+            seconds, summaries[label] = time_stage(model, rows, settings)
+            times[label].append(seconds)
+    baseline = None
+    for label, _, _ in contenders:
+        seconds = statistics.median(times[label])
         rate = len(rows) / seconds
         baseline = baseline or rate
-        print(f"{label:30s} {seconds:8.1f} {rate:8.2f} {rate / baseline:7.2f}x  {summary['rows_reviewed']:8d} {summary['rows_changed']:8d}")
+        summary = summaries[label]
+        print(
+            f"{label:30s} {seconds:8.1f} {rate:8.2f} {rate / baseline:7.2f}x  {summary['rows_reviewed']:8d} "
+            f"{summary['rows_changed']:8d}  {min(times[label]):.1f}-{max(times[label]):.1f}"
+        )
 
 
 if __name__ == "__main__":

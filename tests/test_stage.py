@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
@@ -162,7 +163,7 @@ def test_candidates_share_one_prefill_without_changing_what_is_generated():
     greedy = critic.generate(prompts, max_new_tokens=8, n=2, do_sample=False)
     assert greedy == [[one[0], one[0]] for one in critic.generate(prompts, max_new_tokens=8, n=1, do_sample=False)]
     shared = critic.generate(prompts, max_new_tokens=8, n=3, seed=4)
-    critic._shared_prefill = False  # generate(num_return_sequences=3): each prompt encoded 3 times
+    critic._shared_prefill = False  # the prompts repeated 3 times, each copy encoded
     assert shared == critic.generate(prompts, max_new_tokens=8, n=3, seed=4)
 
 
@@ -293,3 +294,22 @@ def test_killed_stage_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert resumed_train == fresh_train and resumed_pairs == fresh_pairs
     assert len({r["task_id"] or r["instruction"] for r in resumed_train}) == len(resumed_train)  # nothing twice
     assert resumed.manifest["constitution"]["rows"] == len(resumed_train)
+
+
+def test_sampler_draws_from_the_distribution_transformers_samples_from():
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    from cai_lightning.constitution.critic import TopKTopPSampler
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.2, -1.0, 0.9, -3.0, 0.0]]).repeat(40_000, 1)
+    ids = torch.zeros(40_000, 1, dtype=torch.long)
+    expected = logits[:1]
+    for warp in (TemperatureLogitsWarper(0.8), TopKLogitsWarper(5), TopPLogitsWarper(0.9)):
+        expected = warp(ids[:1], expected)
+    expected = expected.softmax(-1)[0]  # what generate(do_sample=True) draws from
+    torch.manual_seed(0)
+    scores = TopKTopPSampler(0.8, 5, 0.9)(ids, logits)
+    assert ((scores == 0).sum(-1) == 1).all() and (scores.isneginf().sum(-1) == 7).all()  # one token per row
+    drawn = torch.bincount(scores.argmax(-1), minlength=8) / 40_000
+    assert (drawn[expected == 0] == 0).all()  # outside top-k / top-p: never drawn
+    assert torch.allclose(drawn, expected, atol=0.01), (drawn, expected)

@@ -40,7 +40,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 2  # bump when what a chunk file holds, or how it is computed, changes
+STAGE_FORMAT = 3  # bump when what a chunk file holds, or how it is computed, changes
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -64,8 +64,9 @@ class Revise:
         batch_size: Rows per batched generation call (and per chunk saved for resuming).
         critique_tokens: New tokens per critique.
         revision_tokens: New tokens per revision (and per response with ``response_source: model``).
-        do_sample: Sample (``temperature``, ``top_p``) instead of greedy decoding.
+        do_sample: Sample (``temperature``, ``top_k``, ``top_p``) instead of greedy decoding.
         temperature: Softmax temperature when sampling.
+        top_k: Only the ``top_k`` most likely tokens can be drawn when sampling (0: any token).
         top_p: Nucleus sampling mass when sampling.
         seed: Seeds principle sampling and generation.
         workers: Sandbox processes running unit tests at once (``null``: one per CPU core). Does not
@@ -85,6 +86,7 @@ class Revise:
     revision_tokens: int = 256
     do_sample: bool = True
     temperature: float = 0.7
+    top_k: int = 50
     top_p: float = 0.95
     seed: int = 0
     workers: int | None = None
@@ -94,6 +96,8 @@ class Revise:
         for name in ("rounds", "batch_size", "critique_tokens", "revision_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.revise.{name} must be at least 1, got {getattr(self, name)}")
+        if self.top_k < 0:
+            raise ConfigError(f"data.revise.top_k must be 0 (any token) or more, got {self.top_k}")
         if self.candidates < 0:
             raise ConfigError(f"data.revise.candidates must be 0 or more, got {self.candidates}")
         if self.candidates == 0 and not self.fixers:
@@ -248,7 +252,7 @@ class ConstitutionStage:
         s = self.settings
         return self.critic.generate(
             prompts, max_new_tokens=max_new_tokens, n=n, do_sample=s.do_sample, temperature=s.temperature,
-            top_p=s.top_p, seed=seed,
+            top_k=s.top_k, top_p=s.top_p, seed=seed,
         )
 
     def _revise_chunk(self, chunk: int, rows: list[dict]) -> list[dict]:
