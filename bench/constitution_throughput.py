@@ -1,6 +1,6 @@
 """Constitution stage throughput: the batched stage against the seed's way, side by side in one run.
 
-    python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16] [--repeats 1]
+    python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16] [--repeats 1] [--device cpu]
 
 Defaults are the offline default's settings (configs/default.yaml: critique 32, revision 192 tokens, 2 candidates).
 
@@ -16,7 +16,8 @@ Only batching differs:
                                candidates of all rows in one ``generate``), one sandbox worker per core
 
 The critic is randomly initialised (no Hub access here): ``tiny`` is the offline default's critic,
-``gpt2`` a GPT-2 small-sized model (124M parameters, GPT-2's compute per token). A random critic does not
+``gpt2`` a GPT-2 small-sized model (124M parameters, GPT-2's compute per token; in bf16 on a GPU, as
+``Critic.load`` would load it there). A random critic does not
 stop early, so every generation runs to its token limit in both rows alike. Each row starts from an
 empty cache folder. ``speedup`` is rows/s over the seed's way. With ``--repeats`` above 1 the two rows
 run in turn, repeatedly, and each reports its median time and its range (a shared VM drifts by 10-15%).
@@ -46,15 +47,16 @@ def load_rows(n: int) -> list[dict]:
     return rows[:: max(1, len(rows) // n)][:n]  # spread over the four task files
 
 
-def build_critic(kind: str, rows: list[dict]) -> Critic:
+def build_critic(kind: str, rows: list[dict], device: str) -> Critic:
     from transformers import GPT2Config, GPT2LMHeadModel
 
     tokenizer = train_bpe_tokenizer((format_prompt(r["instruction"], r["input"]) + r["output"] for r in rows), 2048)
     if kind == "tiny":
-        return Critic.random(tokenizer, seed=0, device="cpu")
+        return Critic.random(tokenizer, seed=0, device=device)
     config = GPT2Config(vocab_size=len(tokenizer), eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(0)
-    return Critic(GPT2LMHeadModel(config), tokenizer, "random gpt2 (124M)")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    return Critic(GPT2LMHeadModel(config).to(device, dtype), tokenizer, "random gpt2 (124M)")
 
 
 class OneAtATime:
@@ -92,15 +94,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--critique-tokens", type=int, default=32)
     parser.add_argument("--revision-tokens", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, in turn; the median is reported")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the critic runs")
     args = parser.parse_args(argv)
 
     rows = load_rows(args.rows)
-    critic = build_critic(args.model, rows)
+    critic = build_critic(args.model, rows, args.device)
     common = dict(
         response_source="model", rounds=1, candidates=args.candidates, critique_tokens=args.critique_tokens,
-        revision_tokens=args.revision_tokens, device="cpu",
+        revision_tokens=args.revision_tokens, device=args.device,
     )
-    print(f"{len(rows)} rows, critic {critic.name}, {torch.get_num_threads()} threads; "
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"{torch.get_num_threads()} CPU threads"
+    print(f"{len(rows)} rows, critic {critic.name}, {where}; "
           f"per row: answer {args.revision_tokens} + critique {args.critique_tokens} + "
           f"{args.candidates} x revision {args.revision_tokens} tokens, fixer, all checks")
     print(f"{'':30s} {'seconds':>8s} {'rows/s':>8s} {'speedup':>8s}  reviewed  changed  range (s)")

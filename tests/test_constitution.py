@@ -88,3 +88,16 @@ def test_the_shipped_references_are_safe_and_lint_clean():
     assert [r["task_id"] for r in rows if style(r["output"])] == []
     undocumented = sum(bool(documentation(r["output"])) for r in rows)
     assert 0.2 < undocumented / len(rows) < 0.5  # about a third left without docstrings on purpose
+
+
+def test_model_code_with_invalid_escapes_is_checked_without_warnings():
+    import warnings
+
+    from cai_lightning.constitution.checks import add_docstrings
+    from cai_lightning.evaluation import compiles
+
+    code = 'def path():\n    return "C:\\dir\\e"\n'  # "\d" and "\e": SyntaxWarning at every parse since 3.12
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        assert safety(code) == [] and documentation(code) != []
+        assert '"""Path."""' in add_docstrings(code, {"path": "Path."}) and compiles(code)

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -38,9 +39,18 @@ class Finding:
         return f"line {self.line}: {self.message}" if self.line else self.message
 
 
+def parse_code(code: str) -> ast.Module:
+    """``ast.parse`` for code a model wrote, without the SyntaxWarning each invalid escape (``"\\e"``)
+    raises at every parse since Python 3.12 (a screenful per chunk of the stage otherwise)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the same warning before 3.12
+        return ast.parse(code)
+
+
 def _parse(code: str, check: str) -> tuple[ast.Module | None, list[Finding]]:
     try:
-        return ast.parse(code), []
+        return parse_code(code), []
     except SyntaxError as err:
         return None, [Finding(check, f"the code does not parse: {err.msg}", err.lineno or 0)]
     except ValueError as err:  # null bytes
@@ -338,7 +348,7 @@ def add_docstrings(code: str, docstrings: Mapping[str, str]) -> str:
     if not docstrings:
         return code
     try:
-        tree = ast.parse(code)
+        tree = parse_code(code)
     except (SyntaxError, ValueError):
         return code
     lines = _LINE.findall(code)
@@ -368,7 +378,7 @@ def add_docstrings(code: str, docstrings: Mapping[str, str]) -> str:
         lines.insert(row, text)
     result = "".join(lines)
     try:
-        as_intended = ast.dump(ast.parse(result)) == ast.dump(tree)
+        as_intended = ast.dump(parse_code(result)) == ast.dump(tree)
     except (SyntaxError, ValueError):
         as_intended = False
     return result if as_intended else code

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from cai_lightning.constitution.checks import Finding, check_many, fix_many, summary_docstring
+from cai_lightning.constitution.checks import Finding, check_many, fix_many, parse_code, summary_docstring
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.principles import Constitution, Principle
 from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt
@@ -40,7 +40,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 3  # bump when what a chunk file holds, or how it is computed, changes
+STAGE_FORMAT = 4  # bump when what a chunk file holds, or how it is computed, changes
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -353,7 +353,7 @@ def _docstring_targets(row: dict, code: str) -> dict[str, str]:
     name = row.get("entry_point")
     if not name:
         try:
-            tops = [n.name for n in ast.parse(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            tops = [n.name for n in parse_code(code).body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         except (SyntaxError, ValueError):
             return {}
         name = tops[0] if len(tops) == 1 else None
