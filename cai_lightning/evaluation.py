@@ -18,7 +18,6 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Iterable, Sequence
@@ -101,9 +100,7 @@ def assemble(problem: Problem, completion: str) -> str:
 def compiles(program: str) -> bool:
     """Whether ``program`` parses as Python. Parses only; never runs it."""
     try:
-        with warnings.catch_warnings():  # an invalid escape in a completion warns at every compile since 3.12
-            warnings.simplefilter("ignore", SyntaxWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
+        with sandbox.quiet_syntax_warnings():
             compile(program, "<completion>", "exec", dont_inherit=True)
     except (SyntaxError, ValueError, MemoryError, RecursionError):  # ValueError: null bytes
         return False

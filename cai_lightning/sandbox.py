@@ -89,6 +89,7 @@ import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -190,6 +191,17 @@ def run_many(
     # Threads only wait on pipes; the work happens in the children.
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox") as pool:
         return list(pool.map(one, jobs))
+
+
+@contextmanager
+def quiet_syntax_warnings():
+    """For parsing or compiling untrusted code in this process (never running it): silences the
+    SyntaxWarning each invalid escape (``"\\e"``) in it raises at every parse since Python 3.12
+    (a DeprecationWarning before), of which model-written code has plenty."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        yield
 
 
 def isolation_report(limits: Limits = Limits()) -> dict[str, str]:

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import tempfile
 import textwrap
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -40,11 +39,9 @@ class Finding:
 
 
 def parse_code(code: str) -> ast.Module:
-    """``ast.parse`` for code a model wrote, without the SyntaxWarning each invalid escape (``"\\e"``)
-    raises at every parse since Python 3.12 (a screenful per chunk of the stage otherwise)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntaxWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # the same warning before 3.12
+    """``ast.parse`` for code a model wrote, without its invalid escapes' warnings (a screenful per
+    chunk of the stage otherwise)."""
+    with sandbox.quiet_syntax_warnings():
         return ast.parse(code)
 
 

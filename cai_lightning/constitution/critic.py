@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from transformers import AttentionInterface, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from cai_lightning.data.collate import PadCollator
@@ -276,8 +277,6 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     revisions per row 5.27 -> 4.61 s over cutting alone. Anything else (a query of more than one token, no
     boolean mask, soft-capping, training) is transformers' SDPA unchanged.
     """
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
     decoding = _DECODING.get()
     if (
         decoding is None or query.size(2) != 1 or attention_mask is None or attention_mask.dtype != torch.bool
@@ -286,15 +285,14 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     rows, heads, _, dim = query.shape
     mask = attention_mask.expand(rows, 1, 1, -1)  # True: attend
+    end = int(mask[0, 0, 0].nonzero()[-1]) + 1  # where the filling ends: generated tokens are attended by every row
     if decoding.prompts is None or key.size(1) != heads:  # grouped-query attention: cut only
-        end = int(mask[0, 0, 0].nonzero()[-1]) + 1  # generated tokens are attended by every row
         return sdpa_attention_forward(
             module, query, key[:, :, :end], value[:, :, :end], mask[..., :end], dropout=dropout, scaling=scaling, **kwargs
         )
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # also returns the log-sum-exp
     prompt_keys, prompt_values = decoding.prompts[module.layer_idx]
     width, n = prompt_keys.size(2), decoding.n
-    end = width + int(mask[0, 0, 0, width:].sum())
     scaling = dim**-0.5 if scaling is None else scaling
     # the prompt: each prompt's n queries stacked, (B, H, n, D), against its keys (B, H, P, D), once
     stacked = query.view(rows // n, n, heads, dim).transpose(1, 2)
