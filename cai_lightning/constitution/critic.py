@@ -12,7 +12,6 @@ Generation is batched: prompts are left-padded so every row's next token sits in
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 from contextlib import contextmanager
@@ -28,6 +27,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import decode_completions
 from cai_lightning.errors import ConfigError
+from cai_lightning.pretrained import model_identity, resolve_pretrained
+from cai_lightning.prompts import chat_prompt
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,22 @@ class Critic:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def load(cls, name_or_path: str, device: str = "auto") -> Critic:
-        """``AutoModelForCausalLM`` + ``AutoTokenizer`` by Hub name or local folder, remote code never
-        trusted. bf16 weights on a GPU, fp32 on the CPU. Raises :class:`ConfigError` naming the critic."""
+    def load(cls, name_or_path: str, device: str = "auto", cache_dir: str | Path | None = None) -> Critic:
+        """``AutoModelForCausalLM`` + ``AutoTokenizer`` by Hub name, local folder, GGUF file or short name
+        (:func:`~cai_lightning.pretrained.resolve_pretrained`; a GGUF is converted once into ``cache_dir``),
+        remote code never trusted. bf16 weights on a GPU, fp32 on the CPU. Raises :class:`ConfigError`
+        naming the critic."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = resolve_device(device)
         try:
-            tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+            folder = resolve_pretrained(name_or_path, "data.revise.critic", cache_dir)
+        except ConfigError as err:  # it names the flag already
+            raise ConfigError(f"could not load the critic model {name_or_path!r}: {err}") from err
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
-                name_or_path, trust_remote_code=False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
+                folder, trust_remote_code=False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
             )
         except (OSError, ValueError, KeyError) as err:
             raise ConfigError(
@@ -101,11 +108,7 @@ class Critic:
     # ---------------------------------------------------------------- generating
     def as_prompt(self, text: str) -> str:
         """``text`` as one user turn of the critic's chat template, or as is for a plain LM."""
-        if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-            )
-        return text
+        return chat_prompt(self.tokenizer, text) if getattr(self.tokenizer, "chat_template", None) else text
 
     @torch.inference_mode()
     def generate(
@@ -355,19 +358,12 @@ def resolve_device(name: str) -> torch.device:
 
 def critic_identity(name_or_path: str | None, seed: int, vocab_size: int) -> dict:
     """What the stage's cache key records about the critic, known *without* loading it (so a cached stage
-    costs no model load): a local folder by the hash of its files, a Hub model by name, the random critic
-    by its size, seed and vocabulary size (its BPE is trained on the rows, which the key covers anyway)."""
+    costs no model load): a local folder by the hash of its files, a GGUF file or short name by the file's
+    hash (not converted here), a Hub model by name, the random critic by its size, seed and vocabulary
+    size (its BPE is trained on the rows, which the key covers anyway)."""
     if name_or_path is None:
         return {"name": "random-gpt2", "config": RANDOM_CRITIC, "seed": seed, "vocab_size": vocab_size}
-    path = Path(name_or_path).expanduser()
-    return {"name": name_or_path, "weights": _folder_digest(path) if path.is_dir() else None}
-
-
-def _folder_digest(folder: Path) -> str:
-    """A hash of every file in a local model folder (weights, config, tokenizer): re-saved weights change
-    it, a copied folder does not. About a second per GB."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.iterdir() if p.is_file()):
-        with path.open("rb") as f:
-            digest.update(path.name.encode() + hashlib.file_digest(f, "sha256").digest())
-    return digest.hexdigest()[:16]
+    try:
+        return model_identity(name_or_path, "data.revise.critic")
+    except ConfigError as err:  # a critic that cannot exist fails here, before any work, as Critic.load would
+        raise ConfigError(f"could not load the critic model {name_or_path!r}: {err}") from err

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from cai_lightning.errors import ConfigError
+from cai_lightning.pretrained import resolve_pretrained
 from transformers import AutoTokenizer, GPT2TokenizerFast, PreTrainedTokenizerBase
 
 log = logging.getLogger(__name__)
@@ -24,13 +25,20 @@ EOS = "<|endoftext|>"  # GPT-2's end-of-text, also its BOS/UNK
 PAD = "[PAD]"
 
 
-def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+def load_pretrained_tokenizer(name_or_path: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained`` plus a real ``[PAD]`` token when the tokenizer has none (GPT-2 has none).
 
-    Remote code is never trusted. Raises :class:`ConfigError` when it cannot be loaded.
+    ``name_or_path`` is anything :func:`~cai_lightning.pretrained.resolve_pretrained` takes (a GGUF file or
+    short name is converted once into a folder under ``cache_dir``). Remote code is never trusted. Raises
+    :class:`ConfigError` when it cannot be loaded.
     """
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=False)
+        # data.tokenizer is linked from model.pretrained in the CLI: the user set one of the two
+        folder = resolve_pretrained(name_or_path, "model.pretrained / data.tokenizer", cache_dir)
+    except ConfigError as err:  # it names the flag already
+        raise ConfigError(f"could not load tokenizer {name_or_path!r}: {err}") from err
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
     except (OSError, ValueError) as err:
         raise ConfigError(
             f"could not load tokenizer {name_or_path!r} (model.pretrained / data.tokenizer): {err}"
