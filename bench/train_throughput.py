@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.data.tokenization import IGNORE_INDEX
-from cai_lightning.model import CodeGPT2
+from cai_lightning.model import CodeLM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,9 +36,9 @@ def load_config(path: Path) -> tuple[dict, dict]:
     return model_args, config["data"]
 
 
-def build_module(model_args: dict, datamodule: CodeInstructionDataModule) -> CodeGPT2:
+def build_module(model_args: dict, datamodule: CodeInstructionDataModule) -> CodeLM:
     torch.manual_seed(0)
-    module = CodeGPT2(**model_args)
+    module = CodeLM(**model_args)
     module.connect(datamodule.tokenizer)
     module.configure_model()
     return module

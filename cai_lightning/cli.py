@@ -20,7 +20,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.errors import UserError
-from cai_lightning.model import CodeGPT2
+from cai_lightning.model import CodeLM
 
 
 def cpu_supports_bf16() -> bool:
@@ -69,11 +69,11 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs; no effect on CPU
     try:
         return CAILightningCLI(
-            CodeGPT2,
+            CodeLM,
             CodeInstructionDataModule,
             args=args,
             save_config_kwargs={"overwrite": True},  # resuming writes config.yaml into the same folder
-            auto_configure_optimizers=False,  # CodeGPT2.configure_optimizers owns AdamW and its schedule
+            auto_configure_optimizers=False,  # CodeLM.configure_optimizers owns AdamW and its schedule
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,5 +1,6 @@
-"""The LightningModule: GPT-2 with a ``[PAD]`` token, AdamW with a warmup + cosine schedule, target-token
-metrics, and beam-search generation (used by ``predict`` and the sample callback)."""
+"""The LightningModule: a causal LM (a GPT-2 from a config offline, or any pretrained Hugging Face causal
+LM) with a ``[PAD]`` token, AdamW with a warmup + cosine schedule, target-token metrics, and beam-search
+generation (used by ``predict`` and the sample callback)."""
 
 from __future__ import annotations
 
@@ -11,11 +12,20 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from torchmetrics import MeanMetric
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    GPT2Config,
+    GPT2LMHeadModel,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import IGNORE_INDEX, decode_completions, tokenizer_fingerprint
 from cai_lightning.errors import ConfigError
+from cai_lightning.pretrained import resolve_pretrained
 
 
 @dataclass(frozen=True)
@@ -60,16 +70,32 @@ class Generation:
             raise ConfigError("set model.generation.max_new_tokens or model.generation.max_length")
 
 
-class CodeGPT2(pl.LightningModule):
-    """GPT-2 fine-tuned on prompt-masked instruction → code examples.
+def context_length(config: PretrainedConfig) -> int | None:
+    """The longest sequence, prompt + completion, a model's config says it covers; ``None`` if it names none.
+
+    Llama-family configs call it ``max_position_embeddings``; GPT-2's ``n_positions`` answers to that name
+    too (an alias in ``GPT2Config.attribute_map``), and is read directly for configs without the alias.
+    """
+    for name in ("max_position_embeddings", "n_positions"):
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+class CodeLM(pl.LightningModule):
+    """A causal LM fine-tuned on prompt-masked instruction → code examples.
 
     The tokenizer is runtime state, not a hyperparameter: it comes from the datamodule in ``setup``
     (or :meth:`connect` when used without a Trainer), and the network is built in ``configure_model``
     once its vocabulary is known.
 
     Args:
-        pretrained: Name or folder for ``GPT2LMHeadModel.from_pretrained`` (e.g. ``gpt2-medium``);
-            ``null`` builds a randomly initialised GPT-2 from the ``n_*`` settings below.
+        pretrained: A Hugging Face causal LM to fine-tune: Hub name or folder (e.g. ``gpt2-medium``,
+            ``HuggingFaceTB/SmolLM2-135M``), resolved by ``cai_lightning.pretrained.resolve_pretrained``.
+            GPT-2 checkpoints load as ``GPT2LMHeadModel``, any other architecture through
+            ``AutoModelForCausalLM`` (remote code is never trusted). ``null`` builds a randomly
+            initialised GPT-2 from the ``n_*`` settings below.
         n_layer: Transformer blocks (from-scratch only).
         n_head: Attention heads per block (from-scratch only).
         n_embd: Width of the residual stream (from-scratch only); a multiple of ``n_head``.
@@ -106,7 +132,8 @@ class CodeGPT2(pl.LightningModule):
         self.generation = generation
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self._tokenizer_fingerprint: str | None = None  # set with the tokenizer by connect()
-        self.model: GPT2LMHeadModel | None = None
+        self.model: PreTrainedModel | None = None
+        self._pretrained: tuple[str, PretrainedConfig] | None = None  # (folder, config), read once
         self.metrics = torch.nn.ModuleDict(
             {f"{stage}_{name}": MeanMetric() for stage in ("train", "val", "test") for name in ("loss", "acc")}
         )
@@ -124,13 +151,34 @@ class CodeGPT2(pl.LightningModule):
         if self.tokenizer is None and datamodule is not None:
             self.connect(datamodule.tokenizer)
         if self.tokenizer is None:
-            raise RuntimeError("CodeGPT2 needs a tokenizer: use it with CodeInstructionDataModule or call connect()")
+            raise RuntimeError("CodeLM needs a tokenizer: use it with CodeInstructionDataModule or call connect()")
         max_length = getattr(getattr(datamodule, "hparams", None), "max_length", None)
-        if self.hparams.pretrained is None and max_length and max_length > self.hparams.n_positions:
+        hp = self.hparams
+        if max_length and hp.pretrained is None and max_length > hp.n_positions:
             raise ConfigError(
-                f"data.max_length ({max_length}) exceeds model.n_positions ({self.hparams.n_positions}); "
+                f"data.max_length ({max_length}) exceeds model.n_positions ({hp.n_positions}); "
                 "raise model.n_positions or lower data.max_length"
             )
+        if max_length and hp.pretrained is not None:
+            positions = context_length(self._pretrained_config()[1])
+            if positions is not None and max_length > positions:
+                raise ConfigError(
+                    f"data.max_length ({max_length}) exceeds the context length of "
+                    f"model.pretrained={hp.pretrained!r} ({positions} positions); lower data.max_length"
+                )
+
+    def _pretrained_config(self) -> tuple[str, PretrainedConfig]:
+        """``model.pretrained`` resolved to what ``from_pretrained`` loads, and its config; read once (a GGUF
+        file is converted on first resolution). Raises :class:`ConfigError` naming the flag."""
+        if self._pretrained is None:
+            name = self.hparams.pretrained
+            folder = resolve_pretrained(name, "model.pretrained")
+            try:
+                config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+            except (OSError, ValueError) as err:
+                raise ConfigError(f"could not load model.pretrained={name!r}: {err}") from err
+            self._pretrained = (folder, config)
+        return self._pretrained
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -138,8 +186,15 @@ class CodeGPT2(pl.LightningModule):
         tok = self.tokenizer
         hp = self.hparams
         if hp.pretrained is not None:
+            folder, config = self._pretrained_config()
+            # GPT-2 keeps its own class (the seed's recipe); any other causal LM goes through the auto class,
+            # which refuses architectures that are not causal LMs (T5, BERT) with a ValueError.
+            cls = GPT2LMHeadModel if config.model_type == "gpt2" else AutoModelForCausalLM
             try:
-                model = GPT2LMHeadModel.from_pretrained(hp.pretrained)  # never trust_remote_code
+                # fp32 master weights, whatever dtype the checkpoint was saved in: from_pretrained's default
+                # dtype="auto" would keep a bf16 checkpoint (SmolLM2's) in bf16, and AdamW steps on bf16
+                # weights lose small updates. trainer.precision (bf16-mixed) decides the compute dtype.
+                model = cls.from_pretrained(folder, config=config, dtype=torch.float32, trust_remote_code=False)
             except (OSError, ValueError) as err:
                 raise ConfigError(f"could not load model.pretrained={hp.pretrained!r}: {err}") from err
         else:
@@ -152,6 +207,7 @@ class CodeGPT2(pl.LightningModule):
         if model.get_input_embeddings().num_embeddings < len(tok):
             # Room for [PAD]; new rows start at the mean embedding. Rounded up to a multiple of 64, which
             # matmul kernels prefer (nanoGPT's 50257 → 50304); the spare rows are never produced by the tokenizer.
+            # With tied input/output embeddings (SmolLM2, most small Llamas) the resize keeps them tied.
             model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
         model.config.pad_token_id = tok.pad_token_id
@@ -164,14 +220,31 @@ class CodeGPT2(pl.LightningModule):
         checkpoint["tokenizer_fingerprint"] = self._tokenizer_fingerprint
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint trained with another tokenizer: its token ids would mean other strings,
-        and every metric and completion would be silently wrong."""
+        """Refuse a checkpoint trained with another tokenizer (its token ids would mean other strings, and
+        every metric and completion would be silently wrong) or for another network than this config builds
+        (another architecture or size: two models can share a tokenizer, SmolLM2-135M and -360M do), with a
+        :class:`ConfigError` instead of the state-dict loader's list of mismatched tensors.
+
+        Lightning calls this after ``configure_model`` and before loading the weights; when the network is
+        not built yet (``load_from_checkpoint`` without a tokenizer) only the tokenizer is checked."""
         saved = checkpoint.get("tokenizer_fingerprint")
         if saved is not None and self.tokenizer is not None and saved != self._tokenizer_fingerprint:
             raise ConfigError(
                 "the checkpoint was trained with a different tokenizer than this config builds (different "
                 "data.source content, data.vocab_size or model.pretrained): use the config the checkpoint "
                 "was trained with (its run folder holds config.yaml)"
+            )
+        if self.model is None or "state_dict" not in checkpoint:
+            return
+        built = {name: tuple(t.shape) for name, t in self.state_dict().items()}
+        stored = {name: tuple(t.shape) for name, t in checkpoint["state_dict"].items()}
+        if built != stored:
+            name = next(n for n in sorted(built.keys() | stored.keys()) if built.get(n) != stored.get(n))
+            raise ConfigError(
+                f"the checkpoint holds another network than this config builds (first difference: {name} is "
+                f"{stored.get(name, 'absent')} in the checkpoint, {built.get(name, 'absent')} here; check "
+                "model.pretrained and model.n_*): use the config the checkpoint was trained with (its run "
+                "folder holds config.yaml)"
             )
 
     # ---------------------------------------------------------------- optimisation
@@ -266,9 +339,10 @@ class CodeGPT2(pl.LightningModule):
         """
         g = generation or self.generation
         prompt_len = input_ids.size(1)
-        room = self.model.config.n_positions - prompt_len  # the position table bounds prompt + completion
         new_tokens = g.max_new_tokens if g.max_new_tokens is not None else g.max_length - prompt_len
-        new_tokens = min(new_tokens, room)
+        positions = context_length(self.model.config)
+        if positions is not None:  # the position table (or RoPE's trained range) bounds prompt + completion
+            new_tokens = min(new_tokens, positions - prompt_len)
         if new_tokens < 1:
             return [[""] * g.num_return_sequences for _ in range(input_ids.size(0))]
         out = self.model.generate(

@@ -72,3 +72,49 @@ def save_tiny_gpt2(directory: Path, texts: list[str] | None = None) -> Path:
     GPT2LMHeadModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+# SmolLM2-Instruct's chat template (ChatML), minus its default system prompt.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def save_tiny_llama(directory: Path, texts: list[str] | None = None) -> Path:
+    """A stand-in for ``HuggingFaceTB/SmolLM2-135M-Instruct`` saved with ``save_pretrained``: a byte-level
+    BPE tokenizer laid out like SmolLM2's (``<|endoftext|>`` 0, ``<|im_start|>`` 1 = BOS, ``<|im_end|>`` 2 =
+    EOS *and* PAD, a ChatML chat template) and a 1-layer LlamaForCausalLM with tied embeddings and
+    grouped-query attention, saved in bf16 as SmolLM2 is."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2TokenizerFast, LlamaConfig, LlamaForCausalLM
+
+    from cai_lightning.prompts import format_prompt
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    # Trained on the formatted prompts too, so the template's words are single tokens: prompts fit a
+    # 128-token data.max_length, as in TINY.
+    texts = texts or [format_prompt(r["instruction"], r["input"]) + r["output"] for r in make_rows(60)]
+    backend.train_from_iterator(texts, trainer)
+    tokenizer = GPT2TokenizerFast(
+        tokenizer_object=backend, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|im_end|>",
+        unk_token="<|endoftext|>",
+    )
+    tokenizer.chat_template = CHATML_TEMPLATE
+    assert tokenizer.pad_token_id == tokenizer.eos_token_id == 2
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+        pad_token_id=2,
+    )
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -10,7 +10,7 @@ import torch
 import yaml
 
 from cai_lightning.cli import main
-from conftest import TINY, make_rows, save_tiny_gpt2
+from conftest import TINY, make_rows, save_tiny_gpt2, save_tiny_llama
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 DEFAULT = str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
@@ -133,7 +133,7 @@ def test_bad_row_through_the_cli(workdir, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["fit", *_fit_args(path)])
     assert exit_.value.code == 2
-    assert f"{path}: row 12: field 'output' must be a string, got int" in capsys.readouterr().err
+    assert f"{path}: line 12: field 'output' must be a string, got int" in capsys.readouterr().err
     assert not any((workdir / "cache").glob("*/manifest.json"))
 
 
@@ -160,6 +160,48 @@ def test_gpt2_medium_recipe_with_local_stand_ins_trains_a_step(workdir):
     assert cli.model.model.training  # from_pretrained hands back eval mode: dropout must be back on
     assert cli.model.model.config.pad_token_id == len(cli.datamodule.tokenizer) - 1  # [PAD] appended
     assert (workdir / "lightning_logs/gpt2-medium/version_0/hf_model/config.json").exists()
+
+
+@pytest.mark.slow
+def test_a_llama_fits_resumes_exports_predicts_and_tests(workdir, rows_file, capsys):
+    """Any causal LM, not just GPT-2: a tiny Llama in SmolLM2's layout (pad == eos in its tokenizer, tied
+    embeddings, bf16 weights) through the whole CLI, under the default config's bf16-mixed."""
+    model_dir = save_tiny_llama(workdir / "tiny-llama")
+    args = [*_fit_args(rows_file), f"--model.pretrained={model_dir}", "--data.constitution=null"]
+    main(["fit", *args, "--trainer.max_epochs=1"])
+    last = workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt"
+    first = torch.load(last, weights_only=False)
+    assert first["global_step"] > 0 and first["state_dict"]["model.model.embed_tokens.weight"].dtype == torch.float32
+    cli = main(["fit", *args, "--trainer.max_epochs=2", "--ckpt_path=last"])
+    assert cli.trainer.global_step == 2 * first["global_step"]
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+
+    from transformers import AutoModelForCausalLM, LlamaForCausalLM, pipeline
+
+    export = workdir / "lightning_logs/default/version_0/hf_model"
+    model = AutoModelForCausalLM.from_pretrained(export)
+    assert type(model) is LlamaForCausalLM and model.config.pad_token_id == 400 and model.config.eos_token_id == 2
+    generator = pipeline("text-generation", model=str(export))
+    assert generator("### Instruction:\nAdd.\n\n### Output:\n", max_new_tokens=3, do_sample=False)[0]["generated_text"]
+
+    out = workdir / "preds.jsonl"
+    main(["predict", *args, "--ckpt_path=last", "--trainer.callbacks+=cai_lightning.callbacks.JsonlPredictionWriter",
+          f"--trainer.callbacks.output_path={out}"])
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert lines and all(len(item["completions"]) == 2 for item in lines)
+    cli = main(["test", *args, "--ckpt_path=last"])
+    assert {"test/loss", "test/pass@1", "test/pass@5", "test/syntax_valid"} <= set(cli.trainer.callback_metrics)
+    assert "pass@5" in capsys.readouterr().out
+
+
+def test_max_length_beyond_a_pretrained_models_context_is_a_user_error(workdir, rows_file, capsys):
+    model_dir = save_tiny_llama(workdir / "tiny-llama")  # max_position_embeddings=256
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *_fit_args(rows_file), f"--model.pretrained={model_dir}", "--data.constitution=null",
+              "--data.max_length=300"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"data.max_length (300) exceeds the context length of model.pretrained='{model_dir}' (256 positions)" in err
 
 
 @pytest.mark.slow

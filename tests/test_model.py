@@ -3,11 +3,19 @@ import math
 import pytest
 import torch
 
-from cai_lightning.data.tokenization import decode_completions, load_pretrained_tokenizer, train_bpe_tokenizer
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config
+
+from cai_lightning.data.collate import PadCollator
+from cai_lightning.data.tokenization import (
+    build_example,
+    decode_completions,
+    load_pretrained_tokenizer,
+    train_bpe_tokenizer,
+)
 from cai_lightning.errors import ConfigError
-from cai_lightning.model import Generation, CodeGPT2, warmup_cosine
+from cai_lightning.model import CodeLM, Generation, context_length, warmup_cosine
 from cai_lightning.prompts import format_prompt
-from conftest import make_rows, save_tiny_gpt2
+from conftest import make_rows, save_tiny_gpt2, save_tiny_llama
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +26,7 @@ def tokenizer():
 
 def _module(tokenizer, **kwargs):
     torch.manual_seed(0)
-    module = CodeGPT2(n_layer=1, n_head=2, n_embd=32, n_positions=128, dropout=0.0, **kwargs)
+    module = CodeLM(n_layer=1, n_head=2, n_embd=32, n_positions=128, dropout=0.0, **kwargs)
     module.connect(tokenizer)
     module.configure_model()
     return module
@@ -28,9 +36,10 @@ def test_pretrained_path_adds_pad_and_resizes_embeddings(tmp_path):
     path = save_tiny_gpt2(tmp_path / "tiny-gpt2")
     tokenizer = load_pretrained_tokenizer(str(path))
     assert tokenizer.pad_token == "[PAD]" and tokenizer.pad_token_id == 400 != tokenizer.eos_token_id
-    module = CodeGPT2(pretrained=str(path))
+    module = CodeLM(pretrained=str(path))
     module.connect(tokenizer)
     module.configure_model()
+    assert type(module.model) is GPT2LMHeadModel  # GPT-2 keeps its own class, not the auto class
     rows = module.model.get_input_embeddings().num_embeddings
     assert rows >= len(tokenizer) == 401 and rows % 64 == 0
     assert module.model.config.pad_token_id == 400
@@ -46,7 +55,7 @@ def test_contradictory_settings_are_rejected_naming_the_flag():
     with pytest.raises(ConfigError, match="num_return_sequences"):
         Generation(num_beams=2, num_return_sequences=3)
     with pytest.raises(ConfigError, match="model.n_embd"):
-        CodeGPT2(n_embd=30, n_head=4)
+        CodeLM(n_embd=30, n_head=4)
 
 
 def test_parameters_change_after_one_step_and_loss_is_on_targets_only(tokenizer):
@@ -143,3 +152,106 @@ def test_decode_cuts_at_eos(tokenizer):
     assert cut == "x = 1"
     assert math.isclose(len(padded), 5)
     assert decode_completions(tokenizer, [ids, ids + [eos]], n=1) == [["x = 1"], ["x = 1"]]  # n per prompt
+
+
+# ---------------------------------------------------------------- any causal LM: a tiny Llama (SmolLM2's layout)
+@pytest.fixture(scope="module")
+def llama_dir(tmp_path_factory):
+    return save_tiny_llama(tmp_path_factory.mktemp("models") / "tiny-llama")
+
+
+def _llama_module(llama_dir, **kwargs):
+    tokenizer = load_pretrained_tokenizer(str(llama_dir))
+    torch.manual_seed(0)
+    module = CodeLM(pretrained=str(llama_dir), **kwargs)
+    module.connect(tokenizer)
+    module.configure_model()
+    return module
+
+
+def test_pad_equal_to_eos_gets_its_own_pad_and_eos_stays_a_label(llama_dir):
+    tokenizer = load_pretrained_tokenizer(str(llama_dir))  # saved with pad == eos == <|im_end|> (id 2)
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.eos_token_id == 2
+    assert tokenizer.pad_token == "[PAD]" and tokenizer.pad_token_id == 400 and len(tokenizer) == 401
+    prompt = tokenizer(format_prompt("Add."), add_special_tokens=False)["input_ids"]
+    target = tokenizer("x + 1", add_special_tokens=False)["input_ids"]
+    short = build_example(prompt[:2], target[:1], tokenizer.eos_token_id, max_length=8)
+    assert short == {"input_ids": [*prompt[:2], target[0], 2], "labels": [-100, -100, target[0], 2]}
+    batch = PadCollator(tokenizer.pad_token_id)([short, build_example(prompt[:2], target[:3], 2, max_length=8)])
+    assert batch["input_ids"][0].tolist() == [*prompt[:2], target[0], 2, 400, 400]  # padded with [PAD], not EOS
+    assert batch["labels"][0].tolist() == [-100, -100, target[0], 2, -100, -100]  # EOS trained, padding not
+
+
+def test_llama_loads_through_the_auto_class_in_fp32_with_tied_resized_embeddings(llama_dir):
+    module = _llama_module(llama_dir)
+    model = module.model
+    assert type(model) is LlamaForCausalLM and model.training
+    assert model.dtype == torch.float32  # saved in bf16: the master weights must not stay there
+    embeddings = model.get_input_embeddings().weight
+    assert embeddings.shape == (448, 32)  # 401 rounded up to a multiple of 64
+    assert model.get_output_embeddings().weight.data_ptr() == embeddings.data_ptr()  # still tied
+    assert model.config.pad_token_id == 400 and model.generation_config.eos_token_id == 2
+
+
+def test_llama_generation_stops_on_eos(llama_dir):
+    module = _llama_module(llama_dir, generation=Generation(num_beams=1, max_new_tokens=12))
+    module.eval()
+    # Make EOS the certain next token: greedy decoding must then stop after one token, on EOS (not PAD).
+    favour_eos = torch.zeros(448)
+    favour_eos[2] = 100.0
+    module.model.lm_head.register_forward_hook(lambda _module, _input, logits: logits + favour_eos)
+    calls = _spy_on_generate(module)
+    completions = module.complete([format_prompt("Add."), format_prompt("Write a function add_1(x).")])
+    [(kwargs, (_, prompt_len), (_, total))] = calls
+    assert kwargs["eos_token_id"] == 2 and kwargs["pad_token_id"] == 400
+    assert total == prompt_len + 1 and completions == [[""], [""]]
+
+
+def test_llama_trains_under_cpu_bf16_autocast(llama_dir):
+    module = _llama_module(llama_dir)
+    tokenizer = module.tokenizer
+    prompt = tokenizer(format_prompt("Add."), add_special_tokens=False)["input_ids"]
+    target = tokenizer("def add(x):\n    return x + 1\n", add_special_tokens=False)["input_ids"]
+    batch = PadCollator(tokenizer.pad_token_id)([build_example(prompt, target, 2, max_length=128)] * 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # what trainer.precision=bf16-mixed does on a CPU
+        loss = module._loss_and_metrics(batch, "train")
+    loss.backward()
+    assert torch.isfinite(loss) and loss.item() > 0
+    grads = [p.grad for p in module.model.parameters()]
+    assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+def test_context_length_reads_either_name():
+    assert context_length(GPT2Config(n_positions=128)) == 128
+    assert context_length(LlamaConfig(max_position_embeddings=256)) == 256
+
+
+def test_llama_generation_respects_its_context_length(llama_dir):
+    module = _llama_module(llama_dir, generation=Generation(num_beams=1, max_new_tokens=500))
+    module.eval()
+    calls = _spy_on_generate(module)
+    module.complete([format_prompt("Add.")])
+    [(kwargs, (_, prompt_len), (_, total))] = calls
+    assert kwargs["max_new_tokens"] == 256 - prompt_len and total <= 256  # max_position_embeddings=256
+
+
+def test_a_model_that_is_not_a_causal_lm_is_a_config_error(tmp_path, tokenizer):
+    T5Config(vocab_size=300, d_model=32, d_ff=64, num_layers=1, num_heads=2).save_pretrained(tmp_path / "t5")
+    module = CodeLM(pretrained=str(tmp_path / "t5"))
+    module.connect(tokenizer)
+    with pytest.raises(ConfigError, match="could not load model.pretrained=.*t5"):
+        module.configure_model()
+    with pytest.raises(ConfigError, match="model.pretrained='[^']*nowhere'"):  # named, whoever finds it missing
+        CodeLM(pretrained=str(tmp_path / "nowhere"))._pretrained_config()
+
+
+def test_checkpoint_of_another_network_is_refused(tokenizer):
+    saved = {"state_dict": _module(tokenizer).state_dict()}  # n_embd=32
+    wider = CodeLM(n_layer=1, n_head=2, n_embd=64, n_positions=128)
+    wider.connect(tokenizer)
+    wider.on_load_checkpoint(saved)  # not built yet: nothing to compare
+    wider.configure_model()
+    difference = r"model.lm_head.weight is \(300, 32\) in the checkpoint, \(300, 64\) here"
+    with pytest.raises(ConfigError, match="another network .* " + difference):
+        wider.on_load_checkpoint(saved)
+    _module(tokenizer).on_load_checkpoint(saved)  # the same network loads
