@@ -141,6 +141,10 @@ class Result:
     class or signal, None for a pass or a timeout; ``message`` is a short detail (at most
     ``MESSAGE_CHARS``) with the failing line where known; ``stdout`` / ``stderr`` hold at most
     ``Limits.output_bytes`` bytes each, decoded as UTF-8, plus a note when more was dropped.
+    ``tests_line`` is the line (1-based) of the tests whose top-level statement was running when the run
+    failed, from the harness's report: 0 when it passed or the failure did not come from the tests (the
+    program's own top level, a timeout, a resource limit, tampering). Callers that hide some tests map it
+    to a statement rather than parse ``message``, which carries the exception's text.
     """
 
     status: str
@@ -149,6 +153,7 @@ class Result:
     stdout: str
     stderr: str
     duration_s: float
+    tests_line: int = 0
 
     @property
     def passed(self) -> bool:
@@ -484,19 +489,21 @@ def execute(config, report_fd, layers_json):
         exec(tests_code, namespace)
     except BaseException as exc:
         del reserve
-        status, error_type, message = describe(exc, phase, sources)
+        status, error_type, message, tests_line = describe(exc, phase, sources)
         try:  # for a human reading stderr; written by C code, which reads no audited attribute
             show_traceback(type(exc), exc, exc.__traceback__)
         except BaseException:
             pass
-        audit("cai_sandbox.report", status, error_type, message)
+        audit("cai_sandbox.report", status, error_type, message, tests_line)
     else:
-        audit("cai_sandbox.report", "passed", "", "")
+        audit("cai_sandbox.report", "passed", "", "", 0)
     exit_now(0)
 
 
 def describe(exc, phase, sources):
-    """(status, error_type, message) for an exception; robust to exceptions the program defined."""
+    """(status, error_type, message, tests_line) for an exception; robust to exceptions the program
+    defined. tests_line: the line of the tests' top-level code that was running (the outermost frame of
+    the tests' source), or 0 when the exception did not come from the tests."""
     cls = type(exc)
     status = "failed" if issubclass(cls, AssertionError) else "killed" if issubclass(cls, MemoryError) else "error"
     try:
@@ -517,6 +524,7 @@ def describe(exc, phase, sources):
             detail = "".join((str(exc),)) or ("assertion failed" if status == "failed" else error_type)
     except BaseException:
         detail = error_type
+    tests_line = 0
     try:
         if issubclass(cls, SyntaxError) and exc.filename in ("<program>", "<tests>"):
             line = exc.lineno
@@ -526,11 +534,13 @@ def describe(exc, phase, sources):
         lines = sources[phase].splitlines()
         if type(line) is int and 1 <= line <= len(lines):
             detail += " (%s line %d: %s)" % (phase, line, lines[line - 1].strip()[:200])
+            if phase == "tests":
+                tests_line = line
         elif issubclass(cls, SyntaxError):
             detail += " (in the %s)" % phase
     except BaseException:
         pass
-    return status, error_type, detail[:MESSAGE_CHARS]
+    return status, error_type, detail[:MESSAGE_CHARS], tests_line
 
 
 def restrict_modules(types):
@@ -561,10 +571,10 @@ def install_guard(nonce, report_fd, workdir, layers_json, enforce):
     inside = workdir + "/"
     state = {"harness": None, "reported": False, "own_call": False}
 
-    def send(status, error_type, message):
+    def send(status, error_type, message, tests_line=0):
         state["reported"] = True
-        line = '{"nonce": %s, "status": %s, "error_type": %s, "message": %s, "layers": %s}\n' % (
-            encode(nonce), encode(status), encode(error_type), encode(message), layers_json)
+        line = '{"nonce": %s, "status": %s, "error_type": %s, "message": %s, "tests_line": %d, "layers": %s}\n' % (
+            encode(nonce), encode(status), encode(error_type), encode(message), tests_line, layers_json)
         data = line.encode("ascii")
         while data:
             data = data[write(report_fd, data):]
@@ -729,8 +739,8 @@ def _execute(program: str, tests: str, limits: Limits, audit_hook: bool) -> tupl
     finally:
         _remove_tree(workdir)
     parsed, tampered = _read_report(report, nonce)
-    status, error_type, message = _verdict(parsed, tampered, returncode, timed_out, limits)
-    result = Result(status, error_type, message[:MESSAGE_CHARS], stdout.text(), stderr.text(), duration)
+    status, error_type, message, tests_line = _verdict(parsed, tampered, returncode, timed_out, limits)
+    result = Result(status, error_type, message[:MESSAGE_CHARS], stdout.text(), stderr.text(), duration, tests_line)
     return result, (parsed or {}).get("layers")
 
 
@@ -841,12 +851,13 @@ def _read_report(report: _Capture, nonce: str) -> tuple[dict | None, str | None]
 
 def _verdict(
     report: dict | None, tampered: str | None, returncode: int, timed_out: bool, limits: Limits
-) -> tuple[str, str | None, str]:
-    """(status, error_type, message) from what the parent saw. Pure: the rules in one place."""
+) -> tuple[str, str | None, str, int]:
+    """(status, error_type, message, tests_line) from what the parent saw. Pure: the rules in one place.
+    Only a verdict taken from the harness's report carries a tests line."""
     if timed_out:
-        return "timeout", None, f"exceeded the wall-clock limit of {limits.timeout_s:g} s; its process group was killed"
+        return "timeout", None, f"exceeded the wall-clock limit of {limits.timeout_s:g} s; its process group was killed", 0
     if tampered is not None:
-        return "error", "SandboxTampering", tampered
+        return "error", "SandboxTampering", tampered, 0
     if returncode < 0:
         number = -returncode
         name = signal.Signals(number).name if number in signal.Signals._value2member_map_ else f"signal {number}"
@@ -856,12 +867,14 @@ def _verdict(
             signal.SIGXFSZ: f"wrote a file larger than the limit of {limits.file_bytes:,} bytes",
             signal.SIGSEGV: "crashed with a segmentation fault",
         }.get(number, f"terminated by {name}")
-        return "killed", name, meaning
+        return "killed", name, meaning, 0
     if report is None:
-        return "error", "EarlyExit", f"the process exited (status {returncode}) before the harness reported: os._exit, or a crash"
+        return "error", "EarlyExit", f"the process exited (status {returncode}) before the harness reported: os._exit, or a crash", 0
     if returncode != 0:  # the harness always exits 0 right after reporting
-        return "error", "EarlyExit", f"the process exited with status {returncode} after reporting {report['status']}"
-    return report["status"], report.get("error_type") or None, str(report.get("message", ""))
+        return "error", "EarlyExit", f"the process exited with status {returncode} after reporting {report['status']}", 0
+    line = report.get("tests_line")  # absent from a setup failure's report
+    tests_line = line if type(line) is int and line > 0 else 0
+    return report["status"], report.get("error_type") or None, str(report.get("message", "")), tests_line
 
 
 def _remove_tree(path: str) -> None:

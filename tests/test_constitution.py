@@ -5,7 +5,7 @@ import json
 import pytest
 
 from cai_lightning.constitution import CHECKS, DEFAULT_PATH, Constitution, run_check
-from cai_lightning.constitution.checks import correctness, documentation, safety, style
+from cai_lightning.constitution.checks import UnitTests, check_many, correctness, documentation, safety, split_tests, style
 from cai_lightning.data.records import builtin_files
 from cai_lightning.errors import ConfigError
 
@@ -43,11 +43,60 @@ def test_bad_constitution_files_name_file_and_principle(tmp_path, text, expected
 
 def test_correctness_runs_tests_in_the_sandbox_or_needs_only_to_compile():
     assert correctness(GOOD, "assert add(1, 2) == 3") == []
-    [finding] = correctness(GOOD.replace("a + b\n", "a - b\n"), "assert add(1, 2) == 3")
-    assert "unit tests do not pass (failed)" in finding.message and "AssertionError" in finding.message
+    [finding] = correctness(GOOD.replace("a + b\n", "a - b\n"), "assert add(0, 0) == 0\nassert add(1, 2) == 3")
+    assert finding.message == "the unit test `assert add(1, 2) == 3` fails: AssertionError"  # the test that failed
+    [finding] = correctness(GOOD.replace("a + b\n", "x\n"), "assert add(1, 2) == 3, 'sum'")
+    assert finding.message == "the unit test `assert add(1, 2) == 3, 'sum'` raises NameError: name 'x' is not defined"
+    [finding] = correctness(GOOD + "raise KeyError('k')\n", "assert add(1, 2) == 3")  # before any test ran
+    assert finding.message == "the unit tests do not pass (error): KeyError: 'k' (program line 4: raise KeyError('k'))"
     assert correctness(GOOD) == []  # no tests: compiling is enough
     [broken] = correctness("def add(a, b)\n    return a + b\n")
     assert "does not parse" in broken.message and broken.line == 1
+
+
+TESTS = (
+    "import math\n"  # setup: shown, never held back
+    "assert f(1) == 2\n"
+    "assert f(3) == 4\n"
+    "assert (g := f) is not None\n"  # binds a name the tests after it use: setup too
+    "assert f(5) == 6\n"
+    "assert g(7) == 8\n"
+    "assert f(\n    9) == 10\n"  # one test over two lines
+)
+
+
+def test_split_tests_holds_back_half_of_the_asserts_by_a_seeded_hash():
+    import random
+
+    split = split_tests(TESTS, "t-f", seed=0)
+    assert split.source == TESTS and split.held_back == {5, 6}  # `f(5) == 6` and `g(7) == 8`
+    assert split.shown == "import math\nassert f(1) == 2\nassert f(3) == 4\nassert (g := f) is not None\nassert f(\n    9) == 10\n"
+    random.seed(123)  # the global RNG plays no part
+    assert split_tests(TESTS, "t-f", seed=0) == split
+    by_seed = {seed: split_tests(TESTS, "t-f", seed).held_back for seed in range(4)}
+    assert by_seed == {0: {5, 6}, 1: {2, 7, 8}, 2: {3, 5}, 3: {2, 5}}  # a statement's lines go together
+    assert split_tests(TESTS, "t-other", seed=0).held_back != split.held_back  # the row is part of the key
+    for seed in range(20):  # 5 tests: 2 held back, never the setup lines 1 and 4
+        held = split_tests(TESTS, "t-f", seed).held_back
+        assert not held & {1, 4} and len({line for line in held if line != 8}) == 2
+    assert split_tests("assert f(1) == 2\nassert f(2) == 3", "k", 0).held_back in ({1}, {2})  # 2 tests: one held back
+    assert split_tests("x = 1\nassert f(x) == 2", "k", 0).held_back == set()  # a lone test is the only evidence
+    assert split_tests("assert f(", "k", 0).held_back == set()  # does not parse: nothing to split
+
+
+def test_a_held_back_failure_is_reported_without_its_source():
+    split = split_tests(TESTS, "t-f", seed=0)  # holds back f(5) == 6 and g(7) == 8
+    hard_coded = "def f(x):\n    return {1: 2, 3: 4, 9: 10}[x]\n"  # built from the shown tests
+    [finding] = correctness(hard_coded, split)
+    assert finding.message == "a held-back test fails (KeyError)"  # not the key (5), not the test's source
+    [unsplit] = correctness(hard_coded, TESTS)  # the same run, nothing held back: quoted in full
+    assert unsplit.message == "the unit test `assert f(5) == 6` raises KeyError: 5"
+    wrong = "def f(x):\n    return x\n"
+    [shown] = correctness(wrong, split)  # the first failure is a shown test: quoted
+    assert shown.message == "the unit test `assert f(1) == 2` fails: AssertionError"
+    assert correctness("def f(x):\n    return x + 1\n", split) == []  # the gate runs all the tests
+    batched = check_many([(hard_coded, split), (wrong, UnitTests(TESTS)), (wrong, TESTS)], ["correctness"])
+    assert [r["correctness"] for r in batched] == [[finding], [shown], [shown]]
 
 
 def test_safety_finds_dangerous_calls_and_credentials():

@@ -67,7 +67,7 @@ def test_bad_data_leaves_nothing_in_the_cache(tmp_path):
     rows = make_rows(60)
     rows[7]["output"] = None
     cache = tmp_path / "cache"
-    with pytest.raises(DataError, match="row 8: field 'output'"):
+    with pytest.raises(DataError, match="line 8: field 'output'"):
         _dm(write_jsonl(tmp_path / "r.jsonl", rows), cache).prepare_data()
     assert not cache.exists() or not any(cache.iterdir())
 

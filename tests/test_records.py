@@ -8,17 +8,18 @@ from conftest import make_rows, write_jsonl
 
 
 def _load_and_validate(path, on_bad_rows="error"):
-    loaded = load_source(str(path))
-    return validate(loaded.rows, loaded.origin, loaded.rows.column_names, on_bad_rows)
+    """What the data module does: load, then validate, the reader's skipped lines counted in."""
+    loaded = load_source(str(path), on_bad_rows=on_bad_rows)
+    return validate(loaded.rows, loaded.origin, loaded.rows.column_names, on_bad_rows, loaded.lines, loaded.skipped)
 
 
 @pytest.mark.parametrize(
     ("bad", "expected"),
     [
-        ({"output": ""}, "row 3: field 'output' is empty"),
-        ({"instruction": 7}, "row 3: field 'instruction' must be a string, got int"),
-        ({"instruction": None}, "row 3: field 'instruction' must be a string, got NoneType"),
-        ({"input": ["a"]}, "row 3: field 'input' must be a string, got list"),
+        ({"output": ""}, "line 3: field 'output' is empty"),
+        ({"instruction": 7}, "line 3: field 'instruction' must be a string, got int"),
+        ({"instruction": None}, "line 3: field 'instruction' must be a string, got NoneType"),
+        ({"input": ["a"]}, "line 3: field 'input' must be a string, got list"),
     ],
 )
 def test_bad_row_error_names_file_row_and_field(tmp_path, bad, expected):
@@ -37,6 +38,76 @@ def test_bad_rows_skipped_and_counted(tmp_path):
     records, skipped = _load_and_validate(write_jsonl(tmp_path / "r.jsonl", rows), on_bad_rows="skip")
     assert skipped == 2
     assert [r["instruction"] for r in records] == [rows[i]["instruction"] for i in (0, 2, 3, 5)]
+
+
+def _jsonl_with_broken_lines(path):
+    """Rows 1-5 of make_rows on lines 1, 2, 4, 7 and 9, between a blank line (3), a line that is not
+    JSON (5), one that is JSON but no object (6), and a row whose output is empty (8)."""
+    rows = [json.dumps(r) for r in make_rows(5)]
+    lines = [rows[0], rows[1], "   ", rows[2], '{"instruction": "x", oops}', "[1, 2]", rows[3],
+             json.dumps({"instruction": "y", "output": ""}), rows[4]]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_line_that_is_not_json_is_a_bad_row_naming_file_and_line(tmp_path):
+    path = _jsonl_with_broken_lines(tmp_path / "r.jsonl")
+    with pytest.raises(DataError) as error:
+        _load_and_validate(path)
+    assert str(error.value) == (
+        f"{path}: line 5: not valid JSON (Expecting property name enclosed in double quotes at column 22) "
+        "(set data.on_bad_rows: skip to skip such rows)"
+    )
+    path.write_text(path.read_text().replace('{"instruction": "x", oops}', "{}"))  # line 6 is next
+    with pytest.raises(DataError, match=r"r\.jsonl: line 6: not a JSON object \(got an array\) \(set data.on_bad_rows: skip"):
+        _load_and_validate(path)
+
+
+def test_broken_lines_are_skipped_counted_and_logged_with_the_other_bad_rows(tmp_path, caplog):
+    path = _jsonl_with_broken_lines(tmp_path / "r.jsonl")
+    with caplog.at_level("WARNING", logger="cai_lightning.data.records"):
+        records, skipped = _load_and_validate(path, on_bad_rows="skip")
+    assert [r["instruction"] for r in records] == [r["instruction"] for r in make_rows(5)]  # the rest loads
+    assert skipped == 3
+    assert [m.split(": ", 1)[1] for m in caplog.messages] == [
+        "line 5: not valid JSON (Expecting property name enclosed in double quotes at column 22)",
+        "line 6: not a JSON object (got an array)",
+        "line 8: field 'output' is empty",  # the validator names file lines too
+        "skipped 3 bad row(s) of 8",
+    ]
+    loaded = load_source(str(path), on_bad_rows="skip")
+    assert loaded.lines == [1, 2, 4, 7, 8, 9] and loaded.skipped == 2 and len(loaded.rows) == 6
+
+
+def test_jsonl_fingerprint_is_the_file_content_whatever_is_skipped(tmp_path):
+    path = _jsonl_with_broken_lines(tmp_path / "r.jsonl")
+    fingerprint = load_source(str(path), on_bad_rows="skip").fingerprint
+    assert fingerprint == load_source(str(path), on_bad_rows="skip").fingerprint
+    path.write_text(path.read_text().replace("oops", "oops!"))  # a change in a skipped line still counts
+    assert load_source(str(path), on_bad_rows="skip").fingerprint != fingerprint
+    clean = write_jsonl(tmp_path / "clean.jsonl", make_rows(3))
+    assert load_source(str(clean)).fingerprint.startswith("file:.jsonl:")
+
+
+def test_blank_lines_are_not_rows_and_all_bad_lines_leave_no_usable_rows(tmp_path):
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n\n" + json.dumps(make_rows(1)[0]) + "\n \t\n\r\n")
+    records, skipped = _load_and_validate(path)
+    assert len(records) == 1 and skipped == 0
+    path.write_text("not json\n\n[]\n")
+    with pytest.raises(DataError, match=r"r\.jsonl: no usable rows \(read 2 bad row\(s\)\)"):
+        _load_and_validate(path, on_bad_rows="skip")
+
+
+def test_datamodule_counts_skipped_lines_in_the_manifest(tmp_path):
+    from cai_lightning.data.datamodule import CodeInstructionDataModule
+
+    path = _jsonl_with_broken_lines(tmp_path / "r.jsonl")
+    dm = CodeInstructionDataModule(source=str(path), cache_dir=str(tmp_path / "cache"), on_bad_rows="skip")
+    records, source = dm._load_records()
+    assert len(records) == 5 and source["rows_read"] == 8 and source["rows_skipped"] == 3
+    with pytest.raises(DataError, match="line 5: not valid JSON"):
+        CodeInstructionDataModule(source=str(path), cache_dir=str(tmp_path / "cache"))._load_records()
 
 
 def test_missing_column_and_no_usable_rows(tmp_path):

@@ -48,6 +48,18 @@ def test_pass_fail_and_error_carry_the_failing_line():
     assert "KeyError" in raised.stderr  # the traceback, for a human
 
 
+def test_the_failing_tests_line_is_reported_apart_from_the_message():
+    program = "def f(x):\n    if x == 3:\n        raise ValueError('(tests line 1: forged)')\n    return x\n"
+    tests = "y = 1\nassert f(1) == 1\nassert f(\n    2) == 3\nassert f(3) == 3\n"
+    assert run(program, tests).tests_line == 3  # the statement's first line: the assert's line in the tests
+    raised = run(program, "assert f(1) == 1\nassert f(3) == 3")  # raised in the program, called from line 2
+    assert (raised.error_type, raised.tests_line) == ("ValueError", 2)  # the message's text cannot move it
+    assert run(program, "assert f(1) == 1").tests_line == 0  # passed
+    assert run("raise KeyError('k')", "assert True").tests_line == 0  # the program's own top level
+    assert run(program, "import os\nos._exit(0)").tests_line == 0  # no report: EarlyExit
+    assert run(program, "assert f(1) == 1\nassert f( ==").tests_line == 2  # the tests do not compile
+
+
 def test_syntax_errors_name_the_program_or_the_tests():
     program = run("def f(:\n    return 1\n", "assert f() == 1")
     assert (program.status, program.error_type) == ("error", "SyntaxError")

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,9 +19,9 @@ import torch
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt
-from cai_lightning.constitution.stage import ConstitutionStage, Revise, score
+from cai_lightning.constitution.stage import ConstitutionStage, Revise, format_summary, pair_skip, same_program, score
 from cai_lightning.data.datamodule import CodeInstructionDataModule
-from cai_lightning.errors import ConfigError
+from cai_lightning.errors import ConfigError, DataError
 from tests.conftest import make_rows, save_tiny_gpt2, write_jsonl
 
 CONSTITUTION = Constitution.load(DEFAULT_PATH)
@@ -112,7 +114,9 @@ def test_each_principle_in_turn_quotes_its_own_findings(tmp_path):
     steps = provenance[0]["steps"]
     assert [s["principle"] for s in steps] == [p.name for p in CONSTITUTION.principles]
     critiques = [p for p in critic.prompts if p.endswith("### Critique:\n")]
-    assert "unit tests do not pass" in critiques[0] and "F401" in critiques[2]
+    assert "### Unit tests:\nassert add(1, 2) == 3\n\n" in critiques[0]  # one test: the critic sees it
+    assert "### Automatic check (correctness):\n- the unit test `assert add(1, 2) == 3` fails: AssertionError" in critiques[0]
+    assert "F401" in critiques[2] and "### Unit tests" not in critiques[2]  # style: no tests quoted
     assert provenance[0]["final"] == response  # the only candidate ties: nothing was strictly better
 
 
@@ -138,7 +142,7 @@ def test_fixer_alone_documents_and_formats_without_changing_behaviour(tmp_path):
     assert critic.prompts == []  # candidates 0: no critic at all
     assert record["findings_before"]["style"] and record["findings_before"]["documentation"]
     assert record["findings_after"] == {check: [] for check in WEIGHTS}
-    assert record["final"].startswith('def add(a, b):\n    """Write a function add(a, b) that returns a + b."""\n')
+    assert record["final"].startswith('def add(a, b):\n    """Return a + b."""\n')  # what it does, not the request
 
 
 def test_random_critic_generates_batched_and_seeded(tmp_path):
@@ -240,7 +244,7 @@ def test_datamodule_revises_train_records_with_provenance_and_preference_pairs(t
     assert summary["accepted"]["fixer"] == len(train) == summary["preference_pairs"] == len(dm.preferences)
     record = json.loads(train[0]["provenance"])
     assert record["final"] == train[0]["output"] != train[0]["original_output"] == record["original"]
-    assert '"""Write a function' in train[0]["output"]
+    assert '"""Return x plus ' in train[0]["output"]  # "Write a function add_i(x) that returns x plus i."
     assert {c["source"] for c in record["steps"][0]["candidates"]} == {"critic", "fixer"}
     assert dm.splits["val"][0]["output"] == dm.splits["val"][0]["original_output"]  # only train is revised
     pair = dm.preferences[0]
@@ -260,7 +264,8 @@ def test_stage_cache_follows_its_inputs(tmp_path):
     base = stage_folder(datamodule(tmp_path, rows_path))
     assert stage_folder(datamodule(tmp_path, rows_path)) == base
     assert stage_folder(datamodule(tmp_path, rows_path, workers=2)) == base  # does not change the result
-    for change in ({"seed": 1}, {"rounds": 2}, {"candidates": 1}, {"revision_tokens": 25}, {"critic": str(tmp_path)}):
+    for change in ({"seed": 1}, {"rounds": 2}, {"candidates": 1}, {"revision_tokens": 25}, {"critic": str(tmp_path)},
+                   {"must_pass": ("correctness",)}, {"on_failure": "keep"}):
         assert stage_folder(datamodule(tmp_path, rows_path, **change)) != base, change
     own = tmp_path / "mine.yaml"
     own.write_text(DEFAULT_PATH.read_text().replace("weight: 2", "weight: 3"))
@@ -350,3 +355,200 @@ def test_sampler_draws_from_the_distribution_transformers_samples_from():
     drawn = torch.bincount(scores.argmax(-1), minlength=8) / 40_000
     assert (drawn[expected == 0] == 0).all()  # outside top-k / top-p: never drawn
     assert torch.allclose(drawn, expected, atol=0.01), (drawn, expected)
+
+
+# -- held-back tests, must-pass principles, preference pairs, checked splits ------------------------------
+
+HIDDEN = "assert f(1) == 2\nassert f(3) == 4\nassert f(5) == 6\nassert f(7) == 8"  # f(x) = x + 1
+F_ROW = {"instruction": "Write a function f(x) that returns x + 1.", "input": "", "entry_point": "f", "tests": HIDDEN,
+         "task_id": "t-f"}  # with seed 0, the tests f(5) == 6 and f(7) == 8 (lines 3 and 4) are held back
+
+
+class HardCodingCritic(ScriptedCritic):
+    """Games the tests it is shown: its revision returns their expected values from a dict (documented,
+    so it is tidier than what it replaces); without tests in the prompt it proposes the response as is."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def generate(self, prompts, *, max_new_tokens, n=1, **_):
+        self.prompts += prompts
+        if prompts[0].endswith("### Critique:\n"):
+            return [["c"] for _ in prompts]
+        revisions = []
+        for prompt in prompts:
+            shown = re.search(r"### Unit tests[^\n]*:\n(.*?)\n\n###", prompt, re.DOTALL)
+            cases = re.findall(r"assert f\((\d+)\) == (\d+)", shown.group(1)) if shown else []
+            table = ", ".join(f"{x}: {y}" for x, y in cases)
+            code = f'def f(x):\n    """Return x + 1."""\n    return {{{table}}}[x]\n' if cases else re.search(
+                r"### Response:\n(.*?)\n\n###", prompt, re.DOTALL).group(1) + "\n"
+            revisions.append([f"```python\n{code}```"] * n)
+        return revisions
+
+
+def test_a_revision_hard_coding_the_shown_tests_fails_the_gate_on_the_held_back_ones(tmp_path):
+    correct = "def f(x):\n    return x + 1\n"  # right, but undocumented
+    wrong = 'def f(x):\n    """Return x + 1."""\n    return x\n'
+    rows = [{**F_ROW, "output": correct}, {**F_ROW, "output": wrong}]
+    critic = HardCodingCritic()
+    stage = ConstitutionStage(CONSTITUTION, Revise(principles="all", candidates=1, fixers=False, workers=1), tmp_path, lambda: critic)
+    right_record, wrong_record = stage.run(rows, progress=False)
+    gamed = right_record["steps"][0]["candidates"][0]  # the correctness step
+    assert right_record["tests_held_back"] == [3, 4] and "{1: 2, 3: 4}[x]" in gamed["text"]
+    # were f(5) and f(7) not run, this documented program would beat the correct one by a docstring
+    assert gamed["findings"]["correctness"] == ["a held-back test fails (KeyError)"] and gamed["score"] < right_record["score_before"]
+    assert right_record["final"] == correct and wrong_record["final"] == wrong  # nothing gamed gets in
+    assert wrong_record["steps"][0]["candidates"][0]["score"] == wrong_record["score_before"]  # a tie: kept out
+    revision_prompts = [p for p in critic.prompts if p.endswith("### Revision:\n") and "### Unit tests" in p]
+    assert len(revision_prompts) == 2
+    assert all("### Unit tests (more are held back):\nassert f(1) == 2\nassert f(3) == 4\n\n" in p for p in revision_prompts)
+    assert not any("f(5)" in p or "f(7)" in p or "== 6" in p or "== 8" in p for p in critic.prompts)  # never quoted
+
+
+def test_the_critique_quotes_the_failing_shown_test_and_only_says_that_a_held_back_one_fails(tmp_path):
+    shown_fails = "def f(x):\n    return x\n"  # fails f(1) == 2 first: a shown test
+    held_fails = "def f(x):\n    return x + 1 if x < 7 else 0\n"  # passes all but f(7) == 8: held back
+    rows = [{**F_ROW, "output": shown_fails}, {**F_ROW, "output": held_fails}]
+    provenance, critic = run_stage(tmp_path, rows, [shown_fails], principles="all")
+    assert provenance[0]["findings_before"]["correctness"] == ["the unit test `assert f(1) == 2` fails: AssertionError"]
+    assert provenance[1]["findings_before"]["correctness"] == ["a held-back test fails (AssertionError)"]
+    critiques = [p for p in critic.prompts if p.endswith("### Critique:\n") and "### Automatic check (correctness)" in p]
+    quoted = [p.split("### Automatic check (correctness):\n")[1].split("\n\n")[0] for p in critiques]
+    assert quoted == ["- the unit test `assert f(1) == 2` fails: AssertionError", "- a held-back test fails (AssertionError)"]
+    assert not any("f(7)" in p or "f(5)" in p for p in critic.prompts)
+
+
+class RoundCritic(ScriptedCritic):
+    """Revises each row by a script keyed on a word of its instruction: a list, one entry per revision call."""
+
+    def __init__(self, script: dict[str, list[str]]) -> None:
+        super().__init__([])
+        self.script, self.calls = script, 0
+
+    def generate(self, prompts, *, max_new_tokens, n=1, **_):
+        self.prompts += prompts
+        if prompts[0].endswith("### Critique:\n"):
+            return [["c"] for _ in prompts]
+        call, self.calls = self.calls, self.calls + 1
+        return [[f"```python\n{next(v[call] for k, v in self.script.items() if k in p)}```"] * n for p in prompts]
+
+
+def test_rounds_revise_the_accepted_candidate_and_report_repairs_per_round(tmp_path):
+    documented_but_wrong = 'def add(a, b):\n    """Return a + b."""\n    return a - b\n'
+    rows = [{**ROW, "output": BROKEN, "instruction": f"Write a function add(a, b) that returns a + b ({word})."}
+            for word in ("first", "second", "never")]
+    script = {"first": [CLEAN, BROKEN], "second": [BROKEN, CLEAN], "never": [documented_but_wrong, BROKEN]}
+    critic = RoundCritic(script)
+    stage = ConstitutionStage(CONSTITUTION, Revise(rounds=2, candidates=1, fixers=False, workers=1), tmp_path, lambda: critic)
+    provenance = stage.run(rows, progress=False)
+    assert [r["final"] for r in provenance] == [CLEAN, CLEAN, documented_but_wrong]
+    assert [len(r["steps"]) for r in provenance] == [1, 2, 2]  # "first" passes everything after round 1
+    round_two = [p for p in critic.prompts if "(never)" in p and p.endswith("### Critique:\n")][1]
+    assert f"### Response:\n{documented_but_wrong.rstrip()}\n\n" in round_two  # round 2 revises round 1's pick
+    summary = stage.summarize(provenance)
+    assert summary["repairs"] == [{"round": 1, "failing": 3, "repaired": 1}, {"round": 2, "failing": 2, "repaired": 1}]
+    assert summary["rows_failing_must_pass"] == 1
+    assert "round 1: 3 -> 1, round 2: 2 -> 1" in format_summary(summary)
+
+
+def test_preference_pairs_need_a_passing_chosen_and_a_different_program(tmp_path):
+    assert same_program("x = 'a'  # note\n", 'x = "a"\n') and not same_program("x = 1\n", "x = 2\n")
+    assert not same_program("def f(:\n", "def f(): pass\n")  # a rejected that does not parse: a real difference
+    documented = 'def f():\n    """Doc."""\n    pass\n'
+    assert not same_program("def f():\n    pass\n", documented)  # a docstring is a statement
+    rows = [
+        {**ROW, "task_id": "format", "output": CLEAN.replace("(a, b)", "(a,b)")},  # E231: only formatting to fix
+        {**ROW, "task_id": "broken", "output": BROKEN},  # documented by the fixer, still failing its test
+        {**ROW, "task_id": "undocumented", "output": UNDOCUMENTED},  # documented by the fixer: a real change
+        {**ROW, "task_id": "clean", "output": CLEAN},
+    ]
+    stage = ConstitutionStage(CONSTITUTION, Revise(candidates=0, fixers=True, workers=1), tmp_path, None)
+    provenance = stage.run(rows, progress=False)
+    assert [r["changed"] for r in provenance] == [True, True, True, False]
+    reasons = [pair_skip(r, stage.must_pass) for r in provenance]
+    assert reasons == ["formatting_only", "chosen_fails_must_pass", None, "unchanged"]
+    summary = stage.summarize(provenance)
+    assert summary["preference_pairs"] == 1
+    assert summary["pairs_skipped"] == {"unchanged": 1, "chosen_fails_must_pass": 1, "formatting_only": 1}
+    no_must_pass = ConstitutionStage(CONSTITUTION, Revise(candidates=0, must_pass=(), workers=1), tmp_path / "none", None)
+    assert pair_skip(provenance[1], no_must_pass.must_pass) is None  # nothing required: a different program pairs
+
+
+def test_must_pass_names_principles_with_a_check(tmp_path):
+    stage = ConstitutionStage(CONSTITUTION, Revise(must_pass=("safety", "correctness")), tmp_path, None)
+    assert stage.must_pass == ("safety", "correctness")
+    for bad in (("clarity",), ("tests",)):  # a principle without a check; no such principle
+        with pytest.raises(ConfigError, match=rf"data.revise.must_pass: '{bad[0]}' is not a principle with a check"):
+            ConstitutionStage(CONSTITUTION, Revise(must_pass=bad), tmp_path, None)
+    with pytest.raises(ConfigError, match="data.revise.must_pass names a principle twice"):
+        Revise(must_pass=("safety", "safety"))
+    with pytest.raises(ConfigError, match="data.revise.on_failure must be drop or keep"):
+        Revise(on_failure="warn")
+
+
+def broken_rows(n: int, broken: set[int]) -> list[dict]:
+    """``make_rows(n)`` with the code of rows ``broken`` (0-based) failing its tests (add_i(1) == 1 + i)."""
+    rows = make_rows(n)
+    for i in broken:
+        rows[i]["output"] = f"def add_{i}(x):\n    return x\n"
+    return rows
+
+
+def test_rows_still_failing_a_must_pass_check_are_dropped_counted_and_listed(tmp_path, capsys):
+    # rows 1 and 2 (0-based) land in train, 3 in test, 12 in val (split_of with split_seed 0)
+    rows_path = write_jsonl(tmp_path / "rows.jsonl", broken_rows(24, {1, 2, 3, 12}))
+    dm = datamodule(tmp_path, rows_path, candidates=0)  # fixers only: they document, but cannot fix the code
+    dm.prepare_data()
+    dm.setup("fit")
+    out = capsys.readouterr().out
+    summary = dm.manifest["constitution"]
+    assert summary["rows"] == 19 and summary["failing_rows"] == ["row 2", "row 3"] and summary["dropped"] == 2
+    assert len(dm.splits["train"]) == 17 and "def add_1(x):" not in "".join(dm.splits["train"]["output"])
+    assert "dropped (on_failure: drop): 2 row(s) failing a must-pass check: row 2, row 3" in out
+    assert summary["pairs_skipped"]["chosen_fails_must_pass"] == 2 and summary["preference_pairs"] == 17 == len(dm.preferences)
+    assert summary["repairs"] == [{"round": 1, "failing": 2, "repaired": 0}]
+    checked = summary["checked_splits"]  # val and test: checked with all their tests, not revised
+    assert checked["val"]["rows"] == 3 and checked["test"]["rows"] == 2
+    assert checked["val"]["violations"] == {"correctness": 1, "safety": 0, "style": 0, "documentation": 3}
+    assert checked["test"]["violations"]["correctness"] == 1 == checked["test"]["rows_failing_must_pass"]
+    assert "val (checked, not revised): 3 rows; violating: correctness 1, safety 0, style 0, documentation 3" in out
+    assert dm.splits["val"].filter(lambda r: r["instruction"].startswith("Write a function add_12("))["output"] == [
+        "def add_12(x):\n    return x\n"]  # checked, never revised nor dropped
+    logged = {}
+
+    class Logger:
+        experiment = None
+
+        def log_metrics(self, metrics, step):
+            logged.update({(name, step): value for name, value in metrics.items()})
+
+    dm.trainer = SimpleNamespace(logger=Logger())
+    dm._log_constitution(summary)
+    assert logged[("constitution/eval_violations/val/correctness", 0)] == 1 == logged[("constitution/eval_violations/test/correctness", 0)]
+    assert logged[("constitution/dropped", 0)] == 2 and logged[("constitution/pairs_skipped/chosen_fails_must_pass", 0)] == 2
+    assert (logged[("constitution/repair/failing", 1)], logged[("constitution/repair/repaired", 1)]) == (2, 0)  # step: the round
+
+    kept = datamodule(tmp_path, rows_path, candidates=0, on_failure="keep")
+    kept.prepare_data()
+    kept.setup("fit")
+    assert kept.manifest["constitution"]["failing_rows"] == ["row 2", "row 3"] and kept.manifest["constitution"]["dropped"] == 0
+    assert len(kept.splits["train"]) == 19 and len(kept.preferences) == 17  # kept, but never a chosen response
+    assert "kept (on_failure: keep): 2 row(s) failing a must-pass check: row 2, row 3" in capsys.readouterr().out
+
+    *_, records, _, _, stage = kept._resolve()
+    assert len(list(stage.folder.glob("checked-*.json"))) == 1  # the checked splits' findings, kept with the stage
+
+    def check_again(*_):
+        raise AssertionError("checked again")
+
+    stage._check = check_again  # a rerun reads them
+    failing = [bool(f["correctness"]) for f in stage.check_only([r for r in records if r["split"] != "train"])]
+    assert failing == [False, True, True, False, False]  # rows 0 (val), 3 (test), 12 (val), 16 (test), 22 (val)
+
+
+def test_dropping_every_training_row_is_an_error(tmp_path):
+    rows_path = write_jsonl(tmp_path / "rows.jsonl", broken_rows(12, set(range(12))))
+    with pytest.raises(DataError, match=r"all 10 train rows still fail a must-pass check \(correctness, safety\)"):
+        datamodule(tmp_path, rows_path, candidates=0).prepare_data()
+    datamodule(tmp_path, rows_path, candidates=0, on_failure="keep").prepare_data()  # keep: trained on as they are
+

@@ -1,8 +1,9 @@
 """The critique and revision prompts, and reading code back out of a revision.
 
 Both prompts extend the dataset's own template (``cai_lightning.prompts``) with the response under review,
-the findings of the principle's automatic check (quoted, so that even a weak critic is grounded in facts),
-and the principle's request::
+the row's unit tests that are shown to the critic (correctness only; the others are held back for the
+gate), the findings of the principle's automatic check (quoted, so that even a weak critic is grounded in
+facts), and the principle's request::
 
     Below is an instruction that describes a task, and a response to review. ...
 
@@ -14,6 +15,9 @@ and the principle's request::
 
     ### Response:
     {response}
+
+    ### Unit tests (more are held back):   (correctness only, when the row has tests)
+    assert add(1, 2) == 3
 
     ### Automatic check (style):     (left out for principles without a check)
     - line 1: F401 `os` imported but unused
@@ -34,7 +38,7 @@ from __future__ import annotations
 
 import re
 
-from cai_lightning.constitution.checks import Finding
+from cai_lightning.constitution.checks import Finding, UnitTests
 from cai_lightning.constitution.principles import Principle
 
 REVIEW_PREAMBLE = (
@@ -44,11 +48,17 @@ REVIEW_PREAMBLE = (
 MAX_FINDINGS = 10  # quoted per prompt; the rest are summarised as a count
 
 
-def _sections(instruction: str, input: str, response: str, principle: Principle, findings: list[Finding]) -> list[str]:
+def _sections(
+    instruction: str, input: str, response: str, principle: Principle, findings: list[Finding], tests: str | UnitTests
+) -> list[str]:
     sections = [REVIEW_PREAMBLE, f"### Instruction:\n{instruction.strip()}"]
     if input.strip():
         sections.append(f"### Input:\n{input.strip()}")
     sections.append(f"### Response:\n{response.rstrip()}")
+    tests = UnitTests.of(tests)
+    if principle.check == "correctness" and tests.shown.strip():
+        held = " (more are held back)" if tests.held_back else ""
+        sections.append(f"### Unit tests{held}:\n{tests.shown.strip()}")
     if principle.check:
         lines = [f"- {finding}" for finding in findings[:MAX_FINDINGS]]
         if len(findings) > MAX_FINDINGS:
@@ -58,18 +68,22 @@ def _sections(instruction: str, input: str, response: str, principle: Principle,
     return sections
 
 
-def critique_prompt(instruction: str, input: str, response: str, principle: Principle, findings: list[Finding]) -> str:
-    """The prompt whose completion is the critique of ``response`` under ``principle``."""
-    return "\n\n".join([*_sections(instruction, input, response, principle, findings), "### Critique:\n"])
+def critique_prompt(
+    instruction: str, input: str, response: str, principle: Principle, findings: list[Finding], tests: str | UnitTests = ""
+) -> str:
+    """The prompt whose completion is the critique of ``response`` under ``principle``. ``tests``: the
+    row's tests; only their shown part is quoted, and only under a principle checked by ``correctness``."""
+    return "\n\n".join([*_sections(instruction, input, response, principle, findings, tests), "### Critique:\n"])
 
 
 def revision_prompt(
-    instruction: str, input: str, response: str, principle: Principle, findings: list[Finding], critique: str
+    instruction: str, input: str, response: str, principle: Principle, findings: list[Finding], critique: str,
+    tests: str | UnitTests = "",
 ) -> str:
     """The prompt whose completion is a revised response: the critique prompt, the critique, the request."""
     return "\n\n".join(
         [
-            *_sections(instruction, input, response, principle, findings),
+            *_sections(instruction, input, response, principle, findings, tests),
             f"### Critique:\n{critique.strip()}",
             f"### Revision request:\n{principle.revision}",
             "### Revision:\n",

@@ -11,6 +11,12 @@ less 0.01 per finding (at most 99 counted), so fewer findings is progress but ne
 passed. A row that already passes every check is not sent to the critic: no candidate could score
 strictly higher, so skipping it changes nothing but the time taken.
 
+Some of each row's unit tests are held back from the critic (:func:`checks.split_tests`, seeded by the
+row and ``seed``): the prompts quote only the shown ones, and a failure's evidence never quotes a
+held-back test, but every score — the gate, the findings before and after — runs them all, so a revision
+that special-cases the tests it was shown fails the gate. A row that still fails a ``must_pass`` check
+after its rounds is reported (and dropped from the data by the datamodule with ``on_failure: drop``).
+
 Rows are processed in chunks of ``batch_size`` rows of similar length. Each finished chunk is written atomically to the stage's
 folder as ``chunk-NNNNNN.json`` (the provenance of its rows); a re-run after a kill — SIGKILL included —
 reads the finished chunks and does only the rest. Every random draw is seeded from ``(seed, chunk, step)``
@@ -26,12 +32,14 @@ import logging
 import os
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from cai_lightning.constitution.checks import Finding, check_many, fix_many, parse_code, summary_docstring
+from cai_lightning.constitution.checks import (
+    Finding, UnitTests, check_many, fix_many, parse_code, split_tests, summary_docstring,
+)
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.principles import Constitution, Principle
 from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt
@@ -40,7 +48,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 4  # bump when what a chunk file holds, or how it is computed, changes
+STAGE_FORMAT = 5  # bump when what a chunk file holds, or how it is computed, changes
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -54,7 +62,8 @@ class Revise:
             the offline default — a tiny randomly initialised GPT-2, which writes noise.
         response_source: ``dataset`` revises the dataset's ``output``; ``model`` first has the critic
             answer the prompt and revises its answer (the Constitutional-AI way).
-        rounds: Critique → revision rounds per row.
+        rounds: Critique → revision rounds per row. Each round revises the response the previous one
+            ended with: its accepted candidate, or the same response when none was accepted.
         principles: ``sample`` draws one principle per round (seeded); ``all`` goes through every
             principle in turn in each round.
         candidates: Revisions the critic proposes per step (0: no critic at all, fixers only).
@@ -72,6 +81,12 @@ class Revise:
         workers: Sandbox processes running unit tests at once (``null``: one per CPU core). Does not
             change the result.
         device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
+        must_pass: Principles (or check names) a revised row must pass in the end: one that still fails
+            any of them is dropped or kept as ``on_failure`` says, counted and listed in the summary, and
+            never the chosen side of a preference pair. Each must be a principle of the constitution that
+            has a check (checked when the stage is built). ``[]``: none.
+        on_failure: ``drop`` removes the rows of ``splits`` that still fail a ``must_pass`` check from
+            their split before tokenizing; ``keep`` trains on them as they are.
     """
 
     critic: str | None = None
@@ -91,6 +106,8 @@ class Revise:
     seed: int = 0
     workers: int | None = None
     device: str = "auto"
+    must_pass: tuple[str, ...] = ("correctness", "safety")
+    on_failure: Literal["drop", "keep"] = "drop"
 
     def __post_init__(self) -> None:
         for name in ("rounds", "batch_size", "critique_tokens", "revision_tokens"):
@@ -114,6 +131,10 @@ class Revise:
             raise ConfigError(f"data.revise.splits: unknown split(s) {', '.join(sorted(unknown))}; use train, val, test")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"data.revise.workers must be at least 1, got {self.workers}")
+        if len(set(self.must_pass)) != len(self.must_pass):
+            raise ConfigError(f"data.revise.must_pass names a principle twice: {list(self.must_pass)}")
+        if self.on_failure not in ("drop", "keep"):
+            raise ConfigError(f"data.revise.on_failure must be drop or keep, got {self.on_failure!r}")
 
     @property
     def uses_critic(self) -> bool:
@@ -129,7 +150,9 @@ def score(findings: dict[str, list], weights: dict[str, float]) -> float:
 
 def stage_fingerprint(rows: list[dict], constitution: Constitution, critic: dict, settings: Revise, device: str) -> str:
     """Key of the stage's folder: the rows, the constitution, the critic's identity, every setting that
-    changes the result, and the device type (CPU and GPU sample differently). ``workers`` is left out."""
+    changes the result, and the device type (CPU and GPU sample differently). ``workers`` is left out.
+    ``must_pass`` and ``on_failure`` leave the chunks as they are but decide which rows are trained on;
+    they are in because the datamodule's cache key reaches the stage's settings through this key."""
     from importlib.metadata import version
 
     rows_digest = hashlib.sha256()
@@ -156,6 +179,9 @@ class ConstitutionStage:
         folder: Where finished chunks are kept (the stage's cache: one folder per fingerprint).
         critic: Loaded lazily by this callable the first time a chunk needs it, so a finished stage
             costs no model load; ``None`` when ``settings.candidates`` is 0 (fixers only).
+
+    Raises :class:`ConfigError` when ``settings.must_pass`` names something that is not a principle
+    of ``constitution`` with a check (or the name of such a check).
     """
 
     def __init__(
@@ -168,6 +194,7 @@ class ConstitutionStage:
         self._critic: Critic | None = None
         self.weights = constitution.weights
         self.max_score = score({check: [] for check in self.weights}, self.weights)
+        self.must_pass = must_pass_checks(settings.must_pass, constitution)
 
     @property
     def critic(self) -> Critic:
@@ -183,7 +210,7 @@ class ConstitutionStage:
         from tqdm.auto import tqdm
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        for torn in self.folder.glob(".chunk-*.tmp"):  # a killed run's unfinished write
+        for torn in self.folder.glob(".*.tmp"):  # a killed run's unfinished write
             torn.unlink(missing_ok=True)
         size = self.settings.batch_size
         # chunks of rows of similar length: less left padding in every batch. The order is a pure
@@ -228,13 +255,31 @@ class ConstitutionStage:
             return None
 
     def _write(self, index: int, result: list[dict]) -> None:
-        staging = self.folder / f".chunk-{index:06d}.{os.getpid()}.tmp"
-        staging.write_text(json.dumps(result))
-        os.replace(staging, self._path(index))  # atomic: a chunk file is complete or absent
+        _write_atomic(self._path(index), result)
+
+    def check_only(self, rows: list[dict]) -> list[dict[str, list[str]]]:
+        """The findings of every check on each row's ``output``, run with all its tests, nothing revised:
+        for the splits the model is scored on, so that the user knows their quality. Kept in ``folder``
+        under a digest of the outputs and tests, so a re-run reads them instead of checking again."""
+        digest = hashlib.sha256(json.dumps([[r["output"], r["tests"]] for r in rows]).encode()).hexdigest()[:16]
+        path = self.folder / f"checked-{digest}.json"
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):  # not checked yet
+            pass
+        findings = [_strings(f) for f in self._check([r["output"] for r in rows], [r["tests"] for r in rows])]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        _write_atomic(path, findings)
+        return findings
+
+    def summarize(self, provenance: list[dict]) -> dict:
+        """:func:`summarize` with this stage's must-pass checks and rounds."""
+        return summarize(provenance, self.constitution, self.must_pass, self.settings.rounds)
 
     # ---------------------------------------------------------------- one chunk
-    def _check(self, responses: list[str], rows: list[dict]) -> list[dict[str, list[Finding]]]:
-        items = [(code, row["tests"]) for code, row in zip(responses, rows)]
+    def _check(self, responses: list[str], tests: list[str | UnitTests]) -> list[dict[str, list[Finding]]]:
+        """Every check on each ``(response, tests)``; the tests run whole, held-back ones included."""
+        items = list(zip(responses, tests))
         return check_many(items, list(self.weights), workers=self.settings.workers or os.cpu_count() or 1)
 
     def _seed(self, chunk: int, *parts: object) -> int:
@@ -259,6 +304,7 @@ class ConstitutionStage:
         """Provenance of each row of one chunk::
 
             {"original": response before revision, "response_source": "dataset" | "model",
+             "tests_held_back": [lines of the row's tests held back from the critic],
              "findings_before": {check: [finding, ...]}, "score_before": float,
              "steps": [{"round", "principle", "critique",
                         "candidates": [{"source": "critic" | "fixer", "text", "findings", "score"}],
@@ -273,11 +319,13 @@ class ConstitutionStage:
             responses = [extract_code(a[0]) for a in answers]
         else:
             responses = [r["output"] for r in rows]
-        findings = self._check(responses, rows)
+        tests = [split_tests(r["tests"], r.get("task_id") or r["instruction"], s.seed) for r in rows]
+        findings = self._check(responses, tests)
         scores = [score(f, self.weights) for f in findings]
         records = [
-            {"original": text, "response_source": s.response_source, "findings_before": _strings(f), "score_before": sc, "steps": []}
-            for text, f, sc in zip(responses, findings, scores)
+            {"original": text, "response_source": s.response_source, "tests_held_back": sorted(t.held_back),
+             "findings_before": _strings(f), "score_before": sc, "steps": []}
+            for text, t, f, sc in zip(responses, tests, findings, scores)
         ]
         steps_per_round = len(self.constitution.principles) if s.principles == "all" else 1
         for step in range(s.rounds * steps_per_round):
@@ -290,7 +338,9 @@ class ConstitutionStage:
             proposals: dict[int, list[tuple[str, str]]] = {i: [] for i in active}  # row → [(source, text)]
             if s.candidates:
                 prompts = [
-                    critique_prompt(rows[i]["instruction"], rows[i]["input"], responses[i], principles[i], _own(findings[i], principles[i]))
+                    critique_prompt(
+                        rows[i]["instruction"], rows[i]["input"], responses[i], principles[i], _own(findings[i], principles[i]), tests[i]
+                    )
                     for i in active
                 ]
                 for i, out in zip(active, self._generate(prompts, s.critique_tokens, 1, self._seed(chunk, step, "critique"))):
@@ -298,7 +348,7 @@ class ConstitutionStage:
                 prompts = [
                     revision_prompt(
                         rows[i]["instruction"], rows[i]["input"], responses[i], principles[i],
-                        _own(findings[i], principles[i]), critiques[i],
+                        _own(findings[i], principles[i]), critiques[i], tests[i],
                     )
                     for i in active
                 ]
@@ -312,7 +362,7 @@ class ConstitutionStage:
                         proposals[i].append(("fixer", text))
 
             flat = [(i, source, text) for i in active for source, text in proposals[i]]
-            checked = self._check([text for _, _, text in flat], [rows[i] for i, _, _ in flat])
+            checked = self._check([text for _, _, text in flat], [tests[i] for i, _, _ in flat])
             candidates: dict[int, list[dict]] = {i: [] for i in active}
             candidate_findings: dict[int, list[dict]] = {i: [] for i in active}
             for (i, source, text), f in zip(flat, checked):
@@ -334,6 +384,13 @@ class ConstitutionStage:
         return records
 
 
+def _write_atomic(path: Path, data: object) -> None:
+    """``data`` as JSON at ``path``, complete or not at all (a kill mid-write leaves a ``.*.tmp`` file)."""
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(data))
+    os.replace(staging, path)
+
+
 def _length(row: dict) -> int:
     return len(row["instruction"]) + len(row["input"]) + len(row["output"])
 
@@ -349,7 +406,8 @@ def _own(findings: dict[str, list[Finding]], principle: Principle) -> list[Findi
 
 def _docstring_targets(row: dict, code: str) -> dict[str, str]:
     """Which definition the fixer may document, and with what: the row's entry point (or, without one,
-    the code's only top-level function or class) gets the first sentence of the instruction."""
+    the code's only top-level function or class) gets what the instruction says it does, as
+    :func:`summary_docstring` writes it ("" when it cannot: nothing is added)."""
     name = row.get("entry_point")
     if not name:
         try:
@@ -357,12 +415,84 @@ def _docstring_targets(row: dict, code: str) -> dict[str, str]:
         except (SyntaxError, ValueError):
             return {}
         name = tops[0] if len(tops) == 1 else None
-    return {name: summary_docstring(row["instruction"])} if name else {}
+    return {name: summary_docstring(row["instruction"], name)} if name else {}
 
 
-def summarize(provenance: list[dict], constitution: Constitution) -> dict:
-    """Counts for the printed summary and TensorBoard: rows, proposals and acceptances by source,
-    rows violating each checked principle before → after."""
+def must_pass_checks(names: Sequence[str], constitution: Constitution) -> tuple[str, ...]:
+    """The checks behind ``names`` (``data.revise.must_pass``: principle names, or the names of their
+    checks), in order. Raises :class:`ConfigError` for a name that is neither."""
+    checked = {p.name: p.check for p in constitution.principles if p.check}
+    checks = []
+    for name in names:
+        check = checked.get(name) or (name if name in checked.values() else None)
+        if check is None:
+            raise ConfigError(
+                f"data.revise.must_pass: {name!r} is not a principle with a check in the constitution "
+                f"{constitution.source}; choose from {', '.join(checked) or 'none'}, or [] for none"
+            )
+        checks.append(check)
+    return tuple(dict.fromkeys(checks))
+
+
+def failing_must_pass(findings: Mapping[str, list], must_pass: Sequence[str]) -> list[str]:
+    """The checks of ``must_pass`` that have findings in ``findings`` (check → findings)."""
+    return [check for check in must_pass if findings.get(check)]
+
+
+def same_program(a: str, b: str) -> bool:
+    """Whether two codes differ in formatting only: both parse, to the same syntax tree. ``ast.dump``
+    leaves out positions, and parsing drops comments, layout and the choice of quotes; a docstring is a
+    statement, so adding one is a real difference. Code that does not parse is the same as nothing."""
+    try:
+        return ast.dump(parse_code(a)) == ast.dump(parse_code(b))
+    except (SyntaxError, ValueError):
+        return False
+
+
+PAIR_SKIPS = ("unchanged", "chosen_fails_must_pass", "formatting_only")
+"""Why a revised row gives no preference pair (see :func:`pair_skip`)."""
+
+
+def pair_skip(record: dict, must_pass: Sequence[str]) -> str | None:
+    """Why a row's provenance gives no preference pair (chosen: its ``final`` response, rejected: its
+    ``original``), or None when it gives one. ``unchanged``: no revision was accepted;
+    ``chosen_fails_must_pass``: the chosen response still fails a ``must_pass`` check, so preferring it
+    would teach a broken or unsafe program; ``formatting_only``: :func:`same_program`, nothing to prefer."""
+    if not record["changed"]:
+        return "unchanged"
+    if failing_must_pass(record["findings_after"], must_pass):
+        return "chosen_fails_must_pass"
+    if same_program(record["final"], record["original"]):
+        return "formatting_only"
+    return None
+
+
+def repairs_per_round(provenance: list[dict], must_pass: Sequence[str], rounds: int) -> list[dict]:
+    """Per round (1-based): ``failing``, the rows that entered it failing a ``must_pass`` check, and
+    ``repaired``, how many of those passed every ``must_pass`` check at its end."""
+    table = [{"round": n + 1, "failing": 0, "repaired": 0} for n in range(rounds)]
+    for record in provenance:
+        findings = record["findings_before"]
+        for n, entry in enumerate(table):
+            entered_failing = bool(failing_must_pass(findings, must_pass))
+            for step in record["steps"]:
+                if step["round"] == n and step["accepted"] is not None:
+                    findings = step["candidates"][step["accepted"]]["findings"]
+            if entered_failing:
+                entry["failing"] += 1
+                entry["repaired"] += not failing_must_pass(findings, must_pass)
+    return table
+
+
+def summarize(
+    provenance: list[dict], constitution: Constitution, must_pass: Sequence[str] = (), rounds: int | None = None
+) -> dict:
+    """Counts for the printed summary and TensorBoard: rows, proposals and acceptances by source, rows
+    violating each checked principle before → after; and, against the ``must_pass`` checks, the rows
+    that still fail one, the repairs of each of the ``rounds``, and the preference pairs given and
+    skipped by reason (:func:`pair_skip`). ``rounds``: as configured; None: as many as the steps show."""
+    if rounds is None:
+        rounds = 1 + max((step["round"] for r in provenance for step in r["steps"]), default=-1)
     proposed, accepted = Counter(), Counter()
     for record in provenance:
         for step in record["steps"]:
@@ -377,6 +507,7 @@ def summarize(provenance: list[dict], constitution: Constitution) -> dict:
         for p in constitution.principles
         if p.check
     }
+    skips = Counter(pair_skip(r, must_pass) for r in provenance)
     return {
         "rows": len(provenance),
         "rows_reviewed": sum(bool(r["steps"]) for r in provenance),
@@ -386,11 +517,20 @@ def summarize(provenance: list[dict], constitution: Constitution) -> dict:
         "violations": violations,
         "mean_score_before": round(sum(r["score_before"] for r in provenance) / max(len(provenance), 1), 4),
         "mean_score_after": round(sum(r["score_after"] for r in provenance) / max(len(provenance), 1), 4),
+        "must_pass": list(must_pass),
+        "rows_failing_must_pass": sum(bool(failing_must_pass(r["findings_after"], must_pass)) for r in provenance),
+        "repairs": repairs_per_round(provenance, must_pass, rounds),
+        "preference_pairs": skips.pop(None, 0),
+        "pairs_skipped": {reason: skips[reason] for reason in PAIR_SKIPS},
     }
 
 
+LISTED_ROWS = 20  # rows named in the printed summary; the manifest lists them all
+
+
 def format_summary(summary: dict) -> str:
-    """The summary as printed after the stage."""
+    """The summary as printed after the stage (and shown in TensorBoard). The datamodule's entries are
+    printed when present: the rows ``on_failure`` dropped or kept, and the checked splits' violations."""
     proposed, accepted = summary["proposed"], summary["accepted"]
     lines = [
         f"  rows: {summary['rows']}, of which {summary['rows_reviewed']} reviewed (the others pass every check) "
@@ -401,4 +541,26 @@ def format_summary(summary: dict) -> str:
         "  rows violating each principle, before -> after:",
     ]
     lines += [f"    {name:14s} {v['before']:6d} -> {v['after']:6d}" for name, v in summary["violations"].items()]
+    if summary["must_pass"]:
+        lines.append(
+            f"  must pass ({', '.join(summary['must_pass'])}): {summary['rows_failing_must_pass']} row(s) still fail; "
+            "per round, failing at its start -> repaired in it: "
+            + ", ".join(f"round {r['round']}: {r['failing']} -> {r['repaired']}" for r in summary["repairs"])
+        )
+    if "failing_rows" in summary:
+        failing = summary["failing_rows"]
+        verb = f"{'dropped' if summary['on_failure'] == 'drop' else 'kept'} (on_failure: {summary['on_failure']})"
+        listed = ", ".join(failing[:LISTED_ROWS]) + (f", ... and {len(failing) - LISTED_ROWS} more" if len(failing) > LISTED_ROWS else "")
+        lines.append(f"  {verb}: {len(failing)} row(s) failing a must-pass check" + (f": {listed}" if failing else ""))
+    skipped = summary["pairs_skipped"]
+    lines.append(
+        f"  preference pairs: {summary['preference_pairs']}; skipped: {skipped['unchanged']} unchanged, "
+        f"{skipped['formatting_only']} formatting only, {skipped['chosen_fails_must_pass']} chosen fails a must-pass check"
+    )
+    for split, checked in summary.get("checked_splits", {}).items():
+        counts = ", ".join(f"{name} {count}" for name, count in checked["violations"].items())
+        lines.append(
+            f"  {split} (checked, not revised): {checked['rows']} rows; violating: {counts}; "
+            f"failing a must-pass check: {checked['rows_failing_must_pass']}"
+        )
     return "\n".join(lines)

@@ -28,7 +28,9 @@ from torch.utils.data import DataLoader
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity, resolve_device
-from cai_lightning.constitution.stage import ConstitutionStage, Revise, format_summary, stage_fingerprint, summarize
+from cai_lightning.constitution.stage import (
+    ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
+)
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
 from cai_lightning.data.tokenization import (
@@ -39,11 +41,11 @@ from cai_lightning.data.tokenization import (
     train_bpe_tokenizer,
 )
 from cai_lightning.errors import ConfigError, DataError
-from cai_lightning.prompts import TEMPLATE_VERSION, format_prompt
+from cai_lightning.prompts import TEMPLATE_VERSION, PromptStyle, check_prompt_style, format_prompt, styled_prompt
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 2  # bump when what prepare_data writes changes shape
+CACHE_FORMAT = 3  # bump when what prepare_data writes changes shape
 SPLITS = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
 
@@ -72,6 +74,9 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         max_length: Longest sequence in tokens, prompt + target + EOS. Targets that overflow are cut;
             examples whose prompt alone fills it are dropped and counted.
         mask_prompt: Labels are -100 on prompt tokens, so the loss is on the code only.
+        prompt_style: ``alpaca``: the dataset's own template (``prompts.py``); ``chat``: that text as the
+            user turn of the pretrained tokenizer's chat template, the code as the assistant's answer
+            (for instruct models such as SmolLM2-135M-Instruct).
         batch_size: Examples per batch (per device; see ``trainer.accumulate_grad_batches``).
         pad_to_multiple_of: Round each batch's padded length up to a multiple of this (8 suits GPU
             tensor cores); ``null`` pads to the longest example only.
@@ -101,6 +106,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         vocab_size: int = 4096,
         max_length: int = 512,
         mask_prompt: bool = True,
+        prompt_style: PromptStyle = "alpaca",
         batch_size: int = 8,
         pad_to_multiple_of: int | None = None,
         group_by_length: bool = True,
@@ -121,6 +127,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             )
         if max_length < 2:
             raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
+        if prompt_style == "chat" and tokenizer is None:
+            check_prompt_style(prompt_style, None)  # fails now, not after the data is read
         self.save_hyperparameters()
         self.revise = revise
         self.cache_root = Path(cache_dir).expanduser()
@@ -133,9 +141,12 @@ class CodeInstructionDataModule(pl.LightningDataModule):
     # ---------------------------------------------------------------- cache key
     def _load_records(self) -> tuple[list[dict], dict]:
         hp = self.hparams
-        loaded = load_source(hp.source, split=hp.hub_split, revision=hp.revision)
-        records, skipped = validate(loaded.rows, loaded.origin, loaded.rows.column_names, hp.on_bad_rows)
-        return records, {"origin": loaded.origin, "fingerprint": loaded.fingerprint, "rows_read": len(loaded.rows), "rows_skipped": skipped}
+        loaded = load_source(hp.source, split=hp.hub_split, revision=hp.revision, on_bad_rows=hp.on_bad_rows)
+        records, skipped = validate(
+            loaded.rows, loaded.origin, loaded.rows.column_names, hp.on_bad_rows, lines=loaded.lines, skipped=loaded.skipped
+        )
+        rows_read = len(loaded.rows) + loaded.skipped  # a .jsonl's lines skipped while reading were read too
+        return records, {"origin": loaded.origin, "fingerprint": loaded.fingerprint, "rows_read": rows_read, "rows_skipped": skipped}
 
     def fingerprint(self, source_fingerprint: str, pretrained=None, stage_key: str | None = None) -> str:
         """Key of the cache entry: a hash of every input of ``prepare_data``'s output. ``pretrained`` is the
@@ -155,6 +166,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             "tokenizer": tokenizer_key,
             "max_length": hp.max_length,
             "mask_prompt": hp.mask_prompt,
+            "prompt_style": hp.prompt_style,
+            "chat_template": getattr(pretrained, "chat_template", None) if hp.prompt_style == "chat" else None,
             "constitution": stage_key and [stage_key, sorted(self.revise.splits)],
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
@@ -167,6 +180,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         for record in records:
             record["split"] = split_of(record, hp.val_fraction, hp.test_fraction, hp.split_seed)
         pretrained = load_pretrained_tokenizer(hp.tokenizer) if hp.tokenizer else None
+        check_prompt_style(hp.prompt_style, pretrained)
         stage = self._stage(records) if hp.constitution else None
         key = self.fingerprint(source["fingerprint"], pretrained, stage and stage.folder.name)
         return key, self.cache_root / key, records, source, pretrained, stage
@@ -223,7 +237,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
 
         hp = self.hparams
         for record in records:
-            record["prompt"] = format_prompt(record["instruction"], record["input"])
+            record["prompt"] = styled_prompt(hp.prompt_style, pretrained, record["instruction"], record["input"])
             record["original_output"] = record["output"]
             record["provenance"] = ""  # JSON of the stage's record for revised rows
         by_split = {s: [r for r in records if r["split"] == s] for s in SPLITS}
@@ -237,7 +251,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         manifest = {"source": source, "splits": {}}
         preferences = []
         if stage is not None:
-            manifest["constitution"], preferences = self._revise(stage, records)
+            manifest["constitution"], preferences, records = self._revise(stage, records, source["origin"])
+            by_split = {s: [r for r in records if r["split"] == s] for s in SPLITS}  # less the rows dropped
 
         if pretrained is None:
             texts = (r["prompt"] + r["output"] for r in by_split["train"])
@@ -285,31 +300,79 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         datasets.DatasetDict(splits).save_to_disk(str(out / "dataset"))
         return manifest
 
-    def _revise(self, stage: ConstitutionStage, records: list[dict]) -> tuple[dict, list[dict]]:
+    def _revise(self, stage: ConstitutionStage, records: list[dict], origin: str) -> tuple[dict, list[dict], list[dict]]:
         """Run the constitution stage on the records of ``revise.splits`` (in place: ``output`` becomes the
-        chosen response, ``original_output`` keeps the dataset's, ``provenance`` the stage's record).
-        Returns the manifest's ``constitution`` entry and the preference pairs (chosen = final,
-        rejected = original, where they differ)."""
-        rows = [r for r in records if r["split"] in self.revise.splits]
-        print(f"Constitution stage: {len(rows)} rows of {', '.join(self.revise.splits)} ({stage.folder})")
+        chosen response, ``original_output`` keeps the dataset's, ``provenance`` the stage's record), and
+        the checks alone on the other splits' records.
+
+        Returns the manifest's ``constitution`` entry (:func:`summarize`'s counts, plus ``on_failure``,
+        ``failing_rows``: the task ids, or ``row N`` (1-based among the valid rows) without one, of the
+        revised rows still failing a ``must_pass`` check, ``dropped``: how many of them were left out, and
+        ``checked_splits``: per split not revised, its rows, rows violating each checked principle, and
+        rows failing a ``must_pass`` check), the preference pairs (:func:`pair_skip` says which rows give
+        one), and the records to train on: all of them with ``on_failure: keep``, else those not failing.
+        Raises :class:`DataError` when dropping would empty a split that had rows.
+        """
+        settings = self.revise
+        rows = [r for r in records if r["split"] in settings.splits]
+        print(f"Constitution stage: {len(rows)} rows of {', '.join(settings.splits)} ({stage.folder})")
         provenance = stage.run(rows)
-        preferences = []
+        number = {id(r): n for n, r in enumerate(records, start=1)}
+        preferences, failing = [], []
         for row, record in zip(rows, provenance):
             row["output"] = record["final"]
             row["provenance"] = json.dumps(record)
-            if record["changed"]:
+            if failing_must_pass(record["findings_after"], stage.must_pass):
+                failing.append(row)
+            if pair_skip(record, stage.must_pass) is None:
                 preferences.append(
                     {"task_id": row["task_id"], "split": row["split"], "prompt": row["prompt"],
                      "chosen": record["final"], "rejected": record["original"]}
                 )
+        kept = records
+        if settings.on_failure == "drop" and failing:
+            dropped = {id(r) for r in failing}
+            kept = [r for r in records if id(r) not in dropped]
+            for name in settings.splits:
+                before = sum(r["split"] == name for r in rows)
+                if before and not any(r["split"] == name for r in kept):
+                    raise DataError(
+                        f"{origin}: all {before} {name} rows still fail a must-pass check "
+                        f"({', '.join(stage.must_pass)}) after revision, and data.revise.on_failure: drop would "
+                        f"leave the {name} split empty; fix the rows' code or tests, narrow data.revise.must_pass, "
+                        "or set data.revise.on_failure: keep"
+                    )
         summary = {
             "constitution": stage.constitution.source,
             "fingerprint": stage.folder.name,
-            "splits": list(self.revise.splits),
-            "preference_pairs": len(preferences),
-            **summarize(provenance, stage.constitution),
+            "splits": list(settings.splits),
+            **stage.summarize(provenance),
+            "on_failure": settings.on_failure,
+            "failing_rows": [r["task_id"] or f"row {number[id(r)]}" for r in failing],
+            "dropped": len(failing) if settings.on_failure == "drop" else 0,
+            "checked_splits": self._check_splits(stage, [r for r in records if r["split"] not in settings.splits]),
         }
-        return summary, preferences
+        return summary, preferences, kept
+
+    @staticmethod
+    def _check_splits(stage: ConstitutionStage, rows: list[dict]) -> dict:
+        """The checks alone, all tests included, on the rows of the splits that are not revised (what
+        the model is scored on): per split, rows, rows violating each checked principle, rows failing a
+        ``must_pass`` check. Cached by the stage."""
+        if not rows:
+            return {}
+        names = sorted({r["split"] for r in rows}, key=SPLITS.index)
+        print(f"Constitution checks: {len(rows)} rows of {', '.join(names)} (checked, not revised)")
+        findings = stage.check_only(rows)
+        checked = {}
+        for name in names:
+            found = [f for r, f in zip(rows, findings) if r["split"] == name]
+            checked[name] = {
+                "rows": len(found),
+                "violations": {p.name: sum(bool(f[p.check]) for f in found) for p in stage.constitution.principles if p.check},
+                "rows_failing_must_pass": sum(bool(failing_must_pass(f, stage.must_pass)) for f in found),
+            }
+        return checked
 
     def setup(self, stage: str | None = None) -> None:
         """Load the cached splits and tokenizer built by ``prepare_data``."""
@@ -333,8 +396,9 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             self._log_constitution(self.manifest["constitution"])
 
     def _log_constitution(self, summary: dict) -> None:
-        """The stage's summary to the trainer's logger (TensorBoard: scalars under ``constitution/``, and
-        the printed table as text)."""
+        """The stage's summary to the trainer's logger (TensorBoard: scalars under ``constitution/``, the
+        repairs per round as ``constitution/repair/*`` with the round as the step, the checked splits'
+        violations as ``constitution/eval_violations/<split>/<principle>``, and the printed table as text)."""
         trainer = getattr(self, "trainer", None)
         if trainer is None or trainer.logger is None:
             return
@@ -350,7 +414,20 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         for name, counts in summary["violations"].items():
             metrics[f"constitution/violations_before/{name}"] = counts["before"]
             metrics[f"constitution/violations_after/{name}"] = counts["after"]
+        metrics["constitution/rows_failing_must_pass"] = summary["rows_failing_must_pass"]
+        metrics["constitution/dropped"] = summary["dropped"]
+        for reason, count in summary["pairs_skipped"].items():
+            metrics[f"constitution/pairs_skipped/{reason}"] = count
+        for split, checked in summary["checked_splits"].items():
+            for name, count in checked["violations"].items():
+                metrics[f"constitution/eval_violations/{split}/{name}"] = count
+            metrics[f"constitution/eval_failing_must_pass/{split}"] = checked["rows_failing_must_pass"]
         trainer.logger.log_metrics(metrics, step=0)
+        for entry in summary["repairs"]:
+            trainer.logger.log_metrics(
+                {"constitution/repair/failing": entry["failing"], "constitution/repair/repaired": entry["repaired"]},
+                step=entry["round"],
+            )
         experiment = getattr(trainer.logger, "experiment", None)
         if hasattr(experiment, "add_text"):
             experiment.add_text("constitution/summary", "```\n" + format_summary(summary) + "\n```", 0)
@@ -384,6 +461,10 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         """Left-padded prompts (no targets) of ``predict_split``."""
         return self._eval_loader(self.prompt_examples(self.hparams.predict_split, self.hparams.predict_limit))
 
+    def prompt(self, instruction: str, input: str = "") -> str:
+        """A prompt in this data's ``prompt_style``, as the policy saw them in training (after ``setup``)."""
+        return styled_prompt(self.hparams.prompt_style, self.tokenizer, instruction, input)
+
     def prompt_examples(self, split: Split, limit: int | None = None) -> list[dict]:
         """The first ``limit`` prompts of ``split`` as ``{"input_ids"}`` (the prompt tokens only)."""
         data = self.splits[split]
@@ -398,7 +479,6 @@ def _print_summary(manifest: dict) -> None:
         summary = manifest["constitution"]
         print(f"  constitution {summary['constitution']} on {', '.join(summary['splits'])}:")
         print(format_summary(summary))
-        print(f"  preference pairs: {summary['preference_pairs']}")
     for name, stats in manifest["splits"].items():
         print(
             f"  {name:5s}: {stats['examples']:6d} examples, {stats['target_tokens']:8d} target tokens, "

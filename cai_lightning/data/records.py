@@ -10,10 +10,12 @@ exactly the code path the Hub dataset takes.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable, Literal, Sequence
 
 from cai_lightning.errors import DataError
 
@@ -40,6 +42,8 @@ class LoadedSource:
     rows: Any  # datasets.Dataset
     origin: str  # what error messages call it: a file path or a Hub id
     fingerprint: str  # changes whenever the rows can have changed
+    lines: Sequence[int] | None = None  # a .jsonl's: the file line (1-based) of each row, which errors name
+    skipped: int = 0  # bad lines of a .jsonl skipped while reading it (on_bad_rows="skip")
 
 
 def builtin_files() -> list[Path]:
@@ -57,13 +61,17 @@ def _sha256_files(paths: Iterable[Path]) -> str:
     return digest.hexdigest()
 
 
-def load_source(source: str, split: str = "train", revision: str | None = None) -> LoadedSource:
+def load_source(
+    source: str, split: str = "train", revision: str | None = None, on_bad_rows: OnBadRows = "error"
+) -> LoadedSource:
     """Read ``source`` with `datasets.load_dataset`.
 
     ``source`` is ``"builtin"``, a path to a ``.json``/``.jsonl``/``.csv``/``.parquet`` file, a Hub
     dataset id, or a local folder laid out like a Hub dataset repository (``split`` and ``revision``
     apply to those last two, which take the very same ``load_dataset(source, split=...)`` call).
-    Raises :class:`DataError` for a missing file, an unknown format, or a dataset that cannot be read.
+    A ``.jsonl`` line that is not a JSON object is a bad row (see :func:`_load_jsonl`), handled as
+    ``on_bad_rows`` says. Raises :class:`DataError` for a missing file, an unknown format, such a line
+    (``on_bad_rows="error"``), or a dataset that cannot be read.
     """
     import datasets
 
@@ -87,6 +95,8 @@ def load_source(source: str, split: str = "train", revision: str | None = None) 
             )
         if path.stat().st_size == 0:
             raise DataError(f"data.source: {path} is empty")
+        if path.suffix.lower() == ".jsonl":
+            return _load_jsonl(path, on_bad_rows)
         try:
             rows = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:  # the builders raise many types for unreadable files
@@ -104,26 +114,94 @@ def load_source(source: str, split: str = "train", revision: str | None = None) 
     return LoadedSource(rows, source, f"hub:{source}@{revision}:{split}:{rows._fingerprint}")
 
 
-def validate(rows: Iterable[dict], origin: str, columns: Iterable[str], on_bad_rows: OnBadRows = "error") -> tuple[list[dict], int]:
+def _load_jsonl(path: Path, on_bad_rows: OnBadRows) -> LoadedSource:
+    """A ``.jsonl`` file, checked line by line before ``load_dataset("json")`` reads it, which would fail
+    on the whole file for one broken line: a line that is not a JSON object is a bad row named by its
+    line number, an error with ``on_bad_rows="error"``, else skipped, logged and counted in
+    :attr:`LoadedSource.skipped`. Blank lines are no rows. The rows are read by the same ``json``
+    builder as any file: from the file itself, or, when lines were skipped, from a copy without them
+    (in a temporary folder with its own cache, gone once the rows are in memory). The fingerprint is
+    the file's content either way."""
+    import datasets
+
+    kept: list[tuple[int, bytes]] = []  # (line number, the line as in the file)
+    skipped = 0
+    # split at "\n" only, as the builder does: str.splitlines would also split at U+2028 inside a string
+    for number, line in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not line.strip():
+            continue
+        problem = _line_problem(line)
+        if problem is None:
+            kept.append((number, line))
+            continue
+        message = f"{path}: line {number}: {problem}"
+        if on_bad_rows == "error":
+            raise DataError(message + " (set data.on_bad_rows: skip to skip such rows)")
+        log.warning("skipping %s", message)
+        skipped += 1
+    if not kept:
+        raise DataError(f"{path}: no usable rows (read {skipped} bad row(s))")
+    try:
+        if skipped:
+            with tempfile.TemporaryDirectory(prefix="cai-jsonl-") as folder:
+                copy = Path(folder) / path.name
+                copy.write_bytes(b"\n".join(line for _, line in kept) + b"\n")
+                rows = datasets.load_dataset(
+                    "json", data_files=str(copy), split="train", cache_dir=str(Path(folder) / "cache"), keep_in_memory=True
+                )
+        else:
+            rows = datasets.load_dataset("json", data_files=str(path), split="train")
+    except Exception as err:  # the builder raises many types for unreadable files
+        raise DataError(f"data.source: could not read {path} as json: {err}") from err
+    fingerprint = f"file:{path.suffix}:" + _sha256_files([path])
+    return LoadedSource(rows, str(path), fingerprint, lines=[number for number, _ in kept], skipped=skipped)
+
+
+_JSON_TYPES = {list: "an array", str: "a string", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+
+
+def _line_problem(line: bytes) -> str | None:
+    """Why one line of a ``.jsonl`` file is not a row (not JSON, not an object), or None."""
+    try:
+        value = json.loads(line)
+    except UnicodeDecodeError:
+        return "not UTF-8 text"
+    except json.JSONDecodeError as err:
+        return f"not valid JSON ({err.msg} at column {err.colno})"
+    if not isinstance(value, dict):
+        return f"not a JSON object (got {_JSON_TYPES.get(type(value), type(value).__name__)})"
+    return None
+
+
+def validate(
+    rows: Iterable[dict],
+    origin: str,
+    columns: Iterable[str],
+    on_bad_rows: OnBadRows = "error",
+    lines: Sequence[int] | None = None,
+    skipped: int = 0,
+) -> tuple[list[dict], int]:
     """Check every row and return ``(records, n_skipped)``.
 
     ``instruction`` and ``output`` must be non-empty strings; ``input`` and the task fields may be
     missing or null (→ ``""``) but otherwise must be strings. A bad row raises :class:`DataError` naming
-    ``origin``, the 1-based row number and the field, or with ``on_bad_rows="skip"`` is skipped, logged
-    and counted. A source lacking a required column, or left with no rows, is always an error.
+    ``origin``, the 1-based row number (its file line, when ``lines`` gives each row's) and the field,
+    or with ``on_bad_rows="skip"`` is skipped, logged and counted. ``skipped`` bad rows that the
+    reader skipped already (:attr:`LoadedSource.skipped`) count in ``n_skipped`` and the warning. A
+    source lacking a required column, or left with no rows, is always an error.
     """
     columns = list(columns)
     missing = [c for c in REQUIRED if c not in columns]
     if missing:
         raise DataError(f"{origin}: no column {missing[0]!r} (columns found: {', '.join(columns) or 'none'})")
     records: list[dict] = []
-    skipped = 0
     for number, row in enumerate(rows, start=1):
         problem = _row_problem(row)
         if problem is None:
             records.append({k: row.get(k) or "" for k in REQUIRED + OPTIONAL_TEXT})
             continue
-        message = f"{origin}: row {number}: {problem}"
+        where = f"line {lines[number - 1]}" if lines is not None else f"row {number}"
+        message = f"{origin}: {where}: {problem}"
         if on_bad_rows == "error":
             raise DataError(message + " (set data.on_bad_rows: skip to skip such rows)")
         log.warning("skipping %s", message)
