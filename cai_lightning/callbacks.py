@@ -14,8 +14,8 @@ from lightning.pytorch.utilities import rank_zero_only
 from tqdm.auto import tqdm
 
 from cai_lightning import evaluation, sandbox
+from cai_lightning.constitution.prompts import extract_code
 from cai_lightning.model import Generation
-from cai_lightning.prompts import format_prompt
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:
@@ -50,7 +50,7 @@ class BeamSearchSamples(Callback):
 
     def _prompts(self, trainer: pl.Trainer) -> list[str]:
         if self.instructions:
-            return [format_prompt(i) for i in self.instructions]
+            return [trainer.datamodule.prompt(i) for i in self.instructions]
         val = trainer.datamodule.splits["val"]
         return list(val["prompt"][: self.num_prompts])
 
@@ -141,11 +141,15 @@ class ExecutionEval(Callback):
         ks: The k of pass@k to report; those above ``n`` are left out.
         humaneval: Also evaluate on HumanEval's 164 problems (needs ``pip install -e '.[humaneval]'``).
         limit: At most this many tasks per suite (``null``: all).
+        humaneval_limit: At most this many HumanEval problems, the first ones (``null``: ``limit``).
         batch_size: Prompts generated at once.
         timeout_s: Wall-clock limit per program in the sandbox.
         memory_mb: Memory limit per program in the sandbox.
         workers: Programs run at once (``null``: one per CPU core).
         seed: Seed for sampling, so a re-run draws the same samples.
+        extract_code: Score the code of each completion (its first fenced block, else the text before any
+            ``### `` header), not the raw text: for models that answer in markdown, such as an instruct
+            model before fine-tuning. Off, a fenced answer does not compile and fails.
     """
 
     def __init__(
@@ -156,34 +160,41 @@ class ExecutionEval(Callback):
         ks: tuple[int, ...] = (1, 5),
         humaneval: bool = False,
         limit: int | None = None,
+        humaneval_limit: int | None = None,
         batch_size: int = 8,
         timeout_s: float = 10.0,
         memory_mb: int = 512,
         workers: int | None = None,
         seed: int = 1234,
+        extract_code: bool = False,
     ) -> None:
         self.generation = generation
         self.ks = ks
         self.humaneval = humaneval
         self.limit = limit
+        self.humaneval_limit = humaneval_limit
         self.batch_size = batch_size
         self.limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)
         self.workers = workers
         self.seed = seed
+        self.extract_code = extract_code
         self.reports: dict[str, evaluation.Report] = {}  # suite → last report, for callers and tests
 
     def _suites(self, trainer: pl.Trainer) -> dict[str, list[evaluation.Problem]]:
         rows = [r for r in trainer.datamodule.splits["test"] if r.get("tests")]
         suites = {"tasks": evaluation.problems_from_rows(rows)}
+        limits = {"tasks": self.limit, "humaneval": self.humaneval_limit or self.limit}
         if self.humaneval:
-            suites["humaneval"] = evaluation.humaneval_problems()
-        return {name: problems[: self.limit] for name, problems in suites.items() if problems}
+            suites["humaneval"] = evaluation.humaneval_problems(trainer.datamodule.prompt)
+        return {name: problems[: limits[name]] for name, problems in suites.items() if problems}
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not trainer.is_global_zero:
             return
         for suite, problems in self._suites(trainer).items():
             completions = self._generate(trainer, pl_module, [p.prompt for p in problems], suite)
+            if self.extract_code:
+                completions = [[extract_code(c) for c in outs] for outs in completions]
             report = evaluation.evaluate(problems, completions, self.ks, self.limits, self.workers)
             self.reports[suite] = report
             prefix = "test/" if suite == "tasks" else f"test/{suite}/"

