@@ -1,7 +1,7 @@
 """Does the constitution make better data, and does better data make a better model? Four arms, one run.
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
-        [--fraction 0.3] [--epochs 1] [--samples 5] [--humaneval-limit 164] [--device cpu|cuda] [--smoke]
+        [--fraction 0.3] [--epochs 1 | --max-steps N] [--samples 5] [--humaneval-limit 164] [--device cpu|cuda] [--smoke]
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
 the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
@@ -74,10 +74,10 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
     config = json.loads(json.dumps(base))  # a deep copy
     trainer, data = config["trainer"], config["data"]
     trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=arm)
-    trainer["max_epochs"] = args.epochs
     trainer["enable_progress_bar"] = False
-    if args.max_steps:
-        trainer["max_steps"] = args.max_steps
+    # equal optimizer steps in every arm: the drop policy leaves the constitution arm fewer rows, which
+    # it then sees more often, rather than training it for less
+    trainer["max_epochs"], trainer["max_steps"] = (None, args.max_steps) if args.max_steps else (args.epochs, -1)
     if args.device:
         trainer["accelerator"] = "gpu" if args.device == "cuda" else args.device
         data.setdefault("revise", {})["device"] = args.device
@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--fraction", type=float, default=0.3, help="share of training outputs corrupted")
     parser.add_argument("--seed", type=int, default=0, help="which outputs are corrupted, and how")
     parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per arm (default: the epochs')")
+    parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per arm, epochs ignored")
     parser.add_argument("--samples", type=int, default=5, help="samples per task (n of pass@k)")
     parser.add_argument("--humaneval-limit", type=int, default=164, help="HumanEval problems scored; 0: none")
     parser.add_argument("--eval-tokens", type=int, default=None, help="new tokens per sample (default: the config's)")

@@ -19,14 +19,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.utilities import rank_zero_warn
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
+from cai_lightning.devices import cpu_supports_bf16
 from cai_lightning.errors import UserError
 from cai_lightning.model import CodeLM
-
-
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 matmul (AVX512-BF16 or AMX), where bf16-mixed is ~3-6x fp32."""
-    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
 class CAILightningCLI(LightningCLI):

@@ -26,6 +26,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import decode_completions
+from cai_lightning.devices import inference_dtype, resolve_device
 from cai_lightning.errors import ConfigError
 from cai_lightning.pretrained import model_identity, resolve_pretrained
 from cai_lightning.prompts import chat_prompt
@@ -70,7 +71,8 @@ class Critic:
     def load(cls, name_or_path: str, device: str = "auto", cache_dir: str | Path | None = None) -> Critic:
         """``AutoModelForCausalLM`` + ``AutoTokenizer`` by Hub name, local folder, GGUF file or short name
         (:func:`~cai_lightning.pretrained.resolve_pretrained`; a GGUF is converted once into ``cache_dir``),
-        remote code never trusted. bf16 weights on a GPU, fp32 on the CPU. Raises :class:`ConfigError`
+        remote code never trusted. Weights in :func:`~cai_lightning.devices.inference_dtype` (bf16 on a GPU and
+        on a CPU with native bf16, else fp32). Raises :class:`ConfigError`
         naming the critic."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -82,7 +84,7 @@ class Critic:
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
             model = AutoModelForCausalLM.from_pretrained(
-                folder, trust_remote_code=False, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32
+                folder, trust_remote_code=False, dtype=inference_dtype(device)
             )
         except (OSError, ValueError, KeyError) as err:
             raise ConfigError(
@@ -311,7 +313,7 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     # the softmax over both parts is each part's softmax weighted by its share of the total mass; a
     # prompt that is all padding has none (the kernel reports 0 for a row it masks whole, not -inf)
     lse_prompt = lse_prompt.masked_fill(decoding.no_prompt, float("-inf"))
-    share = torch.sigmoid(lse_prompt - lse_generated.unsqueeze(-1))
+    share = torch.sigmoid(lse_prompt - lse_generated.unsqueeze(-1)).to(query.dtype)  # the kernel's lse is fp32
     out = on_generated + (on_prompt - on_generated) * share
     return out.transpose(1, 2), None
 
@@ -347,13 +349,6 @@ class TopKTopPSampler(LogitsProcessor):
         probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0)
         drawn = tokens.gather(-1, torch.multinomial(probs, 1))  # multinomial renormalises
         return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
-
-
-def resolve_device(name: str) -> torch.device:
-    """``auto``: the GPU when there is one, else the CPU; otherwise the named device."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def critic_identity(name_or_path: str | None, seed: int, vocab_size: int) -> dict:

@@ -24,10 +24,12 @@ from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
-from cai_lightning.constitution.critic import Critic, critic_identity, resolve_device
+from cai_lightning.constitution.critic import Critic, critic_identity
+from cai_lightning.devices import inference_dtype, resolve_device
 from cai_lightning.constitution.stage import (
     ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
 )
@@ -192,7 +194,9 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         constitution = Constitution.load(DEFAULT_PATH if hp.constitution == "default" else Path(hp.constitution).expanduser())
         critic_name = settings.critic or hp.tokenizer  # by default, the pretrained model being fine-tuned
         identity = critic_identity(critic_name, settings.seed, hp.vocab_size) if settings.uses_critic else None
-        device = resolve_device(settings.device).type if settings.uses_critic else None
+        # the device type and the critic's dtype: CPU and GPU, bf16 and fp32 sample differently
+        device = resolve_device(settings.device) if settings.uses_critic else None
+        device = device and f"{device.type}:{inference_dtype(device) if critic_name else torch.float32}"
         rows = [r for r in records if r["split"] in settings.splits]
         key = stage_fingerprint(rows, constitution, identity, settings, device)
 
