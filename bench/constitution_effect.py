@@ -205,7 +205,10 @@ def table(results: dict[str, dict]) -> str:
     suites = sorted({suite for r in results.values() for suite in r["suites"]}, key=lambda s: s != "tasks")
     for suite in suites:
         scored = {arm: per_task(r["suites"][suite]["samples"], r["suites"][suite]["ks"]) for arm, r in results.items() if suite in r["suites"]}
-        n_tasks = max(len(s) for s in scored.values())
+        # the tasks every arm scored (arms may have been run with other limits): the same tasks in each row
+        common = set.intersection(*(set(s) for s in scored.values()))
+        scored = {arm: {task: v for task, v in s.items() if task in common} for arm, s in scored.items()}
+        n_tasks = len(common)
         metrics = [m for m in METRICS if any(m in next(iter(s.values())) for s in scored.values() if s)]
         lines += [f"\n{suite} ({n_tasks} tasks; mean [95% bootstrap interval over tasks])", ""]
         lines.append("| arm | " + " | ".join(metrics) + " | pass@1 - sft-corrupted |")
@@ -282,7 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\n===== {arm} =====", flush=True)
         results[arm] = run_arm(arm, arm_config(base, arm, args, out), out)
         done.write_text(json.dumps(results[arm]))
-    report = table(results)
+    # the table has every arm done so far in this folder, also those run by earlier invocations with other --arms
+    finished = {arm: results.get(arm) or json.loads((out / arm / "result.json").read_text())
+                for arm in ARMS if arm in results or (out / arm / "result.json").exists()}
+    report = table(finished)
     header = f"constitution effect: {Path(args.config).name}, {corruption['corrupted']} of {corruption['train_rows']} training outputs corrupted ({dict(kinds)})"
     (out / "table.md").write_text(header + "\n" + report + "\n")
     print("\n" + header + report)

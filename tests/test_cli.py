@@ -125,6 +125,37 @@ def test_user_errors_exit_2_with_a_message_and_no_traceback(workdir, rows_file, 
     assert expected in err and "Traceback" not in err
 
 
+def _critic_without_eos(folder: Path) -> Path:
+    """A causal LM whose tokenizer has neither an EOS token nor a chat template: nothing could end a turn."""
+    save_tiny_gpt2(folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    config["eos_token"] = None
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("flag", "make", "expected"),
+    [
+        ("--model.pretrained", lambda d: (d / "fake.gguf").write_bytes(b"PK\x03\x04 not gguf") and d / "fake.gguf", "is not a GGUF file"),
+        ("--model.pretrained", lambda d: d / "missing-model", "model.pretrained"),
+        ("--data.revise.critic", lambda d: _critic_without_eos(d / "no-eos"), "no EOS token"),
+    ],
+    ids=["not-gguf", "missing-model", "critic-without-eos"],
+)
+def test_bad_models_exit_2_naming_the_flag_and_leave_no_cache(workdir, rows_file, flag, make, expected, capsys, monkeypatch):
+    monkeypatch.setenv("CAI_LIGHTNING_CACHE", str(workdir / "models-cache"))  # where GGUF files are converted
+    path = make(workdir)
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", *_fit_args(rows_file), f"{flag}={path}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert expected in err and flag.removeprefix("--") in err and "Traceback" not in err
+    assert not list((workdir / "cache").glob("*/manifest.json"))  # nothing built
+    assert not list(workdir.glob("models-cache/models/*"))  # nothing converted, nothing half-written
+    assert not list((workdir / "cache").glob("constitution/*/chunk-*.json"))
+
+
 def test_bad_row_through_the_cli(workdir, capsys):
     rows = make_rows(30)
     rows[11]["output"] = 42

@@ -51,7 +51,10 @@ class Critic:
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, name: str) -> None:
         if tokenizer.eos_token_id is None:
-            raise ConfigError(f"critic {name!r}: its tokenizer has no EOS token to stop generation on")
+            raise ConfigError(
+                f"data.revise.critic={name!r}: its tokenizer has no EOS token, so no critique or revision could end; "
+                "use a model whose tokenizer has one (an instruct model's chat template ends each turn with it)"
+            )
         self.name = name
         self.model = model.eval()
         self.tokenizer = tokenizer
