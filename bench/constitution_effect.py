@@ -175,6 +175,8 @@ def run_arm(arm: str, config: Path, out: Path) -> dict:
 
 def stage_figures(datamodule, out: Path) -> dict:
     """What the constitution stage did with each corrupted row, by kind of corruption, and its summary."""
+    from cai_lightning.constitution.stage import failing_must_pass
+
     summary = datamodule.manifest["constitution"]
     log = {entry["task_id"]: entry["kind"] for entry in json.loads((out / "corruption.json").read_text())}
     kept = {row["task_id"]: json.loads(row["provenance"]) for row in datamodule.splits["train"] if row["provenance"]}
@@ -184,12 +186,12 @@ def stage_figures(datamodule, out: Path) -> dict:
         if record is None:
             outcomes[kind]["dropped"] += 1
             continue
-        must_pass = summary.get("must_pass", ["correctness", "safety"])
-        passes = not any(record["findings_after"].get(check) for check in must_pass)
+        must_pass = summary["must_pass"]
+        passes = not failing_must_pass(record["findings_after"], must_pass)
         accepted = [step["candidates"][step["accepted"]]["source"] for step in record["steps"] if step["accepted"] is not None]
         if not passes:
             outcomes[kind]["still failing (kept)"] += 1
-        elif not any(record["findings_before"].get(check) for check in must_pass):
+        elif not failing_must_pass(record["findings_before"], must_pass):
             outcomes[kind]["passed before"] += 1  # a corruption the must-pass checks do not see
         else:
             outcomes[kind][f"repaired by {accepted[-1] if accepted else '?'}"] += 1
@@ -275,20 +277,16 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = Counter(entry["kind"] for entry in corruption["log"])
     print(f"corrupted {corruption['corrupted']} of {corruption['train_rows']} training outputs: {dict(kinds)}", flush=True)
 
-    results = {}
     for arm in args.arms:
         done = out / arm / "result.json"
         if done.exists():
             print(f"{arm}: done before, reading {done}", flush=True)
-            results[arm] = json.loads(done.read_text())
             continue
         print(f"\n===== {arm} =====", flush=True)
-        results[arm] = run_arm(arm, arm_config(base, arm, args, out), out)
-        done.write_text(json.dumps(results[arm]))
-    # the table has every arm done so far in this folder, also those run by earlier invocations with other --arms
-    finished = {arm: results.get(arm) or json.loads((out / arm / "result.json").read_text())
-                for arm in ARMS if arm in results or (out / arm / "result.json").exists()}
-    report = table(finished)
+        done.write_text(json.dumps(run_arm(arm, arm_config(base, arm, args, out), out)))
+    # every arm done in this folder, also by earlier invocations with other --arms
+    results = {arm: json.loads((out / arm / "result.json").read_text()) for arm in ARMS if (out / arm / "result.json").exists()}
+    report = table(results)
     header = f"constitution effect: {Path(args.config).name}, {corruption['corrupted']} of {corruption['train_rows']} training outputs corrupted ({dict(kinds)})"
     (out / "table.md").write_text(header + "\n" + report + "\n")
     print("\n" + header + report)

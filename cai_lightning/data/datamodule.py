@@ -29,7 +29,6 @@ from torch.utils.data import DataLoader
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity
-from cai_lightning.devices import inference_dtype, resolve_device
 from cai_lightning.constitution.stage import (
     ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
 )
@@ -42,6 +41,7 @@ from cai_lightning.data.tokenization import (
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
+from cai_lightning.devices import inference_dtype, resolve_device
 from cai_lightning.errors import ConfigError, DataError
 from cai_lightning.prompts import TEMPLATE_VERSION, PromptStyle, check_prompt_style, format_prompt, styled_prompt
 
@@ -194,9 +194,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         constitution = Constitution.load(DEFAULT_PATH if hp.constitution == "default" else Path(hp.constitution).expanduser())
         critic_name = settings.critic or hp.tokenizer  # by default, the pretrained model being fine-tuned
         identity = critic_identity(critic_name, settings.seed, hp.vocab_size) if settings.uses_critic else None
-        # the device type and the critic's dtype: CPU and GPU, bf16 and fp32 sample differently
-        device = resolve_device(settings.device) if settings.uses_critic else None
-        device = device and f"{device.type}:{inference_dtype(device) if critic_name else torch.float32}"
+        device = None  # the device type and the critic's dtype: CPU and GPU, bf16 and fp32 sample differently
+        if settings.uses_critic:
+            resolved = resolve_device(settings.device)
+            dtype = inference_dtype(resolved) if critic_name else torch.float32  # Critic.random builds it in fp32
+            device = f"{resolved.type}:{dtype}"
         rows = [r for r in records if r["split"] in settings.splits]
         key = stage_fingerprint(rows, constitution, identity, settings, device)
 
