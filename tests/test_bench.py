@@ -48,3 +48,11 @@ def bench_kinds():
     from cai_lightning.data.corruption import KINDS
 
     return KINDS
+
+
+def test_sandbox_throughput_smoke_compares_every_row_on_passing_pairs(capsys):
+    rows = _load("sandbox_throughput").main(["--smoke", "--workers", "2"])
+    setups = {row["setup"] for row in rows}
+    assert {"bare python", "judge sandbox"} <= setups  # the previous sandbox too where git history is there
+    assert all(row["passed"] == 4 for row in rows)
+    assert "overhead (ms)" in capsys.readouterr().out

@@ -1,9 +1,10 @@
 """The sandbox: ordinary outcomes, bad input, and attacks. Every attack must end as a non-passed result
-while this process (the parent) stays unharmed and the session goes on.
+while this process (the parent) stays unharmed and the session goes on. The attacks of issue 11, also as
+an unprivileged user and through ``evaluate()``, are in test_sandbox_attacks.py; the judge's rules in
+test_judge.py.
 
-Attacks run twice where it means something: with the audit hook (what callers get) and without it, to show
-that the kernel's layers hold on their own. The hookless runs are skipped, with the reason, when this
-machine does not give a child that layer (see ``isolation_report``).
+Tests that need a kernel layer this machine does not give (see ``isolation_report``) are skipped, with
+the reason.
 """
 
 from __future__ import annotations
@@ -17,18 +18,24 @@ import uuid
 
 import pytest
 
-from cai_lightning.sandbox import MESSAGE_CHARS, Limits, isolation_report, run, run_many
+from cai_lightning.sandbox import (
+    MESSAGE_CHARS,
+    SANDBOX_UID_BASE,
+    Limits,
+    isolation_report,
+    run,
+    run_many,
+)
 
 FAST = Limits(timeout_s=5, cpu_s=2, memory_mb=128)
 RAN = "assert False, 'the tests ran'"  # tests that must run, and fail, after a program that should not pass
 LAYERS = isolation_report()
 
 
-def _hook_modes(*needed: str) -> list:
-    """[with the hook, without it]; the second is skipped unless every layer in ``needed`` is on."""
-    off = [f"{name} {LAYERS.get(name, 'off: unknown')}" for name in needed if not LAYERS.get(name, "").startswith("on")]
-    skip = pytest.mark.skip(reason="kernel layer missing here: " + "; ".join(off)) if off else ()
-    return [pytest.param(True, id="hook"), pytest.param(False, id="kernel-only", marks=skip)]
+def _needs(*layers: str):
+    """Skip unless every layer in ``layers`` is on here."""
+    off = [f"{name} {LAYERS.get(name, 'off: unknown')}" for name in layers if not LAYERS.get(name, "").startswith("on")]
+    return pytest.mark.skipif(bool(off), reason="kernel layer missing here: " + "; ".join(off))
 
 
 # -- ordinary outcomes -------------------------------------------------------------------------------
@@ -72,9 +79,9 @@ def test_the_program_gets_a_private_writable_work_dir_that_is_deleted_afterwards
     program = (
         "import os, tempfile\nprint(os.getcwd())\nopen('scratch.txt', 'w').write('x')\n"
         "os.mkdir('d')\nos.rename('scratch.txt', 'd/s.txt')\ntempfile.NamedTemporaryFile(delete=False).close()\n"
-        "import sys\nprint('to stderr', file=sys.stderr)"
+        "import sys\nprint('to stderr', file=sys.stderr)\ndef read(path):\n    return open(path).read()\n"
     )
-    result = run(program, "assert open('d/s.txt').read() == 'x'\nassert os.environ['HOME'] == os.getcwd()")
+    result = run(program, "assert read('d/s.txt') == 'x'\nassert os.environ['HOME'] == os.getcwd()")
     assert result.passed, result.message
     workdir = result.stdout.strip()
     assert workdir.startswith("/") and not os.path.exists(workdir)
@@ -83,7 +90,7 @@ def test_the_program_gets_a_private_writable_work_dir_that_is_deleted_afterwards
 
 def test_stdin_is_empty_and_a_main_block_does_not_run():
     assert run("x = input()").error_type == "EOFError"
-    result = run("ran = False\nif __name__ == '__main__':\n    ran = True", "assert not ran and __name__ == '__sandbox__'")
+    result = run("ran = False\nname = __name__\nif __name__ == '__main__':\n    ran = True", "assert not ran and name == '__sandbox__'")
     assert result.passed, result.message
 
 
@@ -130,12 +137,9 @@ def test_limits_that_cannot_work_are_rejected_naming_the_field():
 
 
 def test_infinite_loop_times_out_and_leaves_no_process_or_zombie():
-    result = run("import os\nprint(os.getpid())\nwhile True:\n    pass", limits=Limits(timeout_s=1, cpu_s=10))
+    result = run("while True:\n    pass", limits=Limits(timeout_s=1, cpu_s=10))
     assert result.status == "timeout" and result.duration_s < 4
-    pid = int(result.stdout.split()[0])
-    assert not os.path.exists(f"/proc/{pid}")  # reaped: not running, not a zombie
-    with pytest.raises(ProcessLookupError):
-        os.killpg(pid, 0)  # its process group is gone too
+    assert _sandbox_processes() == []  # reaped: not running, not a zombie, nothing it started
 
 
 def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock():
@@ -143,13 +147,12 @@ def test_cpu_limit_kills_a_busy_loop_before_the_wall_clock():
     assert (result.status, result.error_type) == ("killed", "SIGXCPU") and result.duration_s < 5
 
 
-@pytest.mark.parametrize("audit_hook", _hook_modes("user"))
-def test_fork_bomb_is_stopped(audit_hook):
-    result = run("import os\nwhile True:\n    os.fork()", RAN, limits=FAST, audit_hook=audit_hook)
-    assert result.status == "error" and result.duration_s < 3
-    assert result.error_type == ("PermissionError" if audit_hook else "BlockingIOError")  # hook, or RLIMIT_NPROC
-    assert not run("import subprocess\nsubprocess.run(['true'])", RAN, limits=FAST, audit_hook=audit_hook).passed
-    assert not run("import os\nos.system('true')", RAN, limits=FAST, audit_hook=audit_hook).passed
+@_needs("seccomp")
+def test_fork_bomb_is_stopped():
+    result = run("import os\nwhile True:\n    os.fork()", RAN, limits=FAST)
+    assert (result.status, result.error_type) == ("error", "PermissionError") and result.duration_s < 3
+    assert not run("import subprocess\nsubprocess.run(['true'])", RAN, limits=FAST).passed
+    assert not run("import os\nos.system('true')", RAN, limits=FAST).passed
 
 
 @pytest.mark.parametrize("program", ["x = bytearray(10**10)", "x = []\nwhile True:\n    x.append(bytes(10**6))"])
@@ -176,8 +179,8 @@ def test_file_size_limit():
 # -- attacks: escaping the sandbox -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("audit_hook", _hook_modes("filesystem"))
-def test_files_outside_the_work_dir_are_neither_deleted_nor_written(tmp_path, audit_hook):
+@_needs("filesystem")
+def test_files_outside_the_work_dir_are_neither_deleted_nor_written(tmp_path):
     sentinel = tmp_path / "sentinel.txt"
     sentinel.write_text("keep me")
     outside = f"/tmp/outside-{uuid.uuid4().hex}"  # /tmp/outside, made unique so no other run interferes
@@ -187,31 +190,31 @@ def test_files_outside_the_work_dir_are_neither_deleted_nor_written(tmp_path, au
         f"open({str(sentinel)!r}, 'w').write('gone')",
         f"import os\nos.rename({str(sentinel)!r}, 'stolen.txt')",
         f"open({outside!r}, 'w').write('x')",
-        f"import os\nos.mkfifo({outside!r})",  # no audit event: the kernel's layers stop it
+        f"import os\nos.mkfifo({outside!r})",
         f"import os\nfd = os.open('/tmp', os.O_RDONLY)\nos.open({os.path.basename(outside)!r}, os.O_CREAT | os.O_WRONLY, dir_fd=fd)",
     ):
-        result = run(program, RAN, limits=FAST, audit_hook=audit_hook)
+        result = run(program, RAN, limits=FAST)
         assert result.status == "error", (program, result)
         assert result.error_type in ("PermissionError", "OSError", "FileNotFoundError"), (program, result)
     assert sentinel.read_text() == "keep me" and not os.path.exists(outside)
 
 
-@pytest.mark.parametrize("audit_hook", _hook_modes("network"))
-def test_no_connection_leaves_the_sandbox(audit_hook):
+@_needs("network")
+def test_no_connection_leaves_the_sandbox():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
         server.listen(1)
         server.settimeout(0.3)
         port = server.getsockname()[1]
         program = f"import socket\ns = socket.create_connection(('127.0.0.1', {port}), timeout=1)\ns.sendall(b'hi')"
-        result = run(program, RAN, limits=FAST, audit_hook=audit_hook)
+        result = run(program, RAN, limits=FAST)
         assert result.status == "error" and result.error_type in ("PermissionError", "OSError")
         with pytest.raises(socket.timeout):
             server.accept()  # nothing arrived
 
 
-@pytest.mark.parametrize("audit_hook", _hook_modes("filesystem"))
-def test_parent_environment_secrets_are_out_of_reach(monkeypatch, audit_hook):
+@_needs("filesystem")
+def test_parent_environment_secrets_are_out_of_reach(monkeypatch):
     secret = "sk-cai-sandbox-test-" + uuid.uuid4().hex
     monkeypatch.setenv("HF_TOKEN", secret)
     monkeypatch.setenv("CAI_FAKE_API_KEY", secret)
@@ -226,24 +229,22 @@ def test_parent_environment_secrets_are_out_of_reach(monkeypatch, audit_hook):
         f"assert {secret!r} not in ''.join(seen)\nassert 'HF_TOKEN' not in os.environ\n"
         "assert sorted(os.environ) == ['HOME', 'LANG', 'PATH', 'TMPDIR']"
     )
-    result = run(program, tests, limits=FAST, audit_hook=audit_hook)
+    result = run(program, tests, limits=FAST)
     assert result.passed, result.message  # the program ran, looked, and did not find it
     assert secret not in result.stdout + result.stderr + result.message
 
 
-@pytest.mark.parametrize("audit_hook", _hook_modes("user"))
-def test_killing_the_parent_fails_and_the_parent_lives(audit_hook):
-    for program in ("import os\nos.kill(os.getppid(), 9)", "import os\nos.killpg(os.getpgid(os.getppid()), 9)"):
-        result = run(program, RAN, limits=FAST, audit_hook=audit_hook)
+@_needs("seccomp")
+def test_killing_the_parent_fails_and_the_parent_lives():
+    for program in ("import os\nos.kill(os.getppid(), 9)", "import os\nos.killpg(0, 9)", "import os\nos.kill(-1, 9)"):
+        result = run(program, RAN, limits=FAST)
         assert (result.status, result.error_type) == ("error", "PermissionError")
     assert run("x = 1", "assert x == 1").passed  # still here, still working
 
 
-@pytest.mark.parametrize("audit_hook", [True, False], ids=["hook", "no-hook"])
-def test_a_crash_through_ctypes_is_not_a_pass(audit_hook):
-    result = run("import ctypes\nctypes.string_at(0)", RAN, limits=FAST, audit_hook=audit_hook)
-    expected = ("error", "ImportError") if audit_hook else ("killed", "SIGSEGV")
-    assert (result.status, result.error_type) == expected
+def test_a_crash_through_ctypes_is_not_a_pass():
+    result = run("import ctypes\nctypes.string_at(0)", RAN, limits=FAST)
+    assert (result.status, result.error_type) == ("killed", "SIGSEGV")
 
 
 # -- attacks: faking a pass --------------------------------------------------------------------------
@@ -267,29 +268,25 @@ def test_leaving_before_the_tests_is_not_a_pass(program, error_type):
 @pytest.mark.parametrize(
     "program",
     [
-        # a fake report on stdout, and on every other descriptor, then leave before the tests
-        "print('{\"status\": \"passed\"}')\nimport os\nfor fd in range(3, 21):\n"
-        "    try:\n        os.write(fd, b'{\"status\": \"passed\", \"error_type\": null, \"message\": \"\"}\\n')\n"
-        "    except OSError:\n        pass\nos._exit(0)",
-        # ask the report hook directly, or restart the harness to get a second go
+        # a fake report on stdout, and a fake frame on every other descriptor, then leave before the tests
+        "print('{\"status\": \"passed\"}')\nimport os\nfor fd in range(3, 64):\n"
+        "    try:\n        os.write(fd, b'\\x01\\x00\\x00\\x00T')\n    except OSError:\n        pass\nos._exit(0)",
+        # the old in-process harness's routes: harmless now, and the failing tests still fail
         "import sys\nsys.audit('cai_sandbox.report', 'passed', '', '')",
-        "import sys\nsys.audit('cai_sandbox.start')",
-        # hunt for the harness and its nonce: __main__, frames, the garbage collector, tracing
-        "import __main__\n__main__.main('x', 3)",
-        "import sys\nsys._getframe(1).f_locals",
-        "import sys\nsys._current_frames()",
-        "import gc\ngc.get_objects()",
-        "try:\n    raise ValueError\nexcept ValueError as e:\n    e.__traceback__.tb_frame.f_back.f_locals",
-        "def g():\n    yield\nx = g()\nx.gi_frame",
+        "import sys\nsys._getframe(1).f_locals.clear()",
+        "import gc\nfor o in gc.get_objects():\n    pass",
         "import sys\nsys.settrace(lambda *a: None)",
-        "import signal\nsignal.signal(signal.SIGALRM, lambda *a: None)",
+        # reach into this process's copy of the harness: the verdict is not made here
+        "import sys\nw = sys.modules['cai_lightning.sandbox.wire']\nw.Endpoint.receive = lambda self: ('names',)",
+        "import sys\np = sys.modules['cai_lightning.sandbox.program']\np.ProgramEnd.perform = lambda self, m: True",
+        "import builtins\nbuiltins.AssertionError = type('Never', (Exception,), {})",
     ],
-    ids=["fake-reports-then-exit", "audit-report", "audit-restart", "main-module", "getframe", "current-frames",
-         "gc", "traceback-frames", "generator-frame", "settrace", "signal-handler"],
+    ids=["fake-reports-then-exit", "audit-report", "frames", "gc", "settrace", "patch-wire", "answer-true",
+         "patch-assertion-error"],
 )
-def test_faking_the_harness_report_does_not_pass(program):
-    result = run(program, "assert True", limits=FAST)  # tests that would pass: only the program can spoil it
-    assert result.status == "error", result
+def test_faking_a_pass_from_the_program_does_not_pass(program):
+    result = run(program, RAN, limits=FAST)  # tests that fail: only a forged verdict could pass them
+    assert not result.passed, result
 
 
 def test_patching_builtins_does_not_fool_the_tests():
@@ -308,8 +305,7 @@ def test_the_parent_leaks_no_descriptors_threads_or_children():
     results = run_many(jobs * 2, limits=Limits(timeout_s=1, cpu_s=5), workers=2)
     assert [r.status for r in results] == ["timeout", "passed", "error", "passed"] * 2
     assert len(os.listdir("/proc/self/fd")) == fds and threading.active_count() == threads
-    children = [p for p in os.listdir("/proc") if p.isdigit() and _parent_of(p) == os.getpid()]
-    assert children == []
+    assert _sandbox_processes() == []
 
 
 def test_messages_are_capped():
@@ -317,9 +313,16 @@ def test_messages_are_capped():
     assert result.error_type == "ValueError" and len(result.message) == MESSAGE_CHARS
 
 
-def _parent_of(pid: str) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+def _sandbox_processes() -> list[str]:
+    """Processes left behind: children of this process, or running as a sandbox uid."""
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            uid = os.stat(f"/proc/{pid}").st_uid
+        except (OSError, IndexError, ValueError):
+            continue
+        if parent == os.getpid() or uid >= SANDBOX_UID_BASE:
+            left.append(pid)
+    return left
