@@ -154,7 +154,7 @@ def test_the_tests_containers_are_shared_and_their_callables_called_back():
         "assert apply_each(lambda x: x * 10, (1, 2)) == [10, 20]\n"
         "assert first_two(iter(range(5))) == [0, 1]\n"
         "assert named(max).__name__ == 'max' and named(max)(2, 9) == 9\n"
-        "bump()\nbump()\nassert count == 2\n"
+        "def check():\n    assert count == 2\nbump()\nbump()\ncheck()\n"  # module state, read in a test's function
     )
     result = run(program, tests, limits=FAST)
     assert result.passed, result.message
@@ -170,3 +170,9 @@ def test_a_program_that_dies_or_breaks_the_channel_mid_test_is_an_error_even_if_
         "            os.write(fd, b'\\x05\\x00\\x00\\x00Qxxxx')\n        except OSError:\n            pass\n    return 1\n"
     )
     assert not run(garbage, "try:\n    f()\nexcept BaseException:\n    pass", limits=FAST).passed
+
+
+def test_an_answer_too_big_for_the_channel_is_an_error_in_the_test_that_asked():
+    result = run("def f():\n    return 'x' * (20 << 20)\n", "assert f(), 'ran'", limits=Limits(memory_mb=512))
+    assert (result.status, result.error_type, result.tests_line) == ("error", "OverflowError", 1)
+    assert "does not fit the channel" in result.message

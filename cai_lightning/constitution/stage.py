@@ -48,7 +48,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 5  # bump when what a chunk file holds, or how it is computed, changes
+STAGE_FORMAT = 6  # bump when what a chunk file holds, or how it is computed, changes (6: verdicts from the judge)
 MAX_COUNTED_FINDINGS = 99
 
 

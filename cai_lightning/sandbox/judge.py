@@ -10,8 +10,9 @@ which is False, and an ``int`` subclass arrives as the int it encodes to.
 Rules a reader of a verdict should know:
 - A program's object never equals, nor orders against, a plain value; two of the program's objects
   compare as the program says (``Vector(1, 2) + Vector(3, 4) == Vector(4, 6)``).
-- The program's top-level names are read again before each top-level statement of the tests, so module
-  state a function changed is seen; names that would shadow a builtin are not taken.
+- Before each top-level statement of the tests, the program's top-level names the tests mention anywhere
+  are read again, so module state a function changed is seen; names that would shadow a builtin are not
+  taken.
 - A broken channel (the program died, answered garbage or too much) fails the run as an error even if the
   tests caught the exception; ``ProgramBroke`` is not an ``Exception``.
 
@@ -288,6 +289,7 @@ def main(config: dict) -> None:
             (node.lineno, compile(_ast.Module(body=[node], type_ignores=[]), "<tests>", "exec", dont_inherit=True))
             for node in tree.body
         ]
+        used = tuple(sorted(set().union(*(_names_used(code) for _, code in statements))))
     except SyntaxError as exc:
         report(*_describe(exc, tests, exc.lineno), tests_line=exc.lineno or 0)
     end = JudgeEnd(config["read_fd"], config["write_fd"])
@@ -306,7 +308,7 @@ def main(config: dict) -> None:
     given: dict[str, object] = {}  # the program's names as last put in the namespace
     for line, code in statements:
         try:
-            names = end.request(("names",))
+            names = end.request(("names", used))
             if type(names) is not dict:
                 raise wire.WireError("names must be a dict")
             for name, value in names.items():
@@ -317,13 +319,25 @@ def main(config: dict) -> None:
             if end.broken is not None and exc is end.broken:
                 report("error", "EarlyExit", f"the program stopped answering at tests line {line}: {exc}",
                        tests_line=line, layers=layers)
-            import traceback
+            try:  # for a human reading stderr; a proxy's repr in it may need the (broken) channel
+                import traceback
 
-            traceback.print_exception(exc, file=sys.stderr)
+                traceback.print_exception(exc, file=sys.stderr)
+            except BaseException:
+                pass
             report(*_describe(exc, tests, line), tests_line=line, layers=layers)
     if end.broken is not None:
         report("error", "EarlyExit", f"the program stopped answering: {end.broken}", layers=layers)
     report("passed", layers=layers)
+
+
+def _names_used(code) -> set[str]:
+    """Every global name a statement's code can look up, in its nested functions and classes too."""
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _names_used(const)
+    return names
 
 
 def _describe(exc: BaseException, tests: str, line: int | None) -> tuple[str, str, str]:

@@ -124,16 +124,17 @@ class ProgramEnd(wire.Endpoint):
             return delattr(*body)
         if kind == "op" and len(body) == 2 and body[0] in OPERATIONS and type(body[1]) is tuple:
             return OPERATIONS[body[0]](*body[1])
-        if kind == "names" and not body:
-            return self.names()
+        if kind == "names" and len(body) == 1 and type(body[0]) is tuple:
+            return self.names(body[0])
         raise wire.WireError(f"unexpected request {kind!r}")
 
-    def names(self) -> dict:
-        """The program's top-level names the tests may use: not dunders, and not names that would shadow
-        a builtin (a program's own ``len`` must not answer the tests' ``len(x) == 3``)."""
+    def names(self, wanted: tuple) -> dict:
+        """Those of the ``wanted`` top-level names the program has and the tests may use: not dunders, and
+        not names that would shadow a builtin (a program's own ``len`` must not answer ``len(x) == 3``)."""
         return {
-            name: value for name, value in list(self.namespace.items())
-            if not (name.startswith("__") and name.endswith("__")) and name not in vars(builtins)
+            name: self.namespace[name] for name in wanted
+            if type(name) is str and name in self.namespace
+            and not (name.startswith("__") and name.endswith("__")) and name not in vars(builtins)
         }
 
 

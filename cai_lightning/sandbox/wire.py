@@ -177,8 +177,11 @@ class Endpoint:
             raise
         except BaseException as exc:  # the program's own exceptions, SystemExit included, are answers
             self.send(("raise", self.exception_payload(exc), self.changed_shared()))
-        else:
+            return
+        try:
             self.send(("result", value, self.changed_shared()))
+        except WireError as err:  # an answer too big for one message is the caller's exception
+            self.send(("raise", (OverflowError, (f"the answer does not fit the channel: {err}",), None), []))
 
     def perform(self, message: tuple) -> object:
         raise WireError(f"unexpected request {message[0]!r}")
