@@ -1,7 +1,9 @@
 """``python -m cai_lightning {fit,validate,test,predict} --config configs/X.yaml``.
 
 LightningCLI owns configuration: every knob is a typed ``__init__`` argument of the model, the data
-module or a callback, so ``--help`` and ``--print_config`` document it. This subclass adds three things:
+module or a callback, so ``--help`` and ``--print_config`` document it. The model and the data module are
+chosen by the config: ``CodeLM`` and ``CodeInstructionDataModule`` (SFT) unless it names others with
+``class_path`` (``configs/dpo.yaml``: ``PreferenceLM`` and ``PreferenceDataModule``). This subclass adds:
 
 * ``model.pretrained`` is linked to ``data.tokenizer``: the tokenizer is named once.
 * ``--ckpt_path last`` finds the newest ``last.ckpt`` of this logger's runs; ``fit`` then resumes in that
@@ -26,7 +28,11 @@ from cai_lightning.model import CodeLM
 
 class CAILightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
-        parser.link_arguments("model.pretrained", "data.tokenizer")
+        parser.set_defaults({
+            "model": {"class_path": f"{CodeLM.__module__}.{CodeLM.__name__}"},
+            "data": {"class_path": f"{CodeInstructionDataModule.__module__}.{CodeInstructionDataModule.__name__}"},
+        })
+        parser.link_arguments("model.init_args.pretrained", "data.init_args.tokenizer")
 
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
@@ -62,14 +68,23 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
     User errors (bad data, bad settings) are printed as one line and exit with status 2.
     """
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs; no effect on CPU
+    UserError.latest = None
     try:
         return CAILightningCLI(
             CodeLM,
             CodeInstructionDataModule,
+            subclass_mode_model=True,  # a config may name a subclass (PreferenceLM) with class_path
+            subclass_mode_data=True,
             args=args,
             save_config_kwargs={"overwrite": True},  # resuming writes config.yaml into the same folder
             auto_configure_optimizers=False,  # CodeLM.configure_optimizers owns AdamW and its schedule
         )
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except ValueError as err:  # jsonargparse's wrapping of a UserError raised while it built a class
+        cause = UserError.latest
+        if cause is None or str(cause) not in str(err):
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None

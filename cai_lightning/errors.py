@@ -3,7 +3,17 @@ a traceback; anything else is a bug and keeps its traceback."""
 
 
 class UserError(Exception):
-    """Base class: the message says what is wrong, where, and what to do."""
+    """Base class: the message says what is wrong, where, and what to do.
+
+    ``UserError.latest`` is the last one raised: jsonargparse re-raises an error raised while it builds the
+    model or data module (a config that names their class) as a ValueError listing the messages, and the
+    CLI uses this to report the user's error as such."""
+
+    latest: "UserError | None" = None
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        UserError.latest = self
 
 
 class DataError(UserError, ValueError):

@@ -208,7 +208,9 @@ class CodeLM(pl.LightningModule):
             # Room for [PAD]; new rows start at the mean embedding. Rounded up to a multiple of 64, which
             # matmul kernels prefer (nanoGPT's 50257 → 50304); the spare rows are never produced by the tokenizer.
             # With tied input/output embeddings (SmolLM2, most small Llamas) the resize keeps them tied.
-            model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
+            with torch.random.fork_rng(devices=[]):  # the new rows are drawn: the same every time this model is built
+                torch.manual_seed(0)  # (DPO's reference, built apart from the policy, must be the very same network)
+                model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
         model.config.pad_token_id = tok.pad_token_id
         model.generation_config.pad_token_id = tok.pad_token_id

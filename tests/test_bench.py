@@ -56,3 +56,11 @@ def test_sandbox_throughput_smoke_compares_every_row_on_passing_pairs(capsys):
     assert {"bare python", "judge sandbox"} <= setups  # the previous sandbox too where git history is there
     assert all(row["passed"] == 4 for row in rows)
     assert "overhead (ms)" in capsys.readouterr().out
+
+
+def test_dpo_step_smoke_compares_cached_and_live_references(capsys):
+    rows = _load("dpo_step").main(["--smoke"])
+    assert [row["mode"] for row in rows] == ["cached", "live"]
+    assert rows[0]["reference_s"] > 0 == rows[1]["reference_s"]
+    assert all(row["pairs_per_s"] > 0 and row["peak_mib"] > 0 for row in rows)
+    assert "cached vs live" in capsys.readouterr().out

@@ -27,8 +27,9 @@ def test_every_shipped_config_parses(config, subcommand, capsys):
         main([subcommand, "--config", str(config), "--print_config"])
     assert exit_.value.code in (0, None)
     printed = yaml.safe_load(capsys.readouterr().out)
-    assert printed["model"]["generation"]["num_beams"] >= printed["model"]["generation"]["num_return_sequences"]
-    assert printed["data"]["source"]
+    model, data = printed["model"]["init_args"], printed["data"]["init_args"]  # class_path + init_args
+    assert model["generation"]["num_beams"] >= model["generation"]["num_return_sequences"]
+    assert data["source"]
 
 
 @pytest.mark.slow
@@ -37,7 +38,7 @@ def test_fit_leaves_checkpoint_config_scalars_samples_and_export(workdir, rows_f
     run = workdir / "lightning_logs" / "default" / "version_0"
     assert (run / "config.yaml").exists()
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["data"]["source"] == str(rows_file) and saved["model"]["n_layer"] == 1
+    assert saved["data"]["init_args"]["source"] == str(rows_file) and saved["model"]["init_args"]["n_layer"] == 1
     assert (run / "checkpoints" / "last.ckpt").exists()
     assert len(list((run / "checkpoints").glob("epoch=*.ckpt"))) == 1
 

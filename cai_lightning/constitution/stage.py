@@ -52,14 +52,19 @@ STAGE_FORMAT = 6  # bump when what a chunk file holds, or how it is computed, ch
 MAX_COUNTED_FINDINGS = 99
 
 
+RANDOM_CRITIC_NAME = "random"  # data.revise.critic value: the tiny random GPT-2
+
+
 @dataclass(frozen=True)
 class Revise:
     """Settings of the constitution stage (``data.revise`` in the CLI).
 
     Args:
         critic: Hugging Face causal LM (name or folder) that writes critiques and revisions; ``null``: the
-            pretrained model being fine-tuned (``model.pretrained``), or — when that is null too, as in
-            the offline default — a tiny randomly initialised GPT-2, which writes noise.
+            pretrained model being fine-tuned (``model.pretrained``), or — when that is null too — a tiny
+            randomly initialised GPT-2, which writes noise; ``random``: that random GPT-2 whatever the
+            model is (the offline default says so, so that its DPO run, which starts from a pretrained
+            export, reuses the same stage and its pairs).
         response_source: ``dataset`` revises the dataset's ``output``; ``model`` first has the critic
             answer the prompt and revises its answer (the Constitutional-AI way).
         rounds: Critique → revision rounds per row. Each round revises the response the previous one

@@ -30,7 +30,7 @@ from torch.utils.data import DataLoader
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity
 from cai_lightning.constitution.stage import (
-    ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
+    RANDOM_CRITIC_NAME, ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
 )
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
@@ -192,7 +192,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         is loaded only if a chunk is left to do."""
         hp, settings = self.hparams, self.revise
         constitution = Constitution.load(DEFAULT_PATH if hp.constitution == "default" else Path(hp.constitution).expanduser())
-        critic_name = settings.critic or hp.tokenizer  # by default, the pretrained model being fine-tuned
+        # by default, the pretrained model being fine-tuned; `random`: the random GPT-2 whatever the model is
+        critic_name = None if settings.critic == RANDOM_CRITIC_NAME else (settings.critic or hp.tokenizer)
         identity = critic_identity(critic_name, settings.seed, hp.vocab_size) if settings.uses_critic else None
         device = None  # the device type and the critic's dtype: CPU and GPU, bf16 and fp32 sample differently
         if settings.uses_critic:

@@ -62,7 +62,8 @@ def _sha256_files(paths: Iterable[Path]) -> str:
 
 
 def load_source(
-    source: str, split: str = "train", revision: str | None = None, on_bad_rows: OnBadRows = "error"
+    source: str, split: str = "train", revision: str | None = None, on_bad_rows: OnBadRows = "error",
+    flag: str = "data.source",
 ) -> LoadedSource:
     """Read ``source`` with `datasets.load_dataset`.
 
@@ -71,7 +72,7 @@ def load_source(
     apply to those last two, which take the very same ``load_dataset(source, split=...)`` call).
     A ``.jsonl`` line that is not a JSON object is a bad row (see :func:`_load_jsonl`), handled as
     ``on_bad_rows`` says. Raises :class:`DataError` for a missing file, an unknown format, such a line
-    (``on_bad_rows="error"``), or a dataset that cannot be read.
+    (``on_bad_rows="error"``), or a dataset that cannot be read, naming ``flag``.
     """
     import datasets
 
@@ -86,35 +87,35 @@ def load_source(
         source = str(path)
     elif path.suffix.lower() in FORMATS or path.exists() or source.startswith((".", "/", "~")):
         if not path.exists():
-            raise DataError(f"data.source: file not found: {path}")
+            raise DataError(f"{flag}: file not found: {path}")
         builder = FORMATS.get(path.suffix.lower())
         if builder is None:
             raise DataError(
-                f"data.source: unknown format {path.suffix!r} for {path}; "
+                f"{flag}: unknown format {path.suffix!r} for {path}; "
                 f"use one of {', '.join(sorted(FORMATS))}, or a folder laid out like a Hub dataset"
             )
         if path.stat().st_size == 0:
-            raise DataError(f"data.source: {path} is empty")
+            raise DataError(f"{flag}: {path} is empty")
         if path.suffix.lower() == ".jsonl":
-            return _load_jsonl(path, on_bad_rows)
+            return _load_jsonl(path, on_bad_rows, flag)
         try:
             rows = datasets.load_dataset(builder, data_files=str(path), split="train")
         except Exception as err:  # the builders raise many types for unreadable files
-            raise DataError(f"data.source: could not read {path} as {builder}: {err}") from err
+            raise DataError(f"{flag}: could not read {path} as {builder}: {err}") from err
         return LoadedSource(rows, str(path), f"file:{path.suffix}:" + _sha256_files([path]))
 
     try:
         rows = datasets.load_dataset(source, split=split, revision=revision)
     except Exception as err:
         raise DataError(
-            f"data.source: could not load Hub dataset {source!r} (split {split!r}): {err}. "
+            f"{flag}: could not load Hub dataset {source!r} (split {split!r}): {err}. "
             "Without Hub access, download it elsewhere and point data.source at a local "
             ".parquet/.jsonl file in the same schema."
         ) from err
     return LoadedSource(rows, source, f"hub:{source}@{revision}:{split}:{rows._fingerprint}")
 
 
-def _load_jsonl(path: Path, on_bad_rows: OnBadRows) -> LoadedSource:
+def _load_jsonl(path: Path, on_bad_rows: OnBadRows, flag: str = "data.source") -> LoadedSource:
     """A ``.jsonl`` file, checked line by line before ``load_dataset("json")`` reads it, which would fail
     on the whole file for one broken line: a line that is not a JSON object is a bad row named by its
     line number, an error with ``on_bad_rows="error"``, else skipped, logged and counted in
@@ -152,7 +153,7 @@ def _load_jsonl(path: Path, on_bad_rows: OnBadRows) -> LoadedSource:
         else:
             rows = datasets.load_dataset("json", data_files=str(path), split="train")
     except Exception as err:  # the builder raises many types for unreadable files
-        raise DataError(f"data.source: could not read {path} as json: {err}") from err
+        raise DataError(f"{flag}: could not read {path} as json: {err}") from err
     fingerprint = f"file:{path.suffix}:" + _sha256_files([path])
     return LoadedSource(rows, str(path), fingerprint, lines=[number for number, _ in kept], skipped=skipped)
 

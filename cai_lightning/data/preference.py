@@ -1,0 +1,317 @@
+"""Preference pairs for DPO: (prompt, chosen, rejected), tokenized as SFT examples are, with the reference
+model's log-probabilities computed once and cached with them.
+
+    pairs ─► validated ─► prompt and each response tokenized ─► train / val ─► reference log-probs ─► batches
+    (the stage's        (no empty     separately, concatenated,  (a stable      (the starting model,     (chosen rows,
+     preference split,   side, chosen  the prompt kept whole and   hash of the   frozen, once; cached     then rejected
+     a file, or a Hub    != rejected)  the responses cut; a pair   prompt)       under its identity)      rows)
+     dataset)                          that cannot fit is dropped
+                                       and counted)
+
+The SFT splits of :class:`CodeInstructionDataModule` stay: ``test`` and ``predict`` (and the sample callback)
+use the held-out tasks as in SFT. The cache key holds everything the cached arrays depend on: the pairs'
+content, the tokenizer, ``max_length``, the validation share, and the reference model's identity, device
+type and precision; another reference (a new SFT run) means new log-probs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch.utils.data import DataLoader
+
+from cai_lightning.data.collate import PadCollator
+from cai_lightning.data.datamodule import CodeInstructionDataModule
+from cai_lightning.data.records import load_source
+from cai_lightning.data.tokenization import build_example, tokenizer_fingerprint
+from cai_lightning.devices import resolve_device
+from cai_lightning.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+PAIRS_FORMAT = 1  # bump when what the pair cache holds changes
+PAIR_FIELDS = ("prompt", "chosen", "rejected")
+STAGE = "stage"  # data.pairs value: the constitution stage's preference split
+
+
+class PreferenceDataModule(CodeInstructionDataModule):
+    """Preference pairs (and the SFT splits, for ``test`` and samples) for :class:`~cai_lightning.dpo.PreferenceLM`.
+
+    Args:
+        pairs: ``stage``: the preference split the constitution stage wrote (chosen = the revision, rejected
+            = the dataset's response; needs ``constitution``, and reuses the stage's cache when its settings
+            match the SFT run's); or a local ``.json``/``.jsonl``/``.parquet`` file, or a Hub dataset id,
+            with string columns ``prompt``, ``chosen``, ``rejected`` (the prompt exactly as the model
+            should see it, template included).
+        pairs_split: Split of a Hub dataset of pairs.
+        pairs_val_fraction: Share of pairs held out for validation, by a stable hash of the prompt.
+        reference_batch_size: Pairs per forward pass when the reference log-probs are computed.
+        **kwargs: Everything :class:`CodeInstructionDataModule` takes (source, constitution, revise,
+            max_length, batch_size, ...): the SFT data the pairs come with.
+
+    The reference model is the one ``model.pretrained`` names (read from the trainer's module when the
+    data is prepared), so it is configured once.
+    """
+
+    def __init__(
+        self,
+        pairs: str = STAGE,
+        pairs_split: str = "train",
+        pairs_val_fraction: float = 0.1,
+        reference_batch_size: int = 8,
+        **kwargs,
+    ) -> None:
+        super().__init__(**kwargs)
+        if not 0 <= pairs_val_fraction < 1:
+            raise ConfigError(f"data.pairs_val_fraction must be in [0, 1), got {pairs_val_fraction}")
+        if pairs == STAGE and not self.hparams.constitution:
+            raise ConfigError("data.pairs: stage needs data.constitution (the stage writes the pairs); or give a file")
+        self.pair_splits: dict[str, object] = {}  # "train"/"val" → datasets.Dataset, set by setup()
+        self.pair_manifest: dict = {}
+        self._pair_path: Path | None = None
+
+    # ---------------------------------------------------------------- the reference
+    def _reference(self) -> tuple[str, str]:
+        """(model.pretrained, model.reference) of the module being trained."""
+        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        hparams = getattr(module, "hparams", {})
+        if "reference" not in hparams or not hparams.get("pretrained"):
+            raise ConfigError("PreferenceDataModule goes with model: class_path: cai_lightning.dpo.PreferenceLM")
+        return hparams["pretrained"], hparams["reference"]
+
+    def _precision(self) -> str:
+        return str(getattr(getattr(self, "trainer", None), "precision", "32-true"))
+
+    # ---------------------------------------------------------------- Lightning hooks
+    def prepare_data(self) -> None:
+        super().prepare_data()
+        pretrained, mode = self._reference()
+        tokenizer = self._load_tokenizer()
+        raw, origin, source_key = self._raw_pairs()
+        device = resolve_device("auto")
+        reference = None
+        if mode == "cached":
+            from cai_lightning.pretrained import model_identity
+
+            reference = {"model": model_identity(pretrained, "model.pretrained"), "device": device.type,
+                         "precision": self._precision()}
+        hp = self.hparams
+        key = hashlib.sha256(json.dumps({
+            "format": PAIRS_FORMAT, "pairs": source_key, "tokenizer": tokenizer_fingerprint(tokenizer),
+            "max_length": hp.max_length, "val_fraction": hp.pairs_val_fraction, "reference": reference,
+        }, sort_keys=True).encode()).hexdigest()[:16]
+        path = self.cache_root / "preference" / key
+        self._pair_path = path
+        if (path / "manifest.json").exists():
+            print(f"Reusing cached preference pairs {path}")
+            return
+        staging = path.with_name(f".tmp-{key}-{os.getpid()}")
+        shutil.rmtree(staging, ignore_errors=True)
+        try:
+            manifest = self._build_pairs(raw, origin, tokenizer, staging, pretrained if reference else None, device)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staging, path)  # atomic: complete or absent
+        except OSError:
+            if not (path / "manifest.json").exists():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        print(f"Built preference pairs {path}")
+        print(format_pair_summary(json.loads((path / "manifest.json").read_text())))
+
+    def setup(self, stage: str | None = None) -> None:
+        import datasets
+
+        super().setup(stage)
+        if self.pair_splits:
+            return
+        if self._pair_path is None:  # other ranks: prepare_data ran in another process
+            self.prepare_data()
+        self.pair_manifest = json.loads((self._pair_path / "manifest.json").read_text())
+        loaded = datasets.load_from_disk(str(self._pair_path / "dataset"))
+        self.pair_splits = {name: loaded[name] if name in loaded else loaded["train"].select([]) for name in ("train", "val")}
+
+    # ---------------------------------------------------------------- building
+    def _load_tokenizer(self):
+        from transformers import AutoTokenizer
+
+        _, path = self._resolved
+        return AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
+
+    def _raw_pairs(self) -> tuple[list[dict], str, str]:
+        """The pairs as read and checked, where they came from, and a key of their content."""
+        import datasets
+
+        hp = self.hparams
+        if hp.pairs == STAGE:
+            key, path = self._resolved
+            split = datasets.load_from_disk(str(path / "dataset"))["preference"]
+            rows = [{f: row[f] for f in PAIR_FIELDS} for row in split]
+            origin = f"the constitution stage's preference split ({path})"
+            return check_pairs(rows, origin), origin, f"stage:{key}"
+        loaded = load_source(hp.pairs, split=hp.pairs_split, on_bad_rows="error", flag="data.pairs")
+        missing = [f for f in PAIR_FIELDS if f not in loaded.rows.column_names]
+        if missing:
+            raise DataError(
+                f"{loaded.origin}: no column {missing[0]!r} (a preference file needs prompt, chosen and rejected; "
+                f"columns found: {', '.join(loaded.rows.column_names) or 'none'})"
+            )
+        rows = [{f: row[f] for f in PAIR_FIELDS} for row in loaded.rows]
+        return check_pairs(rows, loaded.origin, loaded.lines), loaded.origin, loaded.fingerprint
+
+    def _build_pairs(self, raw: list[dict], origin: str, tokenizer, out: Path, reference: str | None,
+                     device: torch.device) -> dict:
+        import datasets
+
+        hp = self.hparams
+        examples, dropped, truncated = tokenize_pairs(raw, tokenizer, hp.max_length)
+        if dropped:
+            log.warning("%s: dropped %d pair(s) whose prompt alone fills data.max_length=%d", origin, dropped, hp.max_length)
+        if not examples:
+            raise DataError(f"{origin}: no pair fits data.max_length={hp.max_length} ({len(raw)} pairs read)")
+        if reference is not None:
+            logps = reference_logps(examples, reference, tokenizer, device, self._precision(), hp.reference_batch_size)
+            for example, (chosen, rejected) in zip(examples, logps):
+                example["reference_chosen"], example["reference_rejected"] = chosen, rejected
+        by_split = {"train": [], "val": []}
+        for example in examples:
+            by_split[pair_split(example["prompt"], hp.pairs_val_fraction, hp.split_seed)].append(example)
+        if not by_split["train"]:
+            raise DataError(f"{origin}: every pair fell into validation; lower data.pairs_val_fraction")
+        # an empty split is not saved (datasets writes it as zero shards, which it cannot load back)
+        splits = {name: datasets.Dataset.from_list(rows) for name, rows in by_split.items() if rows}
+        datasets.DatasetDict(splits).save_to_disk(str(out / "dataset"))
+        return {
+            "origin": origin, "pairs_read": len(raw), "dropped_prompt_too_long": dropped,
+            "truncated": truncated, "train": len(by_split["train"]), "val": len(by_split["val"]),
+            "reference": reference if reference is not None else "live (not cached)",
+        }
+
+    # ---------------------------------------------------------------- loaders
+    def _pair_loader(self, split: str, shuffle: bool) -> DataLoader:
+        hp = self.hparams
+        generator = torch.Generator().manual_seed(hp.shuffle_seed)
+        return DataLoader(
+            self.pair_splits[split], batch_size=hp.batch_size, shuffle=shuffle, generator=generator,
+            collate_fn=PairCollator(self.tokenizer.pad_token_id, hp.pad_to_multiple_of), num_workers=hp.num_workers,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._pair_loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._pair_loader("val", shuffle=False)
+
+
+def check_pairs(rows: Sequence[dict], origin: str, lines: Sequence[int] | None = None) -> list[dict]:
+    """The rows if each is a usable pair; else :class:`DataError` naming ``origin``, the row (its file line
+    when ``lines`` gives them) and the field: each of prompt, chosen and rejected a non-empty string, and
+    chosen different from rejected (a pair that prefers a response to itself teaches nothing)."""
+    if not rows:
+        raise DataError(f"{origin}: no preference pairs")
+    for number, row in enumerate(rows, start=1):
+        where = f"line {lines[number - 1]}" if lines is not None else f"row {number}"
+        for field in PAIR_FIELDS:
+            value = row.get(field)
+            if not isinstance(value, str):
+                raise DataError(f"{origin}: {where}: field {field!r} must be a string, got {type(value).__name__}")
+            if not value.strip():
+                raise DataError(f"{origin}: {where}: field {field!r} is empty")
+        if row["chosen"] == row["rejected"]:
+            raise DataError(f"{origin}: {where}: field 'chosen' is the same as 'rejected'")
+    return list(rows)
+
+
+def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int) -> tuple[list[dict], int, int]:
+    """Each pair as two prompt-masked examples (``build_example``: prompt and response tokenized apart and
+    concatenated, EOS a label, the response cut to fit), plus counts of pairs dropped (the prompt alone
+    fills ``max_length``) and of pairs with a side cut. Returns ``(examples, dropped, truncated)``."""
+    prompts = tokenizer([r["prompt"] for r in rows], add_special_tokens=False)["input_ids"]
+    chosen = tokenizer([r["chosen"] for r in rows], add_special_tokens=False)["input_ids"]
+    rejected = tokenizer([r["rejected"] for r in rows], add_special_tokens=False)["input_ids"]
+    examples, dropped, truncated = [], 0, 0
+    for row, prompt_ids, chosen_ids, rejected_ids in zip(rows, prompts, chosen, rejected):
+        sides = [build_example(prompt_ids, ids, tokenizer.eos_token_id, max_length) for ids in (chosen_ids, rejected_ids)]
+        if None in sides:
+            dropped += 1
+            continue
+        full = len(prompt_ids) + max(len(chosen_ids), len(rejected_ids)) + 1
+        truncated += full > max_length
+        examples.append({
+            "prompt": row["prompt"],
+            "chosen_input_ids": sides[0]["input_ids"], "chosen_labels": sides[0]["labels"],
+            "rejected_input_ids": sides[1]["input_ids"], "rejected_labels": sides[1]["labels"],
+        })
+    return examples, dropped, truncated
+
+
+def pair_split(prompt: str, val_fraction: float, seed: int) -> str:
+    """``"train"`` or ``"val"`` from a stable hash of the prompt: a prompt's pairs stay together."""
+    digest = hashlib.sha256(f"{seed}:pair:{prompt}".encode()).digest()
+    return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
+
+
+@torch.no_grad()
+def reference_logps(examples: list[dict], pretrained: str, tokenizer, device: torch.device, precision: str,
+                    batch_size: int) -> list[tuple[float, float]]:
+    """Summed log-probs of each pair's chosen and rejected response under the reference model: the policy
+    as it starts (built exactly as :class:`~cai_lightning.dpo.PreferenceLM` builds it), in eval mode, under
+    the trainer's precision. The model is freed before training starts."""
+    from tqdm.auto import tqdm
+
+    from cai_lightning.dpo import PreferenceLM, sequence_logps
+
+    module = PreferenceLM(pretrained=pretrained)
+    module.connect(tokenizer)
+    module.configure_model()
+    model = module.model.to(device).eval()
+    collate = PairCollator(tokenizer.pad_token_id)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    out: list[tuple[float, float]] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", unit="batch"):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+        with autocast:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps = sequence_logps(logits, batch["labels"]).float().cpu().tolist()
+        n = len(logps) // 2
+        out.extend(zip(logps[:n], logps[n:]))
+    del model, module
+    return out
+
+
+@dataclass(frozen=True)
+class PairCollator:
+    """A batch of ``B`` pairs as one ``(2B, T)`` batch: the chosen rows, then the rejected rows in the same
+    order, right-padded as :class:`PadCollator` pads SFT examples; ``reference_logps`` ``(2B,)`` when the
+    pairs carry them."""
+
+    pad_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, pairs: Sequence[dict]) -> dict[str, torch.Tensor]:
+        rows = [{"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
+                for side in ("chosen", "rejected") for p in pairs]
+        batch = PadCollator(self.pad_id, self.pad_to_multiple_of)(rows)
+        if "reference_chosen" in pairs[0]:
+            batch["reference_logps"] = torch.tensor(
+                [p["reference_chosen"] for p in pairs] + [p["reference_rejected"] for p in pairs], dtype=torch.float32
+            )
+        return batch
+
+
+def format_pair_summary(manifest: dict) -> str:
+    return (
+        f"  pairs: {manifest['pairs_read']} read from {manifest['origin']}: {manifest['train']} train, "
+        f"{manifest['val']} val, {manifest['dropped_prompt_too_long']} dropped (prompt too long), "
+        f"{manifest['truncated']} with a response cut; reference log-probs: "
+        + (json.dumps(manifest["reference"]) if isinstance(manifest["reference"], dict) else manifest["reference"])
+    )

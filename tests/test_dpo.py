@@ -1,0 +1,210 @@
+"""Preference optimisation: the losses against hand computations, the masks against literal tensors, the
+pairs' checks and cache, a few steps that learn, and the two-step recipe (SFT, then DPO) through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cai_lightning.cli import main
+from cai_lightning.data.preference import PairCollator, PreferenceDataModule, check_pairs, tokenize_pairs
+from cai_lightning.data.tokenization import IGNORE_INDEX, load_pretrained_tokenizer
+from cai_lightning.dpo import PreferenceLM, preference_loss, sequence_logps
+from cai_lightning.errors import ConfigError, DataError
+from conftest import TINY, make_rows, save_tiny_gpt2, write_jsonl
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT, DPO = str(ROOT / "configs" / "default.yaml"), str(ROOT / "configs" / "dpo.yaml")
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+def test_dpo_and_ipo_losses_equal_a_hand_computation():
+    pc, pr = torch.tensor([-3.0, -5.0]), torch.tensor([-4.0, -2.0])
+    rc, rr = torch.tensor([-3.5, -4.0]), torch.tensor([-3.0, -2.5])
+    beta = 0.5
+    h = [(-3.0 + 3.5) - (-4.0 + 3.0), (-5.0 + 4.0) - (-2.0 + 2.5)]  # 1.5, -1.5
+    losses, chosen, rejected = preference_loss(pc, pr, rc, rr, beta)
+    assert losses.tolist() == pytest.approx([-math.log(_sigmoid(beta * x)) for x in h])
+    assert chosen.tolist() == pytest.approx([0.25, -0.5]) and rejected.tolist() == pytest.approx([-0.5, 0.25])
+    smoothed, _, _ = preference_loss(pc, pr, rc, rr, beta, label_smoothing=0.2)
+    assert smoothed.tolist() == pytest.approx(
+        [-0.8 * math.log(_sigmoid(beta * x)) - 0.2 * math.log(_sigmoid(-beta * x)) for x in h]
+    )
+    ipo, _, _ = preference_loss(pc, pr, rc, rr, beta, loss_type="ipo")
+    assert ipo.tolist() == pytest.approx([(x - 1 / (2 * beta)) ** 2 for x in h])
+
+
+def test_sequence_logps_sum_the_labelled_tokens_only_eos_included():
+    # vocabulary of 3; one row: prompt token 0, response tokens 1 then EOS=2, then padding
+    logits = torch.log(torch.tensor([[
+        [0.2, 0.5, 0.3],  # predicts position 1 (prompt -> first response token 1): p = 0.5
+        [0.1, 0.1, 0.8],  # predicts position 2 (EOS): p = 0.8
+        [0.6, 0.2, 0.2],  # predicts position 3 (padding): not counted
+        [0.3, 0.3, 0.4],
+    ]]))
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, IGNORE_INDEX]])
+    assert sequence_logps(logits, labels).tolist() == pytest.approx([math.log(0.5) + math.log(0.8)])
+
+
+def test_pairs_are_tokenized_apart_masked_and_collated_chosen_then_rejected(tmp_path):
+    tokenizer = load_pretrained_tokenizer(str(save_tiny_gpt2(tmp_path / "m")))
+    rows = [{"prompt": "add one", "chosen": "return x + 1", "rejected": "return x"},
+            {"prompt": "x " * 40, "chosen": "a", "rejected": "b"}]  # this prompt alone fills max_length
+    examples, dropped, truncated = tokenize_pairs(rows, tokenizer, max_length=24)
+    assert (len(examples), dropped) == (1, 1)
+    prompt = tokenizer("add one", add_special_tokens=False)["input_ids"]
+    chosen = tokenizer("return x + 1", add_special_tokens=False)["input_ids"]
+    pair = examples[0]
+    assert pair["chosen_input_ids"] == prompt + chosen + [tokenizer.eos_token_id]
+    assert pair["chosen_labels"] == [IGNORE_INDEX] * len(prompt) + chosen + [tokenizer.eos_token_id]
+    batch = PairCollator(pad_id=tokenizer.pad_token_id)([{**pair, "reference_chosen": -1.0, "reference_rejected": -2.0}])
+    n_chosen, n_rejected = len(pair["chosen_input_ids"]), len(pair["rejected_input_ids"])
+    assert batch["input_ids"].shape == (2, max(n_chosen, n_rejected))
+    assert batch["attention_mask"].sum(1).tolist() == [n_chosen, n_rejected]
+    assert batch["labels"][1, n_rejected:].eq(IGNORE_INDEX).all()  # padding is no label
+    assert batch["reference_logps"].tolist() == [-1.0, -2.0]
+    cut, _, cut_count = tokenize_pairs([{"prompt": "add one", "chosen": "y " * 40, "rejected": "z"}], tokenizer, 24)
+    assert cut_count == 1 and cut[0]["chosen_input_ids"][: len(prompt)] == prompt  # the prompt kept whole
+    assert len(cut[0]["chosen_input_ids"]) == 24
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": "p", "chosen": "", "rejected": "r"}, "line 2: field 'chosen' is empty"),
+        ({"prompt": "p", "chosen": "same", "rejected": "same"}, "line 2: field 'chosen' is the same as 'rejected'"),
+        ({"prompt": "p", "chosen": 3, "rejected": "r"}, "line 2: field 'chosen' must be a string, got int"),
+    ],
+)
+def test_a_bad_pair_names_the_file_row_and_field(row, message):
+    good = {"prompt": "p", "chosen": "c", "rejected": "r"}
+    with pytest.raises(DataError, match=message):
+        check_pairs([good, row], "pairs.jsonl", lines=[1, 2])
+
+
+def _pairs_module(tmp_path: Path, pairs: Path, reference: Path) -> PreferenceDataModule:
+    """A PreferenceDataModule as the trainer would prepare it, with ``reference`` as model.pretrained."""
+    module = PreferenceDataModule(
+        pairs=str(pairs), pairs_val_fraction=0.0, source=str(write_jsonl(tmp_path / "rows.jsonl", make_rows(20))),
+        tokenizer=str(reference), max_length=256, cache_dir=str(tmp_path / "cache"), batch_size=4,
+    )
+    module.trainer = SimpleNamespace(lightning_module=SimpleNamespace(hparams={"pretrained": str(reference), "reference": "cached"}),
+                                     precision="32-true")
+    return module
+
+
+def _pair_rows(n: int) -> list[dict]:
+    return [{"prompt": f"Write f{i}.\n", "chosen": f"def f{i}():\n    return {i}\n", "rejected": f"def f{i}():\n    pass\n"}
+            for i in range(n)]
+
+
+def test_reference_logps_are_computed_once_cached_reused_and_redone_for_another_reference(tmp_path, capsys):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", _pair_rows(6))
+    first_model = save_tiny_gpt2(tmp_path / "sft")
+    module = _pairs_module(tmp_path, pairs, first_model)
+    module.prepare_data()
+    module.setup("fit")
+    assert "Built preference pairs" in capsys.readouterr().out
+    cached = module.pair_splits["train"]["reference_chosen"]
+    assert len(cached) == 6 and all(x < 0 for x in cached)
+    # the cached values are the starting model's log-probs
+    policy = PreferenceLM(pretrained=str(first_model))
+    policy.connect(module.tokenizer)
+    policy.configure_model()
+    policy.eval()
+    batch = next(iter(module.train_dataloader()))
+    with torch.no_grad():
+        logps = sequence_logps(policy(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+    assert logps.tolist() == pytest.approx(batch["reference_logps"].tolist(), abs=1e-4)
+
+    again = _pairs_module(tmp_path, pairs, first_model)
+    again.prepare_data()
+    assert "Reusing cached preference pairs" in capsys.readouterr().out
+    other_model = save_tiny_gpt2(tmp_path / "other")  # same architecture and tokenizer, other weights
+    torch.manual_seed(1)
+    from transformers import GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2LMHeadModel.from_pretrained(other_model).config).save_pretrained(other_model)
+    changed = _pairs_module(tmp_path, pairs, other_model)
+    changed.prepare_data()
+    assert "Built preference pairs" in capsys.readouterr().out
+
+
+def test_a_pairs_file_without_a_column_is_an_error_naming_it(tmp_path):
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "c"}])
+    module = _pairs_module(tmp_path, pairs, save_tiny_gpt2(tmp_path / "sft"))
+    with pytest.raises(DataError, match="pairs.jsonl: no column 'rejected'"):
+        module.prepare_data()
+
+
+def test_preference_training_needs_a_model_to_start_from():
+    with pytest.raises(ConfigError, match="model.pretrained is required"):
+        PreferenceLM()
+
+
+def test_a_few_steps_raise_reward_accuracy_and_margin_on_the_training_pairs(tmp_path):
+    folder = save_tiny_gpt2(tmp_path / "sft")
+    tokenizer = load_pretrained_tokenizer(str(folder))
+    examples, _, _ = tokenize_pairs(_pair_rows(8), tokenizer, max_length=64)
+    module = PreferenceLM(pretrained=str(folder), beta=0.1)
+    module.connect(tokenizer)
+    module.configure_model()
+    batch = PairCollator(tokenizer.pad_token_id)(examples)
+    with torch.no_grad():
+        batch["reference_logps"] = sequence_logps(module(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+
+    def rewards() -> tuple[float, float]:
+        with torch.no_grad():
+            logps = sequence_logps(module(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        ref = batch["reference_logps"]
+        _, chosen, rejected = preference_loss(logps[:8], logps[8:], ref[:8], ref[8:], 0.1)
+        return (chosen > rejected).float().mean().item(), (chosen - rejected).mean().item()
+
+    accuracy_before, margin_before = rewards()
+    assert margin_before == pytest.approx(0.0, abs=1e-5)  # the policy is the reference at step 0
+    optimizer = torch.optim.AdamW(module.model.parameters(), lr=1e-2)
+    for _ in range(10):
+        logps = sequence_logps(module(batch["input_ids"], batch["attention_mask"]), batch["labels"])
+        ref = batch["reference_logps"]
+        losses, _, _ = preference_loss(logps[:8], logps[8:], ref[:8], ref[8:], 0.1)
+        optimizer.zero_grad()
+        losses.mean().backward()
+        optimizer.step()
+    accuracy_after, margin_after = rewards()
+    assert accuracy_after == 1.0 > accuracy_before and margin_after > margin_before + 0.1
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir, rows_file, capsys):
+    main(["fit", "--config", DEFAULT, *TINY, f"--data.source={rows_file}", "--data.cache_dir=cache", "--trainer.max_epochs=1"])
+    sft = workdir / "lightning_logs/default/version_0/hf_model"
+    assert (sft / "config.json").exists()
+    dpo_args = [
+        "--config", DPO, *TINY, f"--model.pretrained={sft}", f"--data.source={rows_file}", "--data.cache_dir=cache",
+        "--model.learning_rate=0.001", "--data.pairs_val_fraction=0.3",
+    ]
+    main(["fit", *dpo_args, "--trainer.max_epochs=2"])
+    out = capsys.readouterr().out
+    assert "Constitution stage: reusing all" in out  # the SFT run's stage, and so its pairs
+    assert "Built preference pairs" in out
+    run = workdir / "lightning_logs/dpo/version_0"
+    assert (run / "checkpoints/last.ckpt").exists() and (run / "hf_model/config.json").exists()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run)).Reload()
+    scalars = set(events.Tags()["scalars"])
+    for name in ("train/loss_epoch", "val/loss", "val/rewards/accuracy", "val/rewards/margin", "train/rewards/chosen_epoch",
+                 "train/rewards/rejected_epoch", "train/logps/chosen_epoch", "train/logps/rejected_epoch"):
+        assert name in scalars, (name, sorted(scalars))
+    step = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"]
+    main(["fit", *dpo_args, "--trainer.max_epochs=3", "--ckpt_path=last"])
+    assert "Reusing cached preference pairs" in capsys.readouterr().out
+    assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] > step
