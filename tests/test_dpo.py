@@ -208,3 +208,13 @@ def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir,
     main(["fit", *dpo_args, "--trainer.max_epochs=3", "--ckpt_path=last"])
     assert "Reusing cached preference pairs" in capsys.readouterr().out
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] > step
+
+
+def test_pairs_from_a_folder_laid_out_like_a_hub_dataset_take_the_hub_path(tmp_path, capsys):
+    folder = tmp_path / "hub-pairs"
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", _pair_rows(5))  # load_dataset(folder, split=...) as for a Hub id
+    module = _pairs_module(tmp_path, folder, save_tiny_gpt2(tmp_path / "sft"))
+    module.prepare_data()
+    module.setup("fit")
+    assert len(module.pair_splits["train"]) == 5 and "5 read from" in capsys.readouterr().out

@@ -552,3 +552,15 @@ def test_dropping_every_training_row_is_an_error(tmp_path):
         datamodule(tmp_path, rows_path, candidates=0).prepare_data()
     datamodule(tmp_path, rows_path, candidates=0, on_failure="keep").prepare_data()  # keep: trained on as they are
 
+
+
+def test_the_stage_key_names_the_critic_by_identity_not_by_how_the_setting_spells_it():
+    from cai_lightning.constitution.critic import critic_identity
+    from cai_lightning.constitution.stage import Revise, stage_fingerprint
+
+    rows = [{"instruction": "i", "input": "", "output": "o", "tests": "", "entry_point": ""}]
+    random = critic_identity(None, 0, 2048)
+    keys = {stage_fingerprint(rows, CONSTITUTION, random, Revise(critic=name), "cpu") for name in (None, "random")}
+    assert len(keys) == 1  # so an SFT run's stage (critic: null, no model) serves its DPO run (critic: random)
+    other = critic_identity(None, 1, 2048)
+    assert stage_fingerprint(rows, CONSTITUTION, other, Revise(), "cpu") not in keys

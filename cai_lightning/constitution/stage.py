@@ -155,7 +155,8 @@ def score(findings: dict[str, list], weights: dict[str, float]) -> float:
 
 def stage_fingerprint(rows: list[dict], constitution: Constitution, critic: dict, settings: Revise, device: str) -> str:
     """Key of the stage's folder: the rows, the constitution, the critic's identity, every setting that
-    changes the result, and the device type (CPU and GPU sample differently). ``workers`` is left out.
+    changes the result, and the device type (CPU and GPU sample differently). ``workers`` is left out, and
+    so is ``critic``: the identity says which model it is, however it was named.
     ``must_pass`` and ``on_failure`` leave the chunks as they are but decide which rows are trained on;
     they are in because the datamodule's cache key reaches the stage's settings through this key."""
     from importlib.metadata import version
@@ -168,7 +169,8 @@ def stage_fingerprint(rows: list[dict], constitution: Constitution, critic: dict
         "rows": rows_digest.hexdigest(),
         "constitution": [asdict(p) for p in constitution.principles],
         "critic": critic,
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers", "device", "splits")},
+        # the critic setting is left out: its identity is in (null, `random` and a name can be the same critic)
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers", "device", "splits", "critic")},
         "device": device,
         "ruff": version("ruff"),  # its rules and fixes decide style findings and fixer output
     }
