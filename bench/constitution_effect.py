@@ -1,7 +1,8 @@
-"""Does the constitution make better data, and does better data make a better model? Four arms, one run.
+"""Does the constitution make better data, and does better data make a better model? Five arms, one run.
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
-        [--fraction 0.3] [--epochs 1 | --max-steps N] [--samples 5] [--humaneval-limit 164] [--device cpu|cuda] [--smoke]
+        [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5] [--humaneval-limit 164]
+        [--device cpu|cuda] [--smoke]
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
 the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
@@ -14,6 +15,8 @@ corrupted: every arm is scored on the same clean held-out tasks.
   sft-corrupted      SFT on the corrupted outputs
   sft-constitution   SFT on the corrupted outputs after the constitution stage (the model as its own
                      critic, fixers on, rows still failing a must-pass principle dropped)
+  sft-constitution-dpo  sft-constitution's export, then DPO (``cai_lightning.dpo``) on the stage's preference
+                     pairs for ``--dpo-steps`` more optimizer steps: RL-CAI's second half (needs sft-constitution)
 
 Model-level figures (``test`` with ``ExecutionEval``, ``--samples`` per task at temperature 0.8): pass@1,
 pass@5, syntax-valid and unsafe shares (samples with a safety finding), on the held-out tasks and on
@@ -43,7 +46,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("base", "sft-clean", "sft-corrupted", "sft-constitution")
+ARMS = ("base", "sft-clean", "sft-corrupted", "sft-constitution", "sft-constitution-dpo")
+DPO_ARM = "sft-constitution-dpo"
 BOOTSTRAP = 2000  # resamples of the tasks for each interval
 
 
@@ -81,8 +85,9 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
     if args.device:
         trainer["accelerator"] = "gpu" if args.device == "cuda" else args.device
         data.setdefault("revise", {})["device"] = args.device
-    data["source"] = str(out / ("corrupted.jsonl" if arm in ("sft-corrupted", "sft-constitution") else "clean.jsonl"))
-    data["constitution"] = "default" if arm == "sft-constitution" else None
+    constitution_arm = arm in ("sft-constitution", DPO_ARM)
+    data["source"] = str(out / ("corrupted.jsonl" if arm == "sft-corrupted" or constitution_arm else "clean.jsonl"))
+    data["constitution"] = "default" if constitution_arm else None
     if args.cache_dir:
         data["cache_dir"] = args.cache_dir
     for callback in trainer["callbacks"]:
@@ -105,10 +110,33 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
         for parent in parents:
             target = target.setdefault(parent, {})
         target[leaf] = value
+    if arm == DPO_ARM:
+        config = dpo_config(config, out, args)
     path = out / arm / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def dpo_config(sft: dict, out: Path, args: argparse.Namespace) -> dict:
+    """The DPO arm's config from sft-constitution's: ``PreferenceLM`` starting from that arm's export, on the
+    same data (its stage, named by the same critic, is reused, and so are its pairs), ``--dpo-steps`` steps."""
+    exports = sorted((out / "runs" / "sft-constitution").glob("version_*/hf_model"), key=lambda p: p.stat().st_mtime)
+    if not exports:
+        raise SystemExit(f"{DPO_ARM} starts from sft-constitution's export: run that arm first (--arms sft-constitution {DPO_ARM})")
+    config = json.loads(json.dumps(sft))
+    model, data = config["model"], config["data"]
+    revise = data.setdefault("revise", {})
+    revise["critic"] = revise.get("critic") or model.get("pretrained") or "random"  # the SFT stage's critic, by name
+    kept = ("generation", "weight_decay", "betas", "warmup_fraction", "min_lr_ratio")
+    config["model"] = {"class_path": "cai_lightning.dpo.PreferenceLM", "init_args": {
+        **{k: v for k, v in model.items() if k in kept},
+        "pretrained": str(exports[-1]), "beta": args.dpo_beta, "learning_rate": args.dpo_lr, "sft_weight": args.dpo_sft_weight,
+    }}
+    config["data"] = {"class_path": "cai_lightning.data.preference.PreferenceDataModule", "init_args": {**data, "pairs": "stage"}}
+    trainer = config["trainer"]
+    trainer["max_epochs"], trainer["max_steps"] = None, args.dpo_steps
+    return config
 
 
 # ------------------------------------------------------------------------------------------------- scoring
@@ -213,8 +241,8 @@ def table(results: dict[str, dict]) -> str:
         n_tasks = len(common)
         metrics = [m for m in METRICS if any(m in next(iter(s.values())) for s in scored.values() if s)]
         lines += [f"\n{suite} ({n_tasks} tasks; mean [95% bootstrap interval over tasks])", ""]
-        lines.append("| arm | " + " | ".join(metrics) + " | pass@1 - sft-corrupted |")
-        lines.append("|---" * (len(metrics) + 2) + "|")
+        lines.append("| arm | " + " | ".join(metrics) + " | pass@1 - sft-corrupted | pass@1 - sft-constitution |")
+        lines.append("|---" * (len(metrics) + 3) + "|")
         for arm in ARMS:
             if arm not in scored:
                 continue
@@ -222,13 +250,14 @@ def table(results: dict[str, dict]) -> str:
             for metric in metrics:
                 mean, low, high = interval([task[metric] for task in scored[arm].values()])
                 cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-            if arm != "sft-corrupted" and "sft-corrupted" in scored:
-                mean, low, high = paired(
-                    {t: v["pass@1"] for t, v in scored[arm].items()}, {t: v["pass@1"] for t, v in scored["sft-corrupted"].items()}
-                )
-                cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-            else:
-                cells.append("")
+            for baseline, shown in (("sft-corrupted", arm != "sft-corrupted"), ("sft-constitution", arm == DPO_ARM)):
+                if shown and baseline in scored:  # paired over tasks
+                    mean, low, high = paired(
+                        {t: v["pass@1"] for t, v in scored[arm].items()}, {t: v["pass@1"] for t, v in scored[baseline].items()}
+                    )
+                    cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
+                else:
+                    cells.append("")
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
     stage = next((r["stage"] for r in results.values() if "stage" in r), None)
     if stage:
@@ -256,6 +285,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0, help="which outputs are corrupted, and how")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-steps", type=int, default=None, help="optimizer steps per arm, epochs ignored")
+    parser.add_argument("--dpo-steps", type=int, default=20, help=f"optimizer steps of {DPO_ARM}'s DPO, after its SFT")
+    parser.add_argument("--dpo-beta", type=float, default=0.1)
+    parser.add_argument("--dpo-lr", type=float, default=5e-6, help=f"{DPO_ARM}'s DPO learning rate")
+    parser.add_argument("--dpo-sft-weight", type=float, default=0.0, help=f"{DPO_ARM}'s SFT term (model.sft_weight)")
     parser.add_argument("--samples", type=int, default=5, help="samples per task (n of pass@k)")
     parser.add_argument("--humaneval-limit", type=int, default=164, help="HumanEval problems scored; 0: none")
     parser.add_argument("--eval-tokens", type=int, default=None, help="new tokens per sample (default: the config's)")
@@ -270,6 +303,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.config = str(ROOT / "configs" / "default.yaml") if args.config.endswith("smollm2.yaml") else args.config
         args.override = dict(SMOKE)
         args.max_steps, args.samples, args.humaneval_limit, args.task_limit, args.eval_tokens = 2, 2, 0, 4, 8
+        args.dpo_steps = 2
 
     out = Path(args.out)
     base = yaml.safe_load(Path(args.config).read_text())

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 
@@ -37,7 +38,10 @@ def test_constitution_effect_smoke_runs_every_arm_and_resumes(workdir, capsys):
     table = (out / "table.md").read_text()
     for arm in bench.ARMS:
         assert f"| {arm} |" in table
-    assert "pass@1 - sft-corrupted" in table
+    assert "pass@1 - sft-corrupted" in table and "pass@1 - sft-constitution" in table
+    dpo = yaml.safe_load((out / "sft-constitution-dpo" / "config.yaml").read_text())
+    assert dpo["model"]["class_path"].endswith("PreferenceLM") and "sft-constitution" in dpo["model"]["init_args"]["pretrained"]
+    assert results["sft-constitution-dpo"]["optimizer_steps"] == 2
 
     capsys.readouterr()
     bench.main(args)  # every arm is read back, none re-run
