@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.errors import ConfigError
-from cai_lightning.model import CodeLM, Generation
+from cai_lightning.model import CodeLM
 
 LossType = Literal["sigmoid", "ipo"]
 
@@ -85,10 +85,10 @@ class PreferenceLM(CodeLM):
             faster); a small SFT term keeps the chosen side up.
         reference: ``cached``: the reference log-probs come with the data, computed once (no second
             model in memory); ``live``: a frozen copy of the starting model computes them every step.
-        n_layer, n_head, n_embd, n_positions, dropout: Unused (the network comes from ``pretrained``);
-            kept so that the config's ``model`` block reads as ``CodeLM``'s.
-        learning_rate, weight_decay, betas, warmup_fraction, min_lr_ratio, generation: As in ``CodeLM``.
-            Preference optimisation wants a small learning rate (1e-6 to 1e-5 for pretrained models).
+        learning_rate, weight_decay, warmup_fraction: As in ``CodeLM``, with defaults for preference
+            optimisation: a small learning rate (1e-6 to 1e-5 for pretrained models), no decay.
+        **kwargs: The rest of ``CodeLM``'s settings (``betas``, ``min_lr_ratio``, ``generation``; its ``n_*``
+            and ``dropout`` are unused, the network coming from ``pretrained``).
     """
 
     def __init__(
@@ -99,17 +99,10 @@ class PreferenceLM(CodeLM):
         label_smoothing: float = 0.0,
         sft_weight: float = 0.0,
         reference: Literal["cached", "live"] = "cached",
-        n_layer: int = 4,
-        n_head: int = 4,
-        n_embd: int = 256,
-        n_positions: int = 512,
-        dropout: float = 0.1,
         learning_rate: float = 5e-6,
         weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.95),
         warmup_fraction: float = 0.1,
-        min_lr_ratio: float = 0.1,
-        generation: Generation = Generation(),
+        **kwargs,
     ) -> None:
         if pretrained is None:
             raise ConfigError(
@@ -123,8 +116,8 @@ class PreferenceLM(CodeLM):
         if loss_type == "ipo" and label_smoothing:
             raise ConfigError("model.label_smoothing applies to loss_type sigmoid only")
         super().__init__(
-            pretrained, n_layer, n_head, n_embd, n_positions, dropout, learning_rate, weight_decay, betas,
-            warmup_fraction, min_lr_ratio, generation,
+            pretrained=pretrained, learning_rate=learning_rate, weight_decay=weight_decay,
+            warmup_fraction=warmup_fraction, **kwargs,
         )
         self.save_hyperparameters()
         self._reference: torch.nn.Module | None = None  # live mode only; outside the module tree (not saved)

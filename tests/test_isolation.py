@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from unprivileged import NOBODY, nobody_argv
 
+from cai_lightning.sandbox import _child_env as child_env
 from cai_lightning.sandbox.isolation import (
     ending,
     isolate,
@@ -92,10 +93,6 @@ def _stage():
 def unprivileged(argv: list[str]) -> list[str]:
     """``argv`` run as ``nobody`` when this process is root; as any other user, ``argv`` itself."""
     return nobody_argv(argv, STAGE) if os.geteuid() == 0 else argv
-
-
-def child_env(workdir: str) -> dict[str, str]:
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
 
 
 def make_workdir() -> str:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import os
 import struct
+import sys
 
 MAX_FRAME = 16 << 20  # bytes in one message; a bigger answer is an error, not a pass
 MAX_DEPTH = 100  # nesting of containers; deeper values travel as handles
@@ -446,8 +447,6 @@ def replace_contents(target, contents) -> None:
 
 
 def _refcount(value) -> int:
-    import sys
-
     return sys.getrefcount(value)
 
 
