@@ -74,8 +74,8 @@ class PreferenceLM(CodeLM):
     """A causal LM trained by preference optimisation on (prompt, chosen, rejected) pairs.
 
     Args:
-        pretrained: The model to start from and the reference: an SFT run's ``hf_model`` folder, a Hub id,
-            a ``.gguf`` file or a short name (see ``CodeLM``). Required.
+        pretrained: The model to start from and the reference: an SFT run's ``hf_model`` folder or
+            checkpoint (``.ckpt``), a Hub id, a ``.gguf`` file or a short name (see ``CodeLM``). Required.
         beta: Strength of the pull towards the reference (DPO's β): small β lets the policy move further.
             0.1 is the common choice (Hugging Face's CAI recipe).
         loss_type: ``sigmoid`` (DPO) or ``ipo``.

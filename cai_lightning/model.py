@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
@@ -92,7 +93,8 @@ class CodeLM(pl.LightningModule):
 
     Args:
         pretrained: A Hugging Face causal LM to fine-tune: Hub name or folder (e.g. ``gpt2-medium``,
-            ``HuggingFaceTB/SmolLM2-135M``), resolved by ``cai_lightning.pretrained.resolve_pretrained``.
+            ``HuggingFaceTB/SmolLM2-135M``), a ``.gguf`` file, a short name, or a ``.ckpt`` of an earlier
+            run, resolved by ``cai_lightning.pretrained.resolve_pretrained``.
             GPT-2 checkpoints load as ``GPT2LMHeadModel``, any other architecture through
             ``AutoModelForCausalLM`` (remote code is never trusted). ``null`` builds a randomly
             initialised GPT-2 from the ``n_*`` settings below.
@@ -145,6 +147,7 @@ class CodeLM(pl.LightningModule):
         """Give the module its tokenizer (runtime state: vocabulary size, PAD and EOS ids)."""
         self.tokenizer = tokenizer
         self._tokenizer_fingerprint = tokenizer_fingerprint(tokenizer)  # once, not on every checkpoint
+        self._saved_tokenizer: dict[str, bytes] | None = None  # its files, for checkpoints (_tokenizer_files)
 
     def setup(self, stage: str) -> None:
         datamodule = getattr(self.trainer, "datamodule", None)
@@ -220,6 +223,20 @@ class CodeLM(pl.LightningModule):
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["tokenizer_fingerprint"] = self._tokenizer_fingerprint
+        # what makes a checkpoint a model on its own, so that model.pretrained takes a .ckpt (a DPO run
+        # starting from an SFT checkpoint): the network's config and the tokenizer's files (a few MB at most)
+        checkpoint["hf_config"] = self.model.config.to_dict()
+        checkpoint["tokenizer_files"] = self._tokenizer_files()
+
+    def _tokenizer_files(self) -> dict[str, bytes]:
+        """The tokenizer as ``save_pretrained`` writes it, file name → bytes (written once per module)."""
+        if self._saved_tokenizer is None:
+            import tempfile
+
+            with tempfile.TemporaryDirectory() as folder:
+                self.tokenizer.save_pretrained(folder)
+                self._saved_tokenizer = {p.name: p.read_bytes() for p in sorted(Path(folder).iterdir()) if p.is_file()}
+        return self._saved_tokenizer
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """Refuse a checkpoint trained with another tokenizer (its token ids would mean other strings, and

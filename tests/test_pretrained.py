@@ -309,3 +309,17 @@ def test_smollm2_short_name_converts_and_writes_python(tmp_path):
     out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "def " in reply, reply
+
+
+def test_a_checkpoint_that_is_not_a_model_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"model.pretrained='.*missing.ckpt': no such file or folder"):
+        resolve_pretrained(str(tmp_path / "missing.ckpt"), "model.pretrained", tmp_path / "cache")
+    old = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {}, "global_step": 3}, old)  # a checkpoint without the model's config and tokenizer
+    with pytest.raises(ConfigError, match="the checkpoint holds no model config and tokenizer"):
+        resolve_pretrained(str(old), "model.pretrained", tmp_path / "cache")
+    garbage = tmp_path / "garbage.ckpt"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot read it as a checkpoint of this project"):
+        resolve_pretrained(str(garbage), "model.pretrained", tmp_path / "cache")
+    assert not list((tmp_path / "cache/models").iterdir())  # nothing half-written is left

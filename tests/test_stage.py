@@ -19,7 +19,9 @@ import torch
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt
-from cai_lightning.constitution.stage import ConstitutionStage, Revise, format_summary, pair_skip, same_program, score
+from cai_lightning.constitution.stage import (
+    ConstitutionStage, Revise, format_summary, pair_skip, same_program, score, verified_pairs,
+)
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.errors import ConfigError, DataError
 from tests.conftest import make_rows, save_tiny_gpt2, write_jsonl
@@ -250,9 +252,39 @@ def test_datamodule_revises_train_records_with_provenance_and_preference_pairs(t
     pair = dm.preferences[0]
     assert pair["chosen"] != pair["rejected"] and pair["prompt"].endswith("### Output:\n")
 
+    assert {p["kind"] for p in dm.preferences} == {"revision"}
+    # the random critic's noise fails the tests and the fixer's documented code passes them: a verified pair
+    # per row, counted though not used
+    assert summary["verified_pairs"] == len(train)
+    assert f"execution-verified pairs (a candidate passing the must-pass checks against one failing them): {len(train)}; " in out
+
     again = datamodule(tmp_path, rows_path)
     again.prepare_data()
     assert "Reusing cached tokenized dataset" in capsys.readouterr().out
+
+    verified = datamodule(tmp_path, rows_path, verified_pairs=True)
+    verified.prepare_data()  # the same stage (its chunks are reused), a new dataset with more pairs
+    out = capsys.readouterr().out
+    assert "Constitution stage: reusing all" in out and "Built tokenized dataset" in out and "in the preference split" in out
+    verified.setup("fit")
+    kinds = verified.preferences["kind"]
+    assert kinds.count("revision") == len(dm.preferences) and kinds.count("verified") == len(train)
+    for pair in verified.preferences.filter(lambda p: p["kind"] == "verified"):
+        assert pair["chosen"] == train.filter(lambda r: r["prompt"] == pair["prompt"])[0]["output"]  # the fixer's
+        assert pair["rejected"] != pair["chosen"]
+
+
+def test_verified_pairs_take_the_best_passing_candidate_against_the_nearest_miss(tmp_path):
+    times, minus = "def add(a, b):\n    return a * b\n", "def add(a, b):\n    return b - a\n"
+    provenance, _ = run_stage(tmp_path, [{**ROW, "output": BROKEN}], [times, CLEAN, minus], principles="sample")
+    (record,) = provenance
+    assert verified_pairs(record, ("correctness", "safety")) == [(CLEAN, times)]  # first of the equal misses
+    assert (record["final"], record["original"]) == (CLEAN, BROKEN)  # the revision pair, not repeated
+    assert verified_pairs(record, ()) == []  # no must-pass checks: no verdict to pair by
+    failing_only, _ = run_stage(tmp_path / "f", [{**ROW, "output": BROKEN}], [times, minus], principles="sample")
+    assert verified_pairs(failing_only[0], ("correctness", "safety")) == []  # nothing passes
+    formatting, _ = run_stage(tmp_path / "s", [{**ROW, "output": BROKEN}], [CLEAN, CLEAN.replace("a + b", "a+b")], principles="sample")
+    assert verified_pairs(formatting[0], ("correctness", "safety")) == []  # both pass: no failing side
 
 
 def test_stage_cache_follows_its_inputs(tmp_path):

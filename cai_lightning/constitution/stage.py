@@ -92,6 +92,10 @@ class Revise:
             has a check (checked when the stage is built). ``[]``: none.
         on_failure: ``drop`` removes the rows of ``splits`` that still fail a ``must_pass`` check from
             their split before tokenizing; ``keep`` trains on them as they are.
+        verified_pairs: Also write execution-verified preference pairs (DPO data): in a step whose
+            candidates include one that passes every ``must_pass`` check and one that fails one, the best
+            passing candidate against the best failing one (:func:`verified_pairs`). Counted in the summary
+            either way; changes the preference split only, not the revised rows.
     """
 
     critic: str | None = None
@@ -113,6 +117,7 @@ class Revise:
     device: str = "auto"
     must_pass: tuple[str, ...] = ("correctness", "safety")
     on_failure: Literal["drop", "keep"] = "drop"
+    verified_pairs: bool = False
 
     def __post_init__(self) -> None:
         for name in ("rounds", "batch_size", "critique_tokens", "revision_tokens"):
@@ -170,7 +175,10 @@ def stage_fingerprint(rows: list[dict], constitution: Constitution, critic: dict
         "constitution": [asdict(p) for p in constitution.principles],
         "critic": critic,
         # the critic setting is left out: its identity is in (null, `random` and a name can be the same critic)
-        "settings": {k: v for k, v in asdict(settings).items() if k not in ("workers", "device", "splits", "critic")},
+        # verified_pairs picks pairs from the chunks and is in the datamodule's key instead
+        "settings": {
+            k: v for k, v in asdict(settings).items() if k not in ("workers", "device", "splits", "critic", "verified_pairs")
+        },
         "device": device,
         "ruff": version("ruff"),  # its rules and fixes decide style findings and fixer output
     }
@@ -474,6 +482,33 @@ def pair_skip(record: dict, must_pass: Sequence[str]) -> str | None:
     return None
 
 
+def verified_pairs(record: dict, must_pass: Sequence[str]) -> list[tuple[str, str]]:
+    """Execution-verified preference pairs ``(chosen, rejected)`` from a row's provenance: in each step
+    whose candidates include one that passes every ``must_pass`` check (the sandbox's verdict on all the
+    row's tests, the held-back ones included) and one that fails one, the best passing candidate (highest
+    score, the first of equals) against the best failing one (the nearest miss: the hardest negative).
+    Steps with an empty candidate on either side, candidates that are :func:`same_program`, and a pair
+    already given by an earlier step or by the revision pair (``final``, ``original``) give none. Without
+    ``must_pass`` checks there is no verdict to separate candidates by: no pairs."""
+    if not must_pass:
+        return []
+    pairs: list[tuple[str, str]] = []
+    seen = {(record["final"], record["original"])}
+    for step in record["steps"]:
+        candidates = [c for c in step["candidates"] if c["text"].strip()]
+        passing = [c for c in candidates if not failing_must_pass(c["findings"], must_pass)]
+        failing = [c for c in candidates if failing_must_pass(c["findings"], must_pass)]
+        if not passing or not failing:
+            continue
+        chosen = max(passing, key=lambda c: c["score"])["text"]  # max keeps the first of equals
+        rejected = max(failing, key=lambda c: c["score"])["text"]
+        if (chosen, rejected) in seen or same_program(chosen, rejected):
+            continue
+        seen.add((chosen, rejected))
+        pairs.append((chosen, rejected))
+    return pairs
+
+
 def repairs_per_round(provenance: list[dict], must_pass: Sequence[str], rounds: int) -> list[dict]:
     """Per round (1-based): ``failing``, the rows that entered it failing a ``must_pass`` check, and
     ``repaired``, how many of those passed every ``must_pass`` check at its end."""
@@ -529,6 +564,7 @@ def summarize(
         "repairs": repairs_per_round(provenance, must_pass, rounds),
         "preference_pairs": skips.pop(None, 0),
         "pairs_skipped": {reason: skips[reason] for reason in PAIR_SKIPS},
+        "verified_pairs": sum(len(verified_pairs(r, must_pass)) for r in provenance),
     }
 
 
@@ -564,6 +600,13 @@ def format_summary(summary: dict) -> str:
         f"  preference pairs: {summary['preference_pairs']}; skipped: {skipped['unchanged']} unchanged, "
         f"{skipped['formatting_only']} formatting only, {skipped['chosen_fails_must_pass']} chosen fails a must-pass check"
     )
+    if "verified_pairs" in summary:  # absent from manifests written before they were counted
+        used = summary.get("verified_pairs_used")
+        lines.append(
+            f"  execution-verified pairs (a candidate passing the must-pass checks against one failing them): "
+            f"{summary['verified_pairs']}"
+            + ("" if used is None else ", in the preference split" if used else "; data.revise.verified_pairs: true adds them")
+        )
     for split, checked in summary.get("checked_splits", {}).items():
         counts = ", ".join(f"{name} {count}" for name, count in checked["violations"].items())
         lines.append(

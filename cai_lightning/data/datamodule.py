@@ -31,6 +31,7 @@ from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity
 from cai_lightning.constitution.stage import (
     RANDOM_CRITIC_NAME, ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
+    verified_pairs,
 )
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
@@ -47,7 +48,7 @@ from cai_lightning.prompts import TEMPLATE_VERSION, PromptStyle, check_prompt_st
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = 3  # bump when what prepare_data writes changes shape
+CACHE_FORMAT = 4  # bump when what prepare_data writes changes shape (4: the preference split says each pair's kind)
 SPLITS = ("train", "val", "test")
 Split = Literal["train", "val", "test"]
 
@@ -170,7 +171,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             "mask_prompt": hp.mask_prompt,
             "prompt_style": hp.prompt_style,
             "chat_template": getattr(pretrained, "chat_template", None) if hp.prompt_style == "chat" else None,
-            "constitution": stage_key and [stage_key, sorted(self.revise.splits)],
+            "constitution": stage_key and [stage_key, sorted(self.revise.splits), self.revise.verified_pairs],
         }
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -302,7 +303,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             }
         if stage is not None:
             splits["preference"] = datasets.Dataset.from_list(preferences) if preferences else datasets.Dataset.from_dict(
-                {k: [] for k in ("task_id", "split", "prompt", "chosen", "rejected")}
+                {k: [] for k in ("task_id", "split", "prompt", "chosen", "rejected", "kind")}
             )
         datasets.DatasetDict(splits).save_to_disk(str(out / "dataset"))
         return manifest
@@ -331,11 +332,14 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             row["provenance"] = json.dumps(record)
             if failing_must_pass(record["findings_after"], stage.must_pass):
                 failing.append(row)
+            pair = {"task_id": row["task_id"], "split": row["split"], "prompt": row["prompt"]}
             if pair_skip(record, stage.must_pass) is None:
-                preferences.append(
-                    {"task_id": row["task_id"], "split": row["split"], "prompt": row["prompt"],
-                     "chosen": record["final"], "rejected": record["original"]}
-                )
+                preferences.append({**pair, "chosen": record["final"], "rejected": record["original"], "kind": "revision"})
+            if settings.verified_pairs:
+                preferences += [
+                    {**pair, "chosen": chosen, "rejected": rejected, "kind": "verified"}
+                    for chosen, rejected in verified_pairs(record, stage.must_pass)
+                ]
         kept = records
         if settings.on_failure == "drop" and failing:
             dropped = {id(r) for r in failing}
@@ -354,6 +358,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             "fingerprint": stage.folder.name,
             "splits": list(settings.splits),
             **stage.summarize(provenance),
+            "verified_pairs_used": settings.verified_pairs,
             "on_failure": settings.on_failure,
             "failing_rows": [r["task_id"] or f"row {number[id(r)]}" for r in failing],
             "dropped": len(failing) if settings.on_failure == "drop" else 0,
@@ -412,6 +417,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         metrics = {
             "constitution/rows": summary["rows"], "constitution/rows_changed": summary["rows_changed"],
             "constitution/preference_pairs": summary["preference_pairs"],
+            "constitution/verified_pairs": summary.get("verified_pairs", 0),
             "constitution/mean_score_before": summary["mean_score_before"],
             "constitution/mean_score_after": summary["mean_score_after"],
         }

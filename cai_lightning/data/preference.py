@@ -95,7 +95,7 @@ class PreferenceDataModule(CodeInstructionDataModule):
         super().prepare_data()
         pretrained, mode = self._reference()
         tokenizer = self._load_tokenizer()
-        raw, origin, source_key = self._raw_pairs()
+        raw, origin, source_key = self._raw_pairs(tokenizer)
         device = resolve_device("auto")
         reference = None
         if mode == "cached":
@@ -147,8 +147,9 @@ class PreferenceDataModule(CodeInstructionDataModule):
         _, path = self._resolved
         return AutoTokenizer.from_pretrained(path / "tokenizer", trust_remote_code=False)
 
-    def _raw_pairs(self) -> tuple[list[dict], str, str]:
-        """The pairs as read and checked, where they came from, and a key of their content."""
+    def _raw_pairs(self, tokenizer) -> tuple[list[dict], str, str]:
+        """The pairs as read (conversations rendered with ``tokenizer``'s chat template) and checked, where
+        they came from, and a key of their content."""
         import datasets
 
         hp = self.hparams
@@ -156,16 +157,24 @@ class PreferenceDataModule(CodeInstructionDataModule):
             key, path = self._resolved
             split = datasets.load_from_disk(str(path / "dataset"))["preference"]
             rows = [{f: row[f] for f in PAIR_FIELDS} for row in split]
-            origin = f"the constitution stage's preference split ({path})"
+            kinds = split["kind"] if len(split) else []
+            origin = (
+                f"the constitution stage's preference split ({path}: {kinds.count('revision')} revision, "
+                f"{kinds.count('verified')} execution-verified)"
+            )
             return check_pairs(rows, origin), origin, f"stage:{key}"
         loaded = load_source(hp.pairs, split=hp.pairs_split, on_bad_rows="error", flag="data.pairs")
-        missing = [f for f in PAIR_FIELDS if f not in loaded.rows.column_names]
+        columns = loaded.rows.column_names
+        # a conversational dataset may leave the prompt inside chosen and rejected (ultrafeedback_binarized)
+        needed = PAIR_FIELDS[1:] if "chosen" in columns and is_conversation(loaded.rows[0]["chosen"]) else PAIR_FIELDS
+        missing = [f for f in needed if f not in columns]
         if missing:
             raise DataError(
                 f"{loaded.origin}: no column {missing[0]!r} (a preference file needs prompt, chosen and rejected; "
-                f"columns found: {', '.join(loaded.rows.column_names) or 'none'})"
+                f"columns found: {', '.join(columns) or 'none'})"
             )
-        rows = [{f: row[f] for f in PAIR_FIELDS} for row in loaded.rows]
+        rows = [{f: row.get(f) for f in PAIR_FIELDS} for row in loaded.rows]
+        rows = conversations_as_text(rows, tokenizer, loaded.origin, loaded.lines)
         return check_pairs(rows, loaded.origin, loaded.lines), loaded.origin, loaded.fingerprint
 
     def _build_pairs(self, raw: list[dict], origin: str, tokenizer, out: Path, reference: str | None,
@@ -229,6 +238,60 @@ def check_pairs(rows: Sequence[dict], origin: str, lines: Sequence[int] | None =
         if row["chosen"] == row["rejected"]:
             raise DataError(f"{origin}: {where}: field 'chosen' is the same as 'rejected'")
     return list(rows)
+
+
+def is_conversation(value) -> bool:
+    """Whether a field holds chat messages (a list of ``{"role", "content"}``) rather than text."""
+    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
+
+
+def conversations_as_text(rows: Sequence[dict], tokenizer, origin: str, lines: Sequence[int] | None = None) -> list[dict]:
+    """Pairs in the conversational format (as TRL and Hub preference datasets write them) as text pairs;
+    text pairs are returned as they are.
+
+    ``chosen`` and ``rejected`` are message lists; the prompt is ``prompt``'s messages when it is a list, else
+    (a string, or no ``prompt`` column) the messages the two sides share at their start
+    (``HuggingFaceH4/ultrafeedback_binarized`` repeats the user turn in each side), or, when they share none,
+    ``prompt``'s text as one user turn. After the prompt each
+    side must be exactly one assistant message, its ``content`` the response; the prompt is rendered with
+    ``tokenizer``'s chat template up to where the answer starts, as ``data.prompt_style: chat`` renders SFT
+    prompts. Raises :class:`DataError` naming ``origin``, the row and the field otherwise, or when the
+    tokenizer has no chat template."""
+    if not any(is_conversation(row["chosen"]) for row in rows):
+        return list(rows)
+    if not getattr(tokenizer, "chat_template", None):
+        raise DataError(
+            f"{origin}: the pairs are chat messages, and rendering them needs a tokenizer with a chat template; "
+            "start from an instruct model's SFT run (model.pretrained), or give text pairs"
+        )
+    out = []
+    for number, row in enumerate(rows, start=1):
+        where = f"line {lines[number - 1]}" if lines is not None else f"row {number}"
+        for field in ("chosen", "rejected"):
+            if not is_conversation(row[field]):
+                raise DataError(f"{origin}: {where}: field {field!r} must be a list of {{role, content}} messages, like the other rows'")
+        chosen, rejected = row["chosen"], row["rejected"]
+        if is_conversation(row["prompt"]) and row["prompt"]:
+            prompt = row["prompt"]
+            sides = [side[len(prompt):] if side[: len(prompt)] == prompt else side for side in (chosen, rejected)]
+        else:
+            shared = 0
+            while shared < min(len(chosen), len(rejected)) - 1 and chosen[shared] == rejected[shared]:
+                shared += 1
+            prompt, sides = chosen[:shared], [chosen[shared:], rejected[shared:]]
+            if not prompt and isinstance(row["prompt"], str) and row["prompt"].strip():
+                prompt = [{"role": "user", "content": row["prompt"]}]  # sides holding the answer alone
+        if not prompt:
+            raise DataError(f"{origin}: {where}: no prompt: give a 'prompt' column, or start both sides with the same user turn")
+        for field, side in zip(("chosen", "rejected"), sides):
+            if len(side) != 1 or side[0]["role"] != "assistant":
+                raise DataError(
+                    f"{origin}: {where}: field {field!r} must continue the prompt with one assistant message, got "
+                    f"{[m['role'] for m in side]}"
+                )
+        text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        out.append({"prompt": text, "chosen": sides[0][0]["content"], "rejected": sides[1][0]["content"]})
+    return out
 
 
 def tokenize_pairs(rows: Sequence[dict], tokenizer, max_length: int) -> tuple[list[dict], int, int]:
