@@ -1,9 +1,17 @@
 """Side effects at the edges: beam-search samples in TensorBoard, predictions as JSONL, and the fine-tuned
-model exported in Hugging Face format."""
+model exported in Hugging Face format.
+
+Under DDP every hook here runs on every rank, and only rank 0 writes, logs or prints. Collectives
+(``trainer.log_dir`` broadcasts, :func:`_gather` all-gathers) are called by all ranks *before* the rank-0-only
+part: a collective inside rank-zero-only code waits for ranks that never come (a deadlock, or a crash when
+they exit first).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import zlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,14 +27,32 @@ from cai_lightning.model import Generation
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:
+    """The run's folder, rank 0's on every rank. A collective (``trainer.log_dir`` broadcasts it): call it on
+    all ranks."""
     return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def _gather(trainer: pl.Trainer, obj: Any) -> list[Any]:
+    """Every rank's ``obj``, by rank, on every rank (picklable objects). A collective: call it on all ranks."""
+    if trainer.world_size == 1:
+        return [obj]
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise RuntimeError(
+            f"{trainer.world_size} processes but no torch.distributed process group: the callbacks of "
+            "cai_lightning gather results with torch.distributed (strategy ddp, ddp_spawn or fsdp)"
+        )
+    gathered: list[Any] = [None] * trainer.world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 class BeamSearchSamples(Callback):
     """At each validation epoch end, beam-search completions for a fixed set of prompts, logged to
     TensorBoard as text (tag ``samples``, one entry per global step) and briefly to the console.
 
-    Uses the model's own ``generation`` settings, so samples look exactly like ``predict`` output.
+    Uses the model's own ``generation`` settings, so samples look exactly like ``predict`` output. Under DDP
+    rank 0 alone samples (the weights are the same on every rank): generation calls the unwrapped network,
+    so nothing in it waits for the other ranks.
 
     Args:
         instructions: Instructions to complete (formatted with the dataset's template); ``null`` takes
@@ -86,7 +112,8 @@ class BeamSearchSamples(Callback):
 
 
 class JsonlPredictionWriter(BasePredictionWriter):
-    """Write ``predict`` output as JSONL, one ``{"prompt", "completions"}`` object per line.
+    """Write ``predict`` output as JSONL, one ``{"prompt", "completions"}`` object per line, in the order of
+    the predict split, once: under DDP every rank's predictions are gathered and rank 0 writes the file.
 
     Args:
         output_path: File to write; ``null`` writes ``predictions.jsonl`` in the run's log folder.
@@ -99,17 +126,28 @@ class JsonlPredictionWriter(BasePredictionWriter):
     def write_on_epoch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, predictions: Sequence[Any], batch_indices: Sequence[Any]
     ) -> None:
+        # Lightning hands the predictions of a single dataloader unwrapped (batches x items), but their
+        # dataset indices always per dataloader (dataloaders x batches x items).
+        if len(batch_indices) > 1:
+            raise ValueError(f"JsonlPredictionWriter writes one dataloader's predictions; predict got {len(batch_indices)}")
+        items = [item for batch in predictions for item in batch]
+        indices = [i for batch in (batch_indices[0] if batch_indices else []) for i in batch]
+        if not indices and trainer.world_size == 1:
+            indices = list(range(len(items)))  # not a DataLoader (Lightning tracks no indices): already in order
+        if len(indices) != len(items):
+            raise RuntimeError(f"{len(items)} predictions but {len(indices)} dataset indices: cannot put them in order")
         path = Path(self.output_path) if self.output_path else _log_dir(trainer) / "predictions.jsonl"
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
+        shares = _gather(trainer, list(zip(indices, items)))
+        if not trainer.is_global_zero:
+            return
+        # Sorted by dataset index; an index seen twice is a sample a distributed sampler repeated to even
+        # out the shards (Lightning's own for predict does not, a user's DistributedSampler does): kept once.
+        ordered = dict(sorted((pair for share in shares for pair in share), key=lambda pair: pair[0]))
         path.parent.mkdir(parents=True, exist_ok=True)
-        n = 0
         with path.open("w") as f:
-            for batch in predictions:
-                for item in batch:
-                    f.write(json.dumps(item) + "\n")
-                    n += 1
-        print(f"Wrote {n} predictions to {path}")
+            for item in ordered.values():
+                f.write(json.dumps(item) + "\n")
+        print(f"Wrote {len(ordered)} predictions to {path}")
 
 
 class ExportHuggingFace(Callback):
@@ -117,11 +155,13 @@ class ExportHuggingFace(Callback):
     beside the run's ``checkpoints/``, so ``transformers.pipeline("text-generation", model=<dir>)`` loads it.
 
     The exported weights are the final ones; the best checkpoint by ``val/loss`` stays in ``checkpoints/``.
+    Under DDP rank 0 exports (every rank holds the same weights).
     """
 
-    @rank_zero_only
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = _log_dir(trainer) / "hf_model"
+        path = _log_dir(trainer) / "hf_model"  # on every rank: it broadcasts
+        if not trainer.is_global_zero:
+            return
         pl_module.model.save_pretrained(path)
         pl_module.tokenizer.save_pretrained(path)
         print(f"Exported the fine-tuned model and tokenizer to {path}")
@@ -135,17 +175,23 @@ class ExecutionEval(Callback):
     table; every sample's completion and result goes to ``execution_<suite>.jsonl`` in the run's folder.
     Only tasks that carry ``tests`` are evaluated (the shipped task set does; the Hub dataset does not).
 
+    Each task's samples are drawn with a seed of its own, made from ``seed`` and its ``task_id``, so they do
+    not depend on which tasks run beside it, in what order, on which rank or with what ``limit``. Under DDP
+    every rank generates and executes every ``world_size``-th task; the results are gathered and rank 0
+    writes, logs and prints the one report, the same as a single process draws.
+
     Args:
-        generation: How samples are drawn; ``num_return_sequences`` is ``n``, the samples per task.
-            Sampling (``do_sample``) for pass@k with k > 1; ``num_beams: 1`` without sampling is greedy.
+        generation: How samples are drawn; ``num_return_sequences`` is ``n``, the samples per task (drawn
+            in one batch). Sampling (``do_sample``) for pass@k with k > 1; ``num_beams: 1`` without
+            sampling is greedy.
         ks: The k of pass@k to report; those above ``n`` are left out.
         humaneval: Also evaluate on HumanEval's 164 problems (needs ``pip install -e '.[humaneval]'``).
         limit: At most this many tasks per suite (``null``: all).
         humaneval_limit: At most this many HumanEval problems, the first ones (``null``: ``limit``).
-        batch_size: Prompts generated at once.
         timeout_s: Wall-clock limit per program in the sandbox.
         memory_mb: Memory limit per program in the sandbox.
-        workers: Programs run at once (``null``: one per CPU core).
+        workers: Programs run at once per process (``null``: the CPU cores shared among this machine's
+            processes).
         seed: Seed for sampling, so a re-run draws the same samples.
         extract_code: Score the code of each completion (its first fenced block, else the text before any
             ``### `` header), not the raw text: for models that answer in markdown, such as an instruct
@@ -161,7 +207,6 @@ class ExecutionEval(Callback):
         humaneval: bool = False,
         limit: int | None = None,
         humaneval_limit: int | None = None,
-        batch_size: int = 8,
         timeout_s: float = 10.0,
         memory_mb: int = 512,
         workers: int | None = None,
@@ -173,12 +218,11 @@ class ExecutionEval(Callback):
         self.humaneval = humaneval
         self.limit = limit
         self.humaneval_limit = humaneval_limit
-        self.batch_size = batch_size
         self.limits = sandbox.Limits(timeout_s=timeout_s, memory_mb=memory_mb)
         self.workers = workers
         self.seed = seed
         self.extract_code = extract_code
-        self.reports: dict[str, evaluation.Report] = {}  # suite → last report, for callers and tests
+        self.reports: dict[str, evaluation.Report] = {}  # suite → last report (on every rank), for callers and tests
 
     def _suites(self, trainer: pl.Trainer) -> dict[str, list[evaluation.Problem]]:
         rows = [r for r in trainer.datamodule.splits["test"] if r.get("tests")]
@@ -189,27 +233,47 @@ class ExecutionEval(Callback):
         return {name: problems[: limits[name]] for name, problems in suites.items() if problems}
 
     def on_test_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.is_global_zero:
-            return
+        # Every rank takes part in the collectives below (log dir, gather), whatever its share of the tasks.
+        folder = _log_dir(trainer)
+        # The machine's cores shared among its processes: each rank's sandbox runs at the same time.
+        workers = self.workers or max(1, (os.cpu_count() or 1) // trainer.num_devices)
         for suite, problems in self._suites(trainer).items():
-            completions = self._generate(trainer, pl_module, [p.prompt for p in problems], suite)
+            mine = range(trainer.global_rank, len(problems), trainer.world_size)  # indices into problems
+            share = [problems[i] for i in mine]
+            completions = self._generate(trainer, pl_module, share, suite)
             if self.extract_code:
                 completions = [[extract_code(c) for c in outs] for outs in completions]
-            report = evaluation.evaluate(problems, completions, self.ks, self.limits, self.workers)
+            results = evaluation.execute(share, completions, self.limits, workers)
+            by_task: dict[int, list[evaluation.SampleResult]] = {}
+            for gathered in _gather(trainer, list(zip(mine, results))):
+                by_task.update(gathered)
+            report = evaluation.score([by_task[i] for i in range(len(problems))], self.ks)
             self.reports[suite] = report
             prefix = "test/" if suite == "tasks" else f"test/{suite}/"
             for name, value in report.metrics.items():
-                pl_module.log(prefix + name, float(value), rank_zero_only=True)
-            path = _log_dir(trainer) / f"execution_{suite}.jsonl"
+                # Every rank holds the same report and logs it, so their callback_metrics agree. sync_dist
+                # with max hands back that very value (a mean of equal floats can move by an ulp), and a
+                # metric synced is one Lightning does not warn about at epoch level.
+                pl_module.log(prefix + name, float(value), sync_dist=True, reduce_fx="max")
+            if not trainer.is_global_zero:
+                continue
+            path = folder / f"execution_{suite}.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
             report.write_jsonl(path)
             print(f"\nExecution-based evaluation on {suite} ({len(problems)} tasks):\n{report.table()}\nSamples: {path}")
 
-    def _generate(self, trainer: pl.Trainer, pl_module, prompts: list[str], suite: str) -> list[list[str]]:
-        torch.manual_seed(self.seed)
+    def _generate(
+        self, trainer: pl.Trainer, pl_module, problems: list[evaluation.Problem], suite: str
+    ) -> list[list[str]]:
+        """``n`` completions per problem, each problem's drawn in one batch under its own seed."""
         out: list[list[str]] = []
-        batches = range(0, len(prompts), self.batch_size)
         with trainer.precision_plugin.forward_context():
-            for start in tqdm(batches, desc=f"generating for {suite}", unit="batch"):
-                out.extend(pl_module.complete(prompts[start : start + self.batch_size], self.generation))
+            for problem in tqdm(problems, desc=f"generating for {suite}", unit="task", disable=not trainer.is_global_zero):
+                torch.manual_seed(self._task_seed(problem.task_id))
+                out.extend(pl_module.complete([problem.prompt], self.generation))
         return out
+
+    def _task_seed(self, task_id: str) -> int:
+        """The sampling seed of one task: ``seed`` and the task's id, hashed (stable across processes and
+        Python runs, unlike ``hash``)."""
+        return zlib.crc32(f"{self.seed}:{task_id}".encode())

@@ -129,19 +129,36 @@ def evaluate(
     limits: sandbox.Limits = sandbox.Limits(),
     workers: int | None = None,
 ) -> Report:
-    """Run every completion of every problem against its tests in the sandbox and score them.
+    """Run every completion of every problem against its tests in the sandbox and score them:
+    :func:`score` of :func:`execute`.
 
     ``completions[i]`` are the ``n`` samples for ``problems[i]`` (the same ``n`` for all). ``pass@k`` is
     reported for each ``k <= n``. Problems that cannot be evaluated (no tests, tests that do not compile,
     no entry point) count as failed samples with a message naming the task; they never stop the run.
     """
+    return score(execute(problems, completions, limits, workers), ks)
+
+
+def execute(
+    problems: Sequence[Problem],
+    completions: Sequence[Sequence[str]],
+    limits: sandbox.Limits = sandbox.Limits(),
+    workers: int | None = None,
+) -> list[list[SampleResult]]:
+    """The sandbox's verdict on every completion: ``result[i][j]`` for ``completions[i][j]``.
+
+    Each problem's results depend on that problem and its completions only, so a share of the problems
+    can be executed apart (one share per process under DDP) and the lists joined in problem order before
+    :func:`score`. Raises ValueError when the two sequences differ in length.
+    """
     if len(problems) != len(completions):
         raise ValueError(f"{len(problems)} problems but {len(completions)} completion lists")
-    samples: list[SampleResult] = []
+    results: list[list[SampleResult]] = []
     jobs: list[tuple[str, str]] = []
-    job_index: list[int] = []
+    pending: list[SampleResult] = []  # the result each job fills in
     for problem, outs in zip(problems, completions):
         issue = problem_issue(problem)
+        results.append([])
         for j, raw in enumerate(outs):
             completion = raw if isinstance(raw, str) else ""
             program = assemble(problem, completion)
@@ -158,30 +175,36 @@ def evaluate(
                     if "def check(" in problem.tests:  # HumanEval style: tests define check(candidate)
                         check += f"check({problem.entry_point})\n"
                     jobs.append((program, check))
-                    job_index.append(len(samples))
+                    pending.append(result)
                 else:
                     result.error_type, result.message = "SyntaxError", "the program does not compile"
-            samples.append(result)
+            results[-1].append(result)
 
-    for index, outcome in zip(job_index, sandbox.run_many(jobs, limits=limits, workers=workers)):
-        sample = samples[index]
+    for sample, outcome in zip(pending, sandbox.run_many(jobs, limits=limits, workers=workers)):
         sample.status, sample.error_type = outcome.status, outcome.error_type
         sample.message, sample.duration_s = outcome.message[:500], outcome.duration_s
+    return results
 
-    n = min((len(c) for c in completions), default=0)
-    passed_per_task = Counter({p.task_id: 0 for p in problems})
-    passed_per_task.update(s.task_id for s in samples if s.status == "passed")
+
+def score(results: Sequence[Sequence[SampleResult]], ks: Iterable[int] = (1,)) -> Report:
+    """The report on executed samples, ``results[i]`` being problem ``i``'s (as :func:`execute` returns
+    them). Pure: no code runs.
+
+    ``n`` is the fewest samples any problem has; ``pass@k`` is reported for each ``k <= n``. Problems are
+    told apart by position, not ``task_id``, so two rows that share an id are still two tasks.
+    """
+    n = min((len(r) for r in results), default=0)
+    passed = [sum(s.status == "passed" for s in r) for r in results]
+    samples = [s for r in results for s in r]
     metrics: dict[str, float] = {}
     for k in sorted(set(ks)):
         if 1 <= k <= n:
-            metrics[f"pass@{k}"] = sum(pass_at_k(n, c, k) for c in passed_per_task.values()) / max(1, len(problems))
+            metrics[f"pass@{k}"] = sum(pass_at_k(len(r), c, k) for r, c in zip(results, passed)) / max(1, len(results))
     metrics["syntax_valid"] = sum(s.syntax_valid for s in samples) / max(1, len(samples))
     metrics["unsafe"] = sum(bool(s.safety) for s in samples) / max(1, len(samples))
-    metrics["tasks"] = len(problems)
+    metrics["tasks"] = len(results)
     metrics["samples_per_task"] = n
-    errors = Counter(
-        s.error_type or s.status for s in samples if s.status != "passed"
-    )
+    errors = Counter(s.error_type or s.status for s in samples if s.status != "passed")
     return Report(metrics, dict(errors), samples)
 
 

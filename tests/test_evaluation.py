@@ -58,6 +58,24 @@ def test_held_out_references_score_one_and_empty_or_wrong_code_scores_zero():
     assert empty.errors.get("NameError", 0) == 2 * len(problems)  # entry point never defined
 
 
+def test_shares_executed_apart_score_as_the_whole():
+    """What ExecutionEval does under DDP: each rank executes every world_size-th task; joined in task order,
+    the report is the one a single process makes. Two tasks share an id: still two tasks."""
+    held_out = [r for r in TASKS if split_of(r, 0.1, 0.1, seed=0) == "test"][:5]
+    problems = _problems(held_out) + [_problems(held_out[:1])[0]]
+    completions = [[p.reference, "", "pass"] for p in problems]
+    whole = evaluate(problems, completions, ks=(1, 3), workers=2)
+    shares = {rank: range(rank, len(problems), 2) for rank in (0, 1)}
+    by_task = {}
+    for mine in shares.values():
+        by_task.update(zip(mine, evaluation.execute([problems[i] for i in mine], [completions[i] for i in mine], workers=1)))
+    joined = evaluation.score([by_task[i] for i in range(len(problems))], ks=(1, 3))
+    assert joined.metrics == whole.metrics and joined.errors == whole.errors
+    assert [(s.task_id, s.sample, s.status) for s in joined.samples] == [(s.task_id, s.sample, s.status) for s in whole.samples]
+    assert whole.metrics["pass@1"] == pytest.approx(1 / 3) and whole.metrics["pass@3"] == 1.0
+    assert whole.metrics["tasks"] == 6
+
+
 def test_bad_tasks_and_bad_completions_are_results_not_crashes():
     good = Problem("ok", "", "f", "assert f() == 1")
     problems = [

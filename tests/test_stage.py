@@ -370,6 +370,54 @@ def test_killed_stage_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     assert resumed.manifest["constitution"]["rows"] == len(resumed_train)
 
 
+CONCURRENT_SCRIPT = """
+import json, pathlib, sys, time
+from cai_lightning.constitution.stage import Revise
+from cai_lightning.data.datamodule import CodeInstructionDataModule
+rows, cache, ready, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+dm = CodeInstructionDataModule(source=rows, vocab_size=300, max_length=128, cache_dir=cache, constitution="default",
+    revise=Revise(critique_tokens=8, revision_tokens=32, batch_size=2, workers=1))
+_, _, records, _, _, stage = dm._resolve()
+stage.critic  # loaded before the start line, so that both processes start revising together
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+stage.run([r for r in records if r["split"] == "train"], progress=False)
+dm.prepare_data()
+dm.setup("fit")
+print(json.dumps({"revised": stage.chunks_revised, "chunks": len(list(stage.folder.glob("chunk-*.json"))),
+                  "train": list(dm.splits["train"]["output"]), "pairs": list(dm.preferences["chosen"])}))
+"""
+
+
+def test_two_processes_on_one_cache_revise_each_chunk_once_and_build_the_same_data(tmp_path):
+    rows_path = write_jsonl(tmp_path / "rows.jsonl", make_rows(30))  # 12 chunks of 2 train rows
+    go = tmp_path / "go"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", CONCURRENT_SCRIPT, str(rows_path), str(tmp_path / "cache"),
+                          str(tmp_path / f"ready-{n}"), str(go)],
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[1], text=True)
+        for n in range(2)
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{n}").exists() for n in range(2)):
+        assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, "a process failed before starting"
+        time.sleep(0.02)
+    go.touch()
+    results = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=240)
+        assert proc.returncode == 0
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    first, second = results
+    assert first["chunks"] == second["chunks"] > 2
+    assert first["revised"] and second["revised"], "one process did all the work: they did not run together"
+    assert not set(first["revised"]) & set(second["revised"])  # each chunk revised once...
+    assert sorted(first["revised"] + second["revised"]) == list(range(first["chunks"]))  # ...and every one
+    assert first["train"] == second["train"] and first["pairs"] == second["pairs"]
+    assert not list((tmp_path / "cache").glob("constitution/*/.*.tmp"))
+
+
 def test_sampler_draws_from_the_distribution_transformers_samples_from():
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 

@@ -20,19 +20,24 @@ after its rounds is reported (and dropped from the data by the datamodule with `
 Rows are processed in chunks of ``batch_size`` rows of similar length. Each finished chunk is written atomically to the stage's
 folder as ``chunk-NNNNNN.json`` (the provenance of its rows); a re-run after a kill — SIGKILL included —
 reads the finished chunks and does only the rest. Every random draw is seeded from ``(seed, chunk, step)``
-and never from the global RNG, so the resumed result is identical to an uninterrupted run's.
+and never from the global RNG, so the resumed result is identical to an uninterrupted run's, and so is
+the result of several processes sharing the chunks out (DDP ranks, or two runs on one cache: a lock per
+chunk, see :meth:`ConstitutionStage.run`).
 """
 
 from __future__ import annotations
 
 import ast
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import random
+import socket
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -221,12 +226,17 @@ class ConstitutionStage:
     def run(self, rows: list[dict], progress: bool = True) -> list[dict]:
         """Provenance for every row, in order (see :meth:`_revise_chunk` for its fields).
 
-        Finished chunks are read from ``folder``; missing ones are computed and saved one by one."""
+        Finished chunks are read from ``folder``; missing ones are computed and saved one by one. Processes
+        sharing the folder (DDP ranks, or two runs on the same cache) share the work: a chunk is revised
+        under an exclusive lock on its ``chunk-NNNNNN.lock`` file, so each is revised once; a process first
+        takes the chunks no one holds, then waits for the others' (a holder that dies releases its lock,
+        and the chunk is revised by whoever waits for it). The locks are ``flock``s: on several hosts the
+        folder must be on a file system that supports them across hosts. ``chunks_revised`` lists the
+        chunks this process revised."""
         from tqdm.auto import tqdm
 
         self.folder.mkdir(parents=True, exist_ok=True)
-        for torn in self.folder.glob(".*.tmp"):  # a killed run's unfinished write
-            torn.unlink(missing_ok=True)
+        _remove_torn_writes(self.folder)
         size = self.settings.batch_size
         # chunks of rows of similar length: less left padding in every batch. The order is a pure
         # function of the rows, so a resumed run cuts the same chunks.
@@ -244,11 +254,25 @@ class ConstitutionStage:
             total=len(rows), initial=sum(len(chunks[i]) for i in done), unit="row", desc="constitution",
             disable=not progress, dynamic_ncols=True,
         )
-        for index, chunk in enumerate(chunks):
-            if index not in done:
-                done[index] = self._revise_chunk(index, chunk)
-                self._write(index, done[index])
-                bar.update(len(chunk))
+        self.chunks_revised = []
+        pending = [index for index in range(len(chunks)) if index not in done]
+        for wait in (False, True):  # first the chunks no one holds, then (waiting) those others held
+            held_elsewhere = []
+            for index in pending:
+                with _chunk_lock(self.folder / f"chunk-{index:06d}.lock", wait) as locked:
+                    if not locked:
+                        held_elsewhere.append(index)
+                        continue
+                    result = self._read(index)  # finished by another process since this one looked
+                    if result is None or len(result) != len(chunks[index]):
+                        result = self._revise_chunk(index, chunks[index])
+                        self._write(index, result)
+                        self.chunks_revised.append(index)
+                done[index] = result
+                bar.update(len(chunks[index]))
+            if held_elsewhere and not wait:
+                print(f"Constitution stage: {len(held_elsewhere)} chunk(s) are being revised by another process; waiting for them")
+            pending = held_elsewhere
         bar.close()
         results: list[dict] = [{}] * len(rows)
         for position, record in zip(order, (record for index in range(len(chunks)) for record in done[index])):
@@ -401,9 +425,38 @@ class ConstitutionStage:
 
 def _write_atomic(path: Path, data: object) -> None:
     """``data`` as JSON at ``path``, complete or not at all (a kill mid-write leaves a ``.*.tmp`` file)."""
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp")
+    staging = path.with_name(f".{path.stem}.{socket.gethostname()}-{os.getpid()}.tmp")
     staging.write_text(json.dumps(data))
     os.replace(staging, path)
+
+
+def _remove_torn_writes(folder: Path) -> None:
+    """The ``.*.tmp`` files of processes of this host that are gone (killed mid-write); a live process's
+    write in progress is left alone."""
+    for torn in folder.glob(f".*.{socket.gethostname()}-*.tmp"):
+        pid = int(torn.name.rsplit("-", 1)[1].removesuffix(".tmp"))
+        try:
+            os.kill(pid, 0)  # signal 0: only asks whether the process exists
+        except ProcessLookupError:
+            torn.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
+@contextmanager
+def _chunk_lock(path: Path, wait: bool) -> Iterator[bool]:
+    """An exclusive ``flock`` on ``path`` (created if need be) while the block runs: yields whether it was
+    taken; with ``wait`` it always is, once the holder lets go. The kernel releases it when its holder dies."""
+    with path.open("a") as file:
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(file, fcntl.LOCK_UN)
 
 
 def _length(row: dict) -> int:

@@ -140,6 +140,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         self.preferences = None  # datasets.Dataset of (prompt, chosen, rejected), set by setup() when revised
         self.manifest: dict = {}
         self._resolved: tuple[str, Path] | None = None
+        self._stage_shared = False  # set once every rank has revised its share (DDP: _share_stage)
 
     # ---------------------------------------------------------------- cache key
     def _load_records(self) -> tuple[list[dict], dict]:
@@ -222,6 +223,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             log.info("Reusing cached tokenized dataset %s (fingerprint %s)", path, key)
             print(f"Reusing cached tokenized dataset {path}")
             return
+        if stage is not None and self._world_size > 1 and not self._stage_shared:
+            return  # every rank revises its share of the stage in setup(), then this runs again (_share_stage)
         self.cache_root.mkdir(parents=True, exist_ok=True)
         for stale in self.cache_root.glob(f".tmp-{key}-*"):  # left by a killed run
             shutil.rmtree(stale, ignore_errors=True)
@@ -397,6 +400,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             key, path, *_ = self._resolve()
             self._resolved = (key, path)
         key, path = self._resolved
+        if not (path / "manifest.json").exists() and self._world_size > 1 and self.hparams.constitution:
+            self._share_stage()
         if not (path / "manifest.json").exists():
             raise DataError(f"no cached dataset at {path}: prepare_data must run first")
         self.manifest = json.loads((path / "manifest.json").read_text())
@@ -406,6 +411,28 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         self.preferences = loaded["preference"] if "preference" in loaded else None
         if stage == "fit" and "constitution" in self.manifest:
             self._log_constitution(self.manifest["constitution"])
+
+    @property
+    def _world_size(self) -> int:
+        return getattr(getattr(self, "trainer", None), "world_size", 1)
+
+    def _share_stage(self) -> None:
+        """The constitution stage on every rank, each revising the chunks no other rank holds (the stage's
+        chunk locks share them out: about 1/N of the time on N ranks, the same result as one process), then
+        ``prepare_data`` on each node's first rank, which reads the finished chunks and builds the dataset.
+        The barriers have no timeout, as Lightning's own around ``prepare_data``: the stage can take hours."""
+        from lightning.fabric.utilities.distributed import _InfiniteBarrier
+
+        trainer = self.trainer
+        _, _, records, _, _, stage = self._resolve()
+        print(f"Constitution stage: rank {trainer.global_rank} of {trainer.world_size} revising its share ({stage.folder})")
+        with _InfiniteBarrier():
+            stage.run([r for r in records if r["split"] in self.revise.splits], progress=trainer.is_global_zero)
+        print(f"Constitution stage: rank {trainer.global_rank} revised {len(stage.chunks_revised)} chunk(s)")
+        self._stage_shared = True
+        with _InfiniteBarrier():
+            if trainer.local_rank == 0:
+                self.prepare_data()
 
     def _log_constitution(self, summary: dict) -> None:
         """The stage's summary to the trainer's logger (TensorBoard: scalars under ``constitution/``, the

@@ -93,6 +93,8 @@ class PreferenceDataModule(CodeInstructionDataModule):
     # ---------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
         super().prepare_data()
+        if not (self._resolved[1] / "manifest.json").exists():
+            return  # DDP: the ranks share the constitution stage out in setup(), which calls this again
         pretrained, mode = self._reference()
         tokenizer = self._load_tokenizer()
         raw, origin, source_key = self._raw_pairs(tokenizer)
