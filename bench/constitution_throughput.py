@@ -1,6 +1,7 @@
 """Constitution stage throughput: the batched stage against the seed's way, side by side in one run.
 
     python bench/constitution_throughput.py [--rows 64] [--model tiny|gpt2] [--batch-size 16] [--repeats 1] [--device cpu]
+        [--smoke]
 
 Defaults are the offline default's settings (configs/default.yaml: critique 32, revision 192 tokens, 2 candidates).
 
@@ -21,6 +22,7 @@ The critic is randomly initialised (no Hub access here): ``tiny`` is the offline
 stop early, so every generation runs to its token limit in both rows alike. Each row starts from an
 empty cache folder. ``speedup`` is rows/s over the seed's way. With ``--repeats`` above 1 the two rows
 run in turn, repeatedly, and each reports its median time and its range (a shared VM drifts by 10-15%).
+``--smoke`` runs both rows on 2 rows with a few tokens per generation, in seconds (CI); its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def time_stage(critic: Critic | OneAtATime, rows: list[dict], settings: Revise) 
         return time.perf_counter() - start, summarize(provenance, stage.constitution)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=64, help="rows of the shipped task set")
     parser.add_argument("--model", choices=("tiny", "gpt2"), default="tiny", help=f"tiny: {RANDOM_CRITIC}; gpt2: 124M")
@@ -95,7 +97,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--revision-tokens", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, in turn; the median is reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the critic runs")
+    parser.add_argument("--smoke", action="store_true", help="seconds: 2 rows, 1 candidate, a few tokens (CI)")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.model, args.batch_size, args.candidates, args.repeats = 2, "tiny", 2, 1, 1
+        args.critique_tokens, args.revision_tokens = 4, 8
 
     rows = load_rows(args.rows)
     critic = build_critic(args.model, rows, args.device)
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         for label, model, settings in contenders:
             seconds, summaries[label] = time_stage(model, rows, settings)
             times[label].append(seconds)
-    baseline = None
+    baseline, table = None, []
     for label, _, _ in contenders:
         seconds = statistics.median(times[label])
         rate = len(rows) / seconds
@@ -128,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
             f"{label:30s} {seconds:8.1f} {rate:8.2f} {rate / baseline:7.2f}x  {summary['rows_reviewed']:8d} "
             f"{summary['rows_changed']:8d}  {min(times[label]):.1f}-{max(times[label]):.1f}"
         )
+        table.append({"setup": label, "seconds": seconds, "rows_per_s": rate, "speedup": rate / baseline, **summary})
+    return table
 
 
 if __name__ == "__main__":

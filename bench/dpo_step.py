@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--one", nargs=2, metavar=("FOLDER", "MODE"), help=argparse.SUPPRESS)  # a child's job
     args = parser.parse_args(argv)
     if args.smoke:
-        args.size, args.pairs, args.steps, args.batch = "tiny", 8, 2, 4
+        args.size, args.pairs, args.steps, args.batch = "tiny", 4, 1, 2
     if args.one:
         print(json.dumps(run_mode(args.one[0], args.one[1], args.pairs, args.steps, args.batch)))
         return []

@@ -1,130 +1,350 @@
-"""Training throughput: our ``fit`` against a plain PyTorch loop written the way the seed describes it.
+"""Training throughput: our ``fit`` against the Hugging Face ``Trainer``, side by side in one run.
 
-Same model (the default config's GPT-2), same data (the default config's tokenized training split),
-same number of optimizer steps, side by side in one run. The figure is *target tokens per second*:
-tokens that carry a label, i.e. useful work, so padding does not count as throughput.
+    python bench/train_throughput.py [--config configs/default.yaml] [--steps N] [--repeats 3]
+        [--rows ROW ...] [--smoke] [any CLI flag, e.g. --data.batch_size=8]
 
-    python bench/train_throughput.py [--config configs/default.yaml] [--steps 30]
+The model and the data module are built from the config by the project's own CLI parser (links, defaults,
+class_path, the bf16 fallback), so the bench reads the recipe exactly as ``python -m cai_lightning fit``
+does; extra ``--section.key=value`` flags are passed to that parser. Every row trains the same network (same
+seed, same initial weights) on the same tokenized training split with the same batch size, collator
+(``PadCollator``), AdamW settings (lr, betas, weight decay on 2-D weights only, ``torch.optim.AdamW``),
+gradient clipping, warmup-cosine schedule and number of optimizer steps (default: one epoch). Rows:
 
-Rows:
-  plain loop        every example padded to max_length, fp32, plain shuffled DataLoader, AdamW
-  ours, 32-true     Lightning fit with dynamic padding + length-grouped batches, fp32
-  ours, bf16-mixed  the same with bf16 autocast (what configs/default.yaml runs)
+  hf-own-bf16      transformers.Trainer, its own sampler (``train_sampling_strategy="group_by_length"``,
+                   what a user porting ``data.group_by_length: true`` sets; ``random`` when the config has
+                   false), bf16 autocast
+  hf-own-fp32      the same in fp32
+  hf-ours-bf16     transformers.Trainer given our data module's training sampler (``_get_train_sampler``)
+  hf-ours-fp32     the same in fp32
+  ours-32-true     Lightning ``fit`` with our module and data module, fp32
+  ours-bf16-mixed  the same with bf16 autocast (what configs/default.yaml runs)
+
+bf16 rows (and the bf16 peak) are left out on a CPU without native bf16 (AVX512-BF16 or AMX), where the CLI
+falls back to 32-true too: emulated bf16 matmuls run at a fraction of a GFLOP/s there.
+
+The seed's "plain loop" row (every example padded to max_length, fp32, a hand-written loop) is gone: nobody
+would pick it over this project, the Trainer is the baseline a user would pick, and padding to max_length
+computes several times the positions of either, so it cost a repeat's time for a figure nobody needs.
+
+Figures, each the median over ``--repeats`` (the rows run in a rotated order in every repeat, so a noisy
+neighbour falls on all rows alike; range = min-max):
+
+* target tok/s: tokens that carry a label, per second, timed from the end of the first optimizer step
+  (start-up and first-step allocations excluded) to the end of the last;
+* padding: padded positions / all positions of the batches;
+* × HF own: throughput over ``hf-own`` of the same precision in the same repeat (paired), median and range;
+* % peak: useful model FLOPs per second over this CPU's matmul peak in that dtype, measured in the same run
+  (a square n=2048 matmul, timed for ``--peak-seconds``). Model FLOPs are the matmuls a step does on the
+  real (non-padding) tokens, counted as in PaLM's MFU (Chowdhery et al. 2022, app. B): 6·N per token
+  (N = weights of every Linear/Conv1D, the LM head included, embeddings lookups not) plus 12·L·d·ℓ² per
+  sequence of ℓ tokens for attention (QKᵀ and AV, forward and backward, not halved for the causal mask).
+
+``--smoke`` runs every row for 3 steps on a tiny model and raw data in a temporary cache (seconds; CI).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
+import io
+import logging
+import math
+import statistics
+import subprocess
+import tempfile
 import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-import yaml
-from torch.utils.data import DataLoader
 
+from cai_lightning.cli import CAILightningCLI
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.data.tokenization import IGNORE_INDEX
+from cai_lightning.devices import cpu_supports_bf16
 from cai_lightning.model import CodeLM
 
 ROOT = Path(__file__).resolve().parents[1]
+ROWS = ("hf-own-bf16", "hf-own-fp32", "hf-ours-bf16", "hf-ours-fp32", "ours-32-true", "ours-bf16-mixed")
+# A 1-layer 32-wide GPT-2 on the raw shipped tasks (no constitution stage): every row's machinery in seconds.
+SMOKE = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--data.batch_size=8", "--data.constitution=null"]
 
 
-def load_config(path: Path) -> tuple[dict, dict]:
-    config = yaml.safe_load(path.read_text())
-    model_args = {k: v for k, v in config["model"].items() if k != "generation"}
-    return model_args, config["data"]
+# ---------------------------------------------------------------- building from the config
+class _BuildOnly(CAILightningCLI):
+    """The project's CLI up to instantiation: ``fit`` is parsed and the classes built, nothing is run."""
+
+    def fit(self, **kwargs) -> None:
+        pass
 
 
-def build_module(model_args: dict, datamodule: CodeInstructionDataModule) -> CodeLM:
-    torch.manual_seed(0)
-    module = CodeLM(**model_args)
+def from_config(config: Path, flags: list[str]):
+    """(model, data module, the parsed ``fit`` namespace), built exactly as ``cai_lightning fit`` builds them."""
+    cli = _BuildOnly(
+        CodeLM, CodeInstructionDataModule, subclass_mode_model=True, subclass_mode_data=True,
+        args=["fit", "--config", str(config), *flags, "--trainer.logger=false"],
+        save_config_callback=None, auto_configure_optimizers=False,
+    )
+    return cli.model, cli.datamodule, cli.config.fit
+
+
+def fresh_network(config: Path, flags: list[str], datamodule, seed: int) -> CodeLM:
+    """A new module from the config with its network built: the same initial weights on every call."""
+    with warnings.catch_warnings():  # the CLI's warnings (a bf16 fallback) were shown at the first parse
+        warnings.simplefilter("ignore")
+        module, _, _ = from_config(config, flags)
     module.connect(datamodule.tokenizer)
+    torch.manual_seed(seed)
     module.configure_model()
     return module
 
 
-def plain_loop(model_args: dict, datamodule: CodeInstructionDataModule, steps: int) -> tuple[int, float]:
-    """The seed's way: pad everything to max_length, fp32, a plain DataLoader, HF's own loss."""
-    max_length, pad = datamodule.hparams.max_length, datamodule.tokenizer.pad_token_id
+# ---------------------------------------------------------------- what a step did, and when
+@dataclass
+class Clock:
+    """Per optimizer step: its end time and what its batches held (target tokens, positions, real tokens,
+    useful model FLOPs, see the module docstring)."""
 
-    def pad_to_max(examples):
-        ids = torch.full((len(examples), max_length), pad)
-        labels = torch.full((len(examples), max_length), IGNORE_INDEX)
-        for row, e in enumerate(examples):
-            ids[row, : len(e["input_ids"])] = torch.tensor(e["input_ids"])
-            labels[row, : len(e["labels"])] = torch.tensor(e["labels"])
-        return {"input_ids": ids, "attention_mask": (ids != pad).long(), "labels": labels}
+    n_matmul: int  # weights of every Linear/Conv1D (the FLOPs of one token's forward are 2x this)
+    attention: int  # 12 * n_layer * hidden size: one sequence's attention FLOPs per squared length
+    ends: list[float] = field(default_factory=list)
+    steps: list[tuple[int, int, int, float]] = field(default_factory=list)
+    _pending: list[int | float] = field(default_factory=lambda: [0, 0, 0, 0.0])
 
-    data = datamodule.splits["train"].select_columns(["input_ids", "labels"])
-    loader = DataLoader(data, batch_size=datamodule.hparams.batch_size, shuffle=True, collate_fn=pad_to_max)
-    model = build_module(model_args, datamodule).model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=model_args.get("learning_rate", 3e-4))
-    tokens, done = 0, 0
-    start = time.perf_counter()
-    while done < steps:
-        for batch in loader:
-            loss = model(**batch).loss
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-            done += 1
-            if done == steps:
-                break
-    return tokens, time.perf_counter() - start
+    @classmethod
+    def for_model(cls, model: torch.nn.Module) -> Clock:
+        from transformers.pytorch_utils import Conv1D
+
+        weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+        config = model.config
+        return cls(weights, 12 * config.num_hidden_layers * config.hidden_size)
+
+    def batch(self, batch: dict[str, torch.Tensor]) -> None:
+        lengths = batch["attention_mask"].sum(1).double()  # (B,) real tokens per sequence
+        flops = float(6 * self.n_matmul * lengths.sum() + self.attention * (lengths**2).sum())
+        pending = self._pending
+        pending[0] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        pending[1] += batch["input_ids"].numel()
+        pending[2] += int(lengths.sum())
+        pending[3] += flops
+
+    def step_end(self) -> None:
+        self.ends.append(time.perf_counter())
+        self.steps.append(tuple(self._pending))
+        self._pending = [0, 0, 0, 0.0]
+
+    def figures(self) -> dict:
+        """Rates over steps 2..N (the first step's end starts the clock); padding over all steps."""
+        if len(self.ends) < 2:
+            raise RuntimeError(f"only {len(self.ends)} optimizer steps timed: run at least 2 (--steps)")
+        seconds = self.ends[-1] - self.ends[0]
+        timed = self.steps[1:]
+        positions = sum(s[1] for s in self.steps)
+        return {
+            "steps": len(self.steps), "seconds": seconds,
+            "target_tokens_per_s": sum(s[0] for s in timed) / seconds,
+            "padding": 1 - sum(s[2] for s in self.steps) / positions,
+            "flops_per_s": sum(s[3] for s in timed) / seconds,
+        }
 
 
-class _Timer(pl.Callback):
-    def __init__(self) -> None:
-        self.tokens = 0
-        self.start = self.seconds = 0.0
+# ---------------------------------------------------------------- the rows
+def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: str) -> dict:
+    """Lightning ``fit``, as the CLI runs it, minus validation, checkpoints, logging and progress bar."""
+    clock = Clock.for_model(module.model)
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        self.start = time.perf_counter()
+    class StepClock(pl.Callback):
+        def __init__(self) -> None:
+            self.global_step = 0
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            clock.batch(batch)
+            if trainer.global_step != self.global_step:  # an optimizer step ended with this batch
+                self.global_step = trainer.global_step
+                clock.step_end()
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        self.seconds = time.perf_counter() - self.start
-
-
-def our_fit(model_args: dict, datamodule: CodeInstructionDataModule, steps: int, precision: str) -> tuple[int, float]:
-    timer = _Timer()
     trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=steps, limit_val_batches=0,
-        gradient_clip_val=1.0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, callbacks=[timer],
+        accelerator="cpu", devices=1, precision=precision, max_steps=steps, max_epochs=-1,
+        accumulate_grad_batches=trainer_config.accumulate_grad_batches,
+        gradient_clip_val=trainer_config.gradient_clip_val, log_every_n_steps=trainer_config.log_every_n_steps,
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=[StepClock()],
     )
-    trainer.fit(build_module(model_args, datamodule), datamodule=datamodule)
-    return timer.tokens, timer.seconds
+    with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's "Reusing cached tokenized dataset", per row
+        trainer.fit(module, datamodule=datamodule)
+    return clock.figures()
 
 
-def main() -> None:
+def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, our_sampler: bool, seed: int) -> dict:
+    """``transformers.Trainer`` with our settings; its own sampler, or our data module's."""
+    from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+    hp = module.hparams
+    loader = datamodule.train_dataloader()  # our dataset, collator and sampler, as Lightning gets them
+    clock = Clock.for_model(module.model)
+
+    class StepEnd(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            clock.step_end()
+
+    class TimedTrainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return loader.sampler if our_sampler else super()._get_train_sampler(train_dataset)
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            clock.batch(inputs)
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    with tempfile.TemporaryDirectory() as out:
+        args = TrainingArguments(
+            output_dir=out, use_cpu=True, bf16=bf16, seed=seed, data_seed=seed, max_steps=steps,
+            per_device_train_batch_size=loader.batch_size,
+            gradient_accumulation_steps=trainer_config.accumulate_grad_batches,
+            train_sampling_strategy="group_by_length" if datamodule.hparams.group_by_length else "random",
+            optim="adamw_torch", learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
+            adam_beta1=hp.betas[0], adam_beta2=hp.betas[1], max_grad_norm=trainer_config.gradient_clip_val or 0.0,
+            lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": hp.min_lr_ratio},
+            warmup_steps=math.ceil(hp.warmup_fraction * steps),
+            logging_steps=trainer_config.log_every_n_steps, report_to="none", save_strategy="no",
+            eval_strategy="no", disable_tqdm=True, dataloader_num_workers=loader.num_workers,
+        )
+        trainer = TimedTrainer(
+            model=module.model, args=args, train_dataset=loader.dataset, data_collator=loader.collate_fn,
+            callbacks=[StepEnd()],
+        )
+        trainer.remove_callback(PrinterCallback)  # its end-of-training metrics dict, printed
+        trainer.train()
+    return clock.figures()
+
+
+def run_row(name: str, config: Path, flags: list[str], datamodule, trainer_config, steps: int, seed: int) -> dict:
+    module = fresh_network(config, flags, datamodule, seed)
+    if name.startswith("ours-"):
+        figures = run_ours(module, datamodule, trainer_config, steps, name.removeprefix("ours-"))
+    else:
+        figures = run_hf(module, datamodule, trainer_config, steps, name.endswith("bf16"), "-ours-" in name, seed)
+    del module
+    gc.collect()
+    return figures
+
+
+def matmul_peak(dtype: torch.dtype, seconds: float, n: int) -> float:
+    """FLOP/s of a square n×n matmul in ``dtype`` on this CPU, repeated for ``seconds`` after a warm-up."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    done, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds or done == 0:
+        a @ b
+        done += 1
+    return 2 * n**3 * done / elapsed
+
+
+# ---------------------------------------------------------------- main
+@contextlib.contextmanager
+def quiet():
+    """The table, not the libraries' start-up chatter: Lightning's and transformers' info logs and their
+    warnings are muted while the bench runs (ours are not), and restored after."""
+    import transformers
+
+    verbosity = transformers.logging.get_verbosity()
+    loggers = {name: logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")}
+    levels = {name: logger.level for name, logger in loggers.items()}
+    transformers.logging.set_verbosity_error()
+    for logger in loggers.values():
+        logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", module=r"(lightning|transformers|accelerate|torch)\b")
+            yield
+    finally:
+        transformers.logging.set_verbosity(verbosity)
+        for name, logger in loggers.items():
+            logger.setLevel(levels[name])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
-    parser.add_argument("--steps", type=int, default=30, help="optimizer steps per setup")
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default: one epoch)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of every row, in rotated order; medians reported")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--peak-seconds", type=float, default=1.0, help="time each matmul-peak measurement runs")
+    parser.add_argument("--peak-n", type=int, default=2048, help="size of the square matmul of the peak")
+    parser.add_argument("--smoke", action="store_true", help="seconds: a tiny model, raw data, 3 steps, 1 repeat (CI)")
+    args, flags = parser.parse_known_args(argv)  # the rest goes to the project's CLI parser
+    with tempfile.TemporaryDirectory() as cache, quiet():
+        if args.smoke:
+            flags = [*SMOKE, f"--data.cache_dir={cache}", *flags]
+            args.steps, args.repeats, args.peak_seconds, args.peak_n = args.steps or 3, 1, 0.05, 256
+        return run(args, flags)
 
-    model_args, data_args = load_config(args.config)
-    datamodule = CodeInstructionDataModule(**data_args)
+
+def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
+    _, datamodule, config = from_config(args.config, flags)
+    seed = config.seed_everything if isinstance(config.seed_everything, int) else 0
     datamodule.prepare_data()
     datamodule.setup("fit")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.steps} optimizer steps each, "
-          f"batch {datamodule.hparams.batch_size}, max_length {datamodule.hparams.max_length}, "
-          f"{len(datamodule.splits['train'])} training examples")
+    batches = len(datamodule.train_dataloader())
+    steps = args.steps or math.ceil(batches / config.trainer.accumulate_grad_batches)
+    bf16 = cpu_supports_bf16()
+    rows = [r for r in args.rows if bf16 or "bf16" not in r]
+    if rows != args.rows:
+        print(f"this CPU has no native bf16: rows {', '.join(r for r in args.rows if r not in rows)} left out")
 
-    rows = [("plain loop (pad to max, fp32)", *plain_loop(model_args, datamodule, args.steps))]
-    rows.append(("ours, 32-true", *our_fit(model_args, datamodule, args.steps, "32-true")))
-    rows.append(("ours, bf16-mixed", *our_fit(model_args, datamodule, args.steps, "bf16-mixed")))
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32} if bf16 else {"fp32": torch.float32}
+    peaks: dict[str, list[float]] = {key: [] for key in dtypes}
+    results: dict[str, list[dict]] = {name: [] for name in rows}
+    for repeat in range(args.repeats):
+        for key, dtype in dtypes.items():
+            peaks[key].append(matmul_peak(dtype, args.peak_seconds, args.peak_n))
+        order = rows[repeat % len(rows):] + rows[: repeat % len(rows)]
+        for name in order:
+            results[name].append(run_row(name, args.config, flags, datamodule, config.trainer, steps, seed))
+            r = results[name][-1]
+            print(f"  repeat {repeat + 1}/{args.repeats} {name:16s} {r['target_tokens_per_s']:8.0f} target tok/s", flush=True)
+    peak = {key: statistics.median(values) for key, values in peaks.items()}
 
-    base = rows[0][1] / rows[0][2]
-    print(f"\n{'setup':32s} {'target tokens':>14s} {'seconds':>9s} {'target tok/s':>13s} {'ratio':>7s}")
-    for name, tokens, seconds in rows:
-        rate = tokens / seconds
-        print(f"{name:32s} {tokens:14d} {seconds:9.2f} {rate:13.0f} {rate / base:6.2f}x")
+    model = fresh_network(args.config, flags, datamodule, seed).model
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
+    print(
+        f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {commit or '?'} (+ working tree), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; {args.config.name} {' '.join(flags)}\n"
+        f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
+        f"{len(datamodule.splits['train'])} training examples, batch {datamodule.hparams.batch_size}, "
+        f"{steps} optimizer steps per row, {args.repeats} repeats (medians, range min-max)\n"
+        f"matmul peak (n={args.peak_n}): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items())
+    )
+    table = []
+    for name in rows:
+        rates = [r["target_tokens_per_s"] for r in results[name]]
+        dtype = "fp32" if name.endswith(("fp32", "32-true")) else "bf16"
+        # Paired: over hf-own of the same dtype in the same repeat, so drift between repeats cancels.
+        base = results.get(f"hf-own-{dtype}")
+        ratios = [mine / theirs["target_tokens_per_s"] for mine, theirs in zip(rates, base, strict=True)] if base else []
+        table.append({
+            "row": name, "dtype": dtype, "target_tokens_per_s": statistics.median(rates),
+            "range": (min(rates), max(rates)), "padding": statistics.median(r["padding"] for r in results[name]),
+            "vs_hf_own": statistics.median(ratios) if ratios else None,
+            "vs_hf_own_range": (min(ratios), max(ratios)) if ratios else None,
+            "peak_share": statistics.median(r["flops_per_s"] for r in results[name]) / peak[dtype],
+            "seconds": statistics.median(r["seconds"] for r in results[name]),
+        })
+    print(f"\n| {'row':16s} | dtype | target tok/s | {'range':11s} | padding | × HF own (range)   | % peak | timed s |")
+    print(f"|{'-' * 18}|-------|-------------:|{'-' * 13}|--------:|{'-' * 20}|-------:|--------:|")
+    for row in table:
+        ratio = f"{row['vs_hf_own']:5.2f}× ({row['vs_hf_own_range'][0]:.2f}-{row['vs_hf_own_range'][1]:.2f})" if row["vs_hf_own"] else "-"
+        low, high = row["range"]
+        print(
+            f"| {row['row']:16s} | {row['dtype']:5s} | {row['target_tokens_per_s']:12.0f} | {low:5.0f}-{high:<5.0f} | "
+            f"{row['padding']:7.1%} | {ratio:18s} | {row['peak_share']:6.1%} | {row['seconds']:7.1f} |"
+        )
+    print("× HF own: median over repeats of the ratio to hf-own of the same dtype in the same repeat; % peak: useful "
+          "model FLOP/s over the measured matmul peak of that dtype; timed s: first to last optimizer step's end")
+    return table
 
 
 if __name__ == "__main__":

@@ -1,33 +1,60 @@
-"""The benchmarks' smoke modes, so that none can rot: each runs its whole machinery in seconds."""
+"""The benchmarks' smoke modes, so that none can rot: each runs its whole machinery in seconds.
+
+One test per script in ``bench/``, found by listing the folder: every script must take ``main(argv)`` with a
+``--smoke`` flag, so a new benchmark without one fails here. Scripts with a check below also have their
+results looked at; the rest must at least run to the end.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
+SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py"))
+SLOW = {"constitution_effect"}  # about a minute: five arms, each fine-tuned and sampled
 
 
 def _load(name: str):
-    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench.{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import would: dataclasses look their module up there
     spec.loader.exec_module(module)
     return module
 
 
-@pytest.mark.slow
-def test_constitution_effect_smoke_runs_every_arm_and_resumes(workdir, capsys):
-    bench = _load("constitution_effect")
+def _arguments(name: str, workdir: Path) -> list[str]:
+    """What a script's smoke run needs besides ``--smoke``: its output kept in the test's folder."""
+    if name == "constitution_effect":
+        return ["--out", str(workdir / "effect"), "--cache-dir", str(workdir / "cache")]
+    if name == "sandbox_throughput":
+        return ["--workers", "2"]
+    return []
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in SCRIPTS])
+def test_smoke_mode_runs(name, workdir, capsys):
+    bench = _load(name)
+    arguments = ["--smoke", *_arguments(name, workdir)]
+    results = bench.main(arguments)
+    check = CHECKS.get(name)
+    if check is not None:
+        check(bench, arguments, results, workdir, capsys)
+
+
+def _constitution_effect(bench, arguments, results, workdir, capsys):
+    """Every arm runs, and a re-run reads each arm back instead of running it again."""
+    from cai_lightning.data.corruption import KINDS
+
     out = workdir / "effect"
-    args = ["--smoke", "--out", str(out), "--cache-dir", str(workdir / "cache")]
-    results = bench.main(args)
     assert list(results) == list(bench.ARMS)
     corrupted = json.loads((out / "corruption.json").read_text())
-    assert corrupted and {entry["kind"] for entry in corrupted} <= set(bench_kinds())
+    assert corrupted and {entry["kind"] for entry in corrupted} <= set(KINDS)
     clean = (out / "clean.jsonl").read_text().splitlines()
     assert len(clean) == len((out / "corrupted.jsonl").read_text().splitlines()) == 440
     for arm, result in results.items():
@@ -44,27 +71,52 @@ def test_constitution_effect_smoke_runs_every_arm_and_resumes(workdir, capsys):
     assert results["sft-constitution-dpo"]["optimizer_steps"] == 2
 
     capsys.readouterr()
-    bench.main(args)  # every arm is read back, none re-run
+    bench.main(arguments)  # every arm is read back, none re-run
     assert capsys.readouterr().out.count("done before") == len(bench.ARMS)
 
 
-def bench_kinds():
-    from cai_lightning.data.corruption import KINDS
+def _constitution_throughput(bench, arguments, rows, workdir, capsys):
+    """Both rows review the same rows; the batched row reports its speed-up over the seed's way."""
+    assert [row["setup"] for row in rows] == ["seed's way (one at a time)", "batched (batch 2)"]
+    assert all(row["rows_reviewed"] == 2 and row["rows_per_s"] > 0 for row in rows)
+    assert rows[0]["speedup"] == 1.0 and "speedup" in capsys.readouterr().out
 
-    return KINDS
+
+def _dpo_step(bench, arguments, rows, workdir, capsys):
+    assert [row["mode"] for row in rows] == ["cached", "live"]
+    assert rows[0]["reference_s"] > 0 == rows[1]["reference_s"]
+    assert all(row["pairs_per_s"] > 0 and row["peak_mib"] > 0 for row in rows)
+    assert "cached vs live" in capsys.readouterr().out
 
 
-def test_sandbox_throughput_smoke_compares_every_row_on_passing_pairs(capsys):
-    rows = _load("sandbox_throughput").main(["--smoke", "--workers", "2"])
+def _sandbox_throughput(bench, arguments, rows, workdir, capsys):
     setups = {row["setup"] for row in rows}
     assert {"bare python", "judge sandbox"} <= setups  # the previous sandbox too where git history is there
     assert all(row["passed"] == 4 for row in rows)
     assert "overhead (ms)" in capsys.readouterr().out
 
 
-def test_dpo_step_smoke_compares_cached_and_live_references(capsys):
-    rows = _load("dpo_step").main(["--smoke"])
-    assert [row["mode"] for row in rows] == ["cached", "live"]
-    assert rows[0]["reference_s"] > 0 == rows[1]["reference_s"]
-    assert all(row["pairs_per_s"] > 0 and row["peak_mib"] > 0 for row in rows)
-    assert "cached vs live" in capsys.readouterr().out
+def _train_throughput(bench, arguments, rows, workdir, capsys):
+    """Every row trains (bf16 rows only where the CPU has bf16); the Trainer given our sampler sees our
+    batches (the same padding as our fit), and the ratios are to the Trainer with its own sampler."""
+    from cai_lightning.devices import cpu_supports_bf16
+
+    expected = [r for r in bench.ROWS if cpu_supports_bf16() or "bf16" not in r]
+    assert [row["row"] for row in rows] == expected
+    by_name = {row["row"]: row for row in rows}
+    for row in rows:
+        assert row["target_tokens_per_s"] > 0 and 0 < row["peak_share"] and 0 <= row["padding"] < 1
+    assert by_name["hf-own-fp32"]["vs_hf_own"] == 1.0
+    assert by_name["hf-ours-fp32"]["padding"] == by_name["ours-32-true"]["padding"]
+    out = capsys.readouterr().out
+    assert "× HF own" in out and "matmul peak (n=256)" in out
+    assert not (workdir / "lightning_logs").exists()  # the bench writes no run folder
+
+
+CHECKS = {
+    "constitution_effect": _constitution_effect,
+    "constitution_throughput": _constitution_throughput,
+    "dpo_step": _dpo_step,
+    "sandbox_throughput": _sandbox_throughput,
+    "train_throughput": _train_throughput,
+}
