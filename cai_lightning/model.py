@@ -8,6 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -103,13 +104,27 @@ class CodeLM(pl.LightningModule):
         n_embd: Width of the residual stream (from-scratch only); a multiple of ``n_head``.
         n_positions: Longest sequence the position table covers (from-scratch only); must be at
             least ``data.max_length``.
-        dropout: Dropout on embeddings, attention and residuals (from-scratch only).
+        dropout: Dropout on embeddings and residuals (from-scratch only).
+        attention_dropout: Dropout on attention probabilities (from-scratch only). 0 by default: any other
+            value sends attention to PyTorch's unfused math path (a (B, H, T, T) score tensor, softmax and a
+            Bernoulli mask in memory) instead of the fused flash kernel, and on the default recipe it bought
+            no validation loss at equal wall-clock time (configs/default.yaml says by how much).
         learning_rate: Peak AdamW learning rate, reached after warmup.
         weight_decay: AdamW decay on 2-D weights (matmuls, embeddings) only.
         betas: AdamW moment coefficients.
         warmup_fraction: Share of all optimizer steps spent warming the learning rate up linearly.
         min_lr_ratio: Cosine decay ends at ``learning_rate * min_lr_ratio``.
+        resume_schedule: The learning rate of a ``fit`` resumed from a checkpoint (``--ckpt_path``) for more
+            optimizer steps than the checkpoint's run was planned for (a larger ``trainer.max_epochs``):
+            ``restart`` runs a new warmup + cosine from the resumed step to the new end, up to
+            ``learning_rate`` again; ``continue`` keeps the checkpoint's schedule, so the added steps run at
+            its floor (``learning_rate * min_lr_ratio``). ``restart`` by default: a longer run asks for
+            more training, which the floor rarely gives. A run resumed for the same length continues its
+            schedule exactly either way. See :class:`WarmupCosineLR`.
         generation: Beam-search settings for ``predict`` and the sample callback.
+        compile: ``torch.compile`` the network's training and validation forward (generation stays eager).
+            Pays a one-off compile (and a recompile for the first batches of new lengths) for faster
+            steps; see configs/default.yaml for what it measured on a CPU.
     """
 
     def __init__(
@@ -120,12 +135,15 @@ class CodeLM(pl.LightningModule):
         n_embd: int = 256,
         n_positions: int = 512,
         dropout: float = 0.1,
+        attention_dropout: float = 0.0,
         learning_rate: float = 3e-4,
         weight_decay: float = 0.1,
         betas: tuple[float, float] = (0.9, 0.95),
         warmup_fraction: float = 0.05,
         min_lr_ratio: float = 0.1,
+        resume_schedule: Literal["restart", "continue"] = "restart",
         generation: Generation = Generation(),
+        compile: bool = False,
     ) -> None:
         super().__init__()
         if n_embd % n_head:
@@ -141,6 +159,7 @@ class CodeLM(pl.LightningModule):
         )
         self._batch_tokens = 0  # target tokens in the current training batch
         self._last_batch_end: float | None = None
+        self._compiled_forward = None  # torch.compile'd self.model.forward when model.compile, set by configure_model
 
     # ---------------------------------------------------------------- building
     def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -203,7 +222,9 @@ class CodeLM(pl.LightningModule):
         else:
             config = GPT2Config(
                 vocab_size=len(tok), n_positions=hp.n_positions, n_embd=hp.n_embd, n_layer=hp.n_layer,
-                n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.dropout,
+                n_head=hp.n_head, resid_pdrop=hp.dropout, embd_pdrop=hp.dropout, attn_pdrop=hp.attention_dropout,
+                # tanh-approximated GELU in one kernel: gelu_new's formula, spelled as ~7 elementwise ops
+                activation_function="gelu_pytorch_tanh",
                 bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
             )
             model = GPT2LMHeadModel(config)
@@ -219,6 +240,23 @@ class CodeLM(pl.LightningModule):
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.eos_token_id = tok.eos_token_id
         self.model = model
+        if hp.compile:  # the bound forward, not the module: no second copy of the weights in the state dict
+            self._compiled_forward = torch.compile(model.forward, dynamic=True)  # lengths change batch to batch
+
+    def configure_gradient_clipping(
+        self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        """``trainer.gradient_clip_val`` by norm under FSDP too, where Lightning refuses it (Lightning #19235): each
+        rank holds a shard of the gradients, so the norm is the FSDP root's ``clip_grad_norm_``, a collective over
+        all shards (``torch.nn.utils.clip_grad_norm_`` would clip each shard by its own norm)."""
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        sharded = isinstance(self.trainer.model, FullyShardedDataParallel)
+        if sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
+            self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # ---------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
@@ -245,7 +283,10 @@ class CodeLM(pl.LightningModule):
         :class:`ConfigError` instead of the state-dict loader's list of mismatched tensors.
 
         Lightning calls this after ``configure_model`` and before loading the weights; when the network is
-        not built yet (``load_from_checkpoint`` without a tokenizer) only the tokenizer is checked."""
+        not built yet (``load_from_checkpoint`` without a tokenizer) only the tokenizer is checked. Under FSDP
+        the strategy has already loaded the weights into the sharded network and hands this hook no
+        ``state_dict``: only the tokenizer is checked, and another network fails in torch's loader ("size
+        mismatch for ...")."""
         saved = checkpoint.get("tokenizer_fingerprint")
         if saved is not None and self.tokenizer is not None and saved != self._tokenizer_fingerprint:
             raise ConfigError(
@@ -278,33 +319,43 @@ class CodeLM(pl.LightningModule):
         ]
         optimizer = torch.optim.AdamW(groups, lr=hp.learning_rate, betas=tuple(hp.betas))
         total = max(1, int(self.trainer.estimated_stepping_batches))  # optimizer steps, accumulation included
-        schedule = warmup_cosine(total, math.ceil(hp.warmup_fraction * total), hp.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = WarmupCosineLR(optimizer, total, hp.warmup_fraction, hp.min_lr_ratio, hp.resume_schedule)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     # ---------------------------------------------------------------- steps
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.model(input_ids=input_ids, attention_mask=attention_mask).logits  # (B, T, V)
 
-    def _loss_and_metrics(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
-        logits = self(batch["input_ids"], batch["attention_mask"])[:, :-1]  # (B, T-1, V): predicts token t+1
-        targets = batch["labels"][:, 1:]  # (B, T-1)
+    def _loss_and_metrics(self, batch: dict[str, torch.Tensor], stage: str, accuracy: bool = True) -> torch.Tensor:
+        """Mean cross-entropy over the batch's target tokens. Updates ``{stage}_loss``, and ``{stage}_acc`` when
+        ``accuracy`` (an argmax over all (B, T, V) logits: training takes it on logged steps only)."""
+        forward = self._compiled_forward or self.model
+        logits = forward(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+        # Position t predicts token t+1. Shifting the labels, not the logits, keeps the logits one contiguous
+        # tensor: flattening a (B, T-1, V) slice of them would copy it.
+        targets = F.pad(batch["labels"][:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T)
         mask = targets != IGNORE_INDEX
         n_tokens = mask.sum()
+        if logits.dtype != torch.float32 and not torch.is_autocast_enabled(logits.device.type):
+            logits = logits.float()  # bf16-true: a sum over thousands of tokens wants fp32
+        # Under autocast (bf16-mixed) cross_entropy takes bf16 logits and computes in fp32 itself: no copy here.
         # Sum over target tokens / count: every target token weighs the same, however the batch is padded.
         loss = F.cross_entropy(
-            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+            logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
         ) / n_tokens.clamp(min=1)
-        correct = ((logits.argmax(-1) == targets) & mask).sum()
         weight = n_tokens.clamp(min=1).float()
         self.metrics[f"{stage}_loss"].update(loss.detach(), weight)
-        self.metrics[f"{stage}_acc"].update(correct.float() / weight, weight)
+        if accuracy:
+            correct = ((logits.detach().argmax(-1) == targets) & mask).sum()
+            self.metrics[f"{stage}_acc"].update(correct.float() / weight, weight)
         if stage == "train":
             self._batch_tokens = int(n_tokens)
         return loss
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss_and_metrics(batch, "train")
+        # train/acc samples the logged steps (batch 0 of each epoch among them): its argmax over (B, T, V)
+        # cost 2-2.4 % of every step of the default recipe.
+        loss = self._loss_and_metrics(batch, "train", accuracy=batch_idx % max(1, self.trainer.log_every_n_steps) == 0)
         self.log("train/loss_step", loss, prog_bar=True, batch_size=batch["input_ids"].size(0))
         self.log("train/lr", self.optimizers().param_groups[0]["lr"])
         return loss
@@ -402,3 +453,49 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
         return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
     return multiplier
+
+
+class WarmupCosineLR(torch.optim.lr_scheduler.LambdaLR):
+    """:func:`warmup_cosine` over the optimizer steps ``[start_step, total_steps)``, resumable for a longer run.
+
+    Args:
+        optimizer: Its ``lr`` per parameter group is the peak.
+        total_steps: The step the cosine reaches the floor at (this run's ``estimated_stepping_batches``).
+        warmup_fraction: Share of the schedule's steps spent warming up linearly.
+        min_ratio: The floor, as a fraction of the peak.
+        resume: What a checkpoint restored into a run with more steps than it was planned for does:
+            ``restart`` starts a new warmup + cosine at the resumed step, ending at this run's
+            ``total_steps`` (a warm restart, as in SGDR); ``continue`` keeps the checkpoint's schedule.
+
+    The checkpoint stores ``start_step`` and ``total_steps`` with the step count (a scheduler's state is its
+    attributes); :meth:`load_state_dict` takes only those from it: the peak, warmup fraction, floor and
+    ``resume`` stay this run's, as configured. A checkpoint saved before this class records no schedule and
+    follows this run's from step 0.
+    """
+
+    def __init__(
+        self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float, min_ratio: float,
+        resume: Literal["restart", "continue"] = "restart",
+    ) -> None:
+        self.start_step, self.total_steps = 0, total_steps
+        self.warmup_fraction, self.min_ratio, self.resume = warmup_fraction, min_ratio, resume
+        # a function, not a bound method: LambdaLR's state would try to save a callable object's attributes
+        super().__init__(optimizer, lambda step: self.multiplier(step))
+
+    def multiplier(self, step: int) -> float:
+        """The LR at optimizer step ``step``, as a fraction of the peak."""
+        span = max(1, self.total_steps - self.start_step)
+        return warmup_cosine(span, math.ceil(self.warmup_fraction * span), self.min_ratio)(step - self.start_step)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        plan = {name: getattr(self, name) for name in ("base_lrs", "warmup_fraction", "min_ratio", "resume")}
+        total = self.total_steps
+        super().load_state_dict(state_dict)  # last_epoch (the step count), start_step, total_steps
+        self.__dict__.update(plan)
+        if self.resume == "restart" and total > self.total_steps:
+            self.start_step, self.total_steps = self.last_epoch, total
+        # The optimizer's state brought back the LR the checkpoint stopped at; the step about to run takes
+        # the schedule's (they differ after a restart, or a changed model.learning_rate).
+        self._last_lr = [base * self.multiplier(self.last_epoch) for base in self.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, self._last_lr):
+            group["lr"] = lr

@@ -1,6 +1,7 @@
+import pytest
 import torch
 
-from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
+from cai_lightning.data.collate import LengthGroupedSampler, PadCollator, padding_share
 
 PAD, EOS, X = 1, 0, -100
 
@@ -30,26 +31,55 @@ def test_prompts_are_left_padded_and_pad_to_multiple_of():
     assert batch["attention_mask"].tolist() == [[0, 1, 1, 1], [0, 0, 0, 1]]
 
 
-def test_length_grouped_sampler_is_a_seeded_permutation_that_cuts_padding():
+def _batches(order, batch_size):
+    return {frozenset(order[i : i + batch_size]) for i in range(0, len(order), batch_size)}
+
+
+def test_padding_share_of_literal_batches():
+    # batches (3, 1) and (2, 2): 10 padded tokens, 8 real ones
+    assert padding_share([3, 1, 2, 2], [0, 1, 2, 3], batch_size=2) == pytest.approx(0.2)
+    assert padding_share([3, 2, 2, 3], [0, 3, 1, 2], batch_size=2) == 0.0  # equal lengths together: none
+
+
+def test_one_group_over_the_whole_set_pads_least_but_repeats_its_batches():
+    lengths = [1, 9, 2, 8, 3, 7, 4, 6]
+    sampler = LengthGroupedSampler(lengths, batch_size=2, group_size=8, seed=5)
+    first = list(sampler)
+    # sorted 9 8 | 7 6 | 4 3 | 2 1 whatever the shuffle: 2 * (9 + 7 + 4 + 2) = 44 tokens, 40 of them real
+    assert padding_share(lengths, first, 2) == pytest.approx(4 / 44)
+    sampler.set_epoch(1)
+    second = list(sampler)
+    assert second != first and _batches(second, 2) == _batches(first, 2)  # new order, the very same batches
+
+
+def test_length_grouped_sampler_is_seeded_new_every_epoch_and_cuts_padding():
     lengths = [(i * 37) % 101 + 1 for i in range(200)]
-    sampler = LengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batch_factor=50)
+    sampler = LengthGroupedSampler(lengths, batch_size=8, group_size=32, seed=3)
     order = list(sampler)
     assert sorted(order) == list(range(200))
-    assert order == list(LengthGroupedSampler(lengths, batch_size=8, seed=3, mega_batch_factor=50))
+    assert order == list(LengthGroupedSampler(lengths, batch_size=8, group_size=32, seed=3))
+    assert order != list(LengthGroupedSampler(lengths, batch_size=8, group_size=32, seed=4))
     sampler.set_epoch(1)
-    assert list(sampler) != order
+    next_epoch = list(sampler)
+    assert len(_batches(next_epoch, 8) & _batches(order, 8)) == 0  # groups of 4 batches: new batches each epoch
+    sampler.set_epoch(0)
+    assert list(sampler) == order  # resumable: an epoch's order depends on (seed, epoch) only
 
-    def padded_tokens(indices):
-        batches = [indices[i : i + 8] for i in range(0, len(indices), 8)]
-        return sum(len(b) * max(lengths[j] for j in b) for b in batches)
+    for seed in range(5):  # the same shuffle, sorted within groups of 4 batches vs not at all (groups of 1 batch)
+        grouped = padding_share(lengths, list(LengthGroupedSampler(lengths, 8, 32, seed=seed)), 8)
+        unsorted = padding_share(lengths, list(LengthGroupedSampler(lengths, 8, 8, seed=seed)), 8)
+        assert grouped < 0.7 * unsorted
 
-    random_order = torch.randperm(200, generator=torch.Generator().manual_seed(0)).tolist()
-    assert padded_tokens(order) < 0.7 * padded_tokens(random_order)
+
+def test_group_size_is_rounded_up_to_whole_batches_and_must_be_positive():
+    assert LengthGroupedSampler(range(20), batch_size=8, group_size=9).group_size == 16
+    with pytest.raises(ValueError, match="group_size"):
+        LengthGroupedSampler(range(20), batch_size=8, group_size=0)
 
 
 def test_short_last_batch_stays_last():
     lengths = list(range(1, 21))  # 20 examples, batch 8: batches of 8, 8 and a short one of 4
-    order = list(LengthGroupedSampler(lengths, batch_size=8, seed=0, mega_batch_factor=1))
+    order = list(LengthGroupedSampler(lengths, batch_size=8, group_size=8, seed=0))
     shuffled = torch.randperm(20, generator=torch.Generator().manual_seed(0)).tolist()  # the sampler's first draw
     assert set(order[16:]) == set(shuffled[16:])  # the leftovers of the shuffle form the last batch
     for batch in (order[:8], order[8:16]):

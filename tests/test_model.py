@@ -1,9 +1,11 @@
 import math
 
+import lightning.pytorch as pl
 import pytest
 import torch
-
+from torch.utils.data import DataLoader
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, T5Config
+from transformers.activations import ACT2FN
 
 from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import (
@@ -76,6 +78,66 @@ def test_parameters_change_after_one_step_and_loss_is_on_targets_only(tokenizer)
     # all-masked labels contribute nothing (and no NaN)
     batch["labels"][:] = -100
     assert module._loss_and_metrics(batch, "val").item() == 0.0
+
+
+def _padded_batch(tokenizer):
+    long = tokenizer("def f(x):\n    return x + 1\n", add_special_tokens=False)["input_ids"]
+    short = tokenizer("x = 1\n", add_special_tokens=False)["input_ids"]
+    return PadCollator(tokenizer.pad_token_id)(
+        [{"input_ids": long, "labels": [-100] * 3 + long[3:]}, {"input_ids": short, "labels": [-100] + short[1:]}]
+    )
+
+
+def test_from_config_network_uses_fused_gelu_and_no_attention_dropout_by_default(tokenizer):
+    config = CodeLM(dropout=0.2).hparams
+    assert config.attention_dropout == 0.0 and config.compile is False
+    module = CodeLM(n_layer=1, n_head=2, n_embd=32, n_positions=128, dropout=0.2)
+    module.connect(tokenizer)
+    module.configure_model()
+    config = module.model.config
+    assert config.activation_function == "gelu_pytorch_tanh"
+    assert config.resid_pdrop == config.embd_pdrop == 0.2 and config.attn_pdrop == 0.0
+    x = torch.linspace(-6, 6, 101)  # the same tanh approximation as GPT-2's gelu_new, in one kernel
+    assert torch.allclose(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), atol=1e-6)
+
+
+def test_loss_is_the_shifted_mean_over_targets_in_fp32_and_bf16_autocast(tokenizer):
+    module = _module(tokenizer).eval()
+    batch = _padded_batch(tokenizer)
+    loss = module._loss_and_metrics(batch, "val")
+    # Hugging Face's own loss shifts the logits instead of the labels: the same mean over target tokens
+    reference = module.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+    assert loss.dtype == torch.float32 and torch.allclose(loss, reference, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = module._loss_and_metrics(batch, "val")
+    assert mixed.dtype == torch.float32 and abs(mixed.item() - loss.item()) < 0.05  # bf16 logits, fp32 loss
+    module.model.to(torch.bfloat16)  # bf16-true: no autocast to upcast, the loss still sums in fp32
+    assert module._loss_and_metrics(batch, "val").dtype == torch.float32
+
+
+def test_training_accuracy_only_on_logged_steps(tokenizer):
+    module = _module(tokenizer)
+    counted = []
+    update = module.metrics["train_acc"].update
+    module.metrics["train_acc"].update = lambda *args: (counted.append(module.global_step), update(*args))[1]
+    batches = [_padded_batch(tokenizer)] * 5
+    trainer = pl.Trainer(
+        max_epochs=1, log_every_n_steps=2, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None))  # batches as they are
+    assert counted == [0, 2, 4]  # batches 0, 2, 4 of 5
+    module._loss_and_metrics(batches[0], "val")  # validation always measures it
+    assert module.metrics["val_acc"].update_count == 1
+
+
+@pytest.mark.slow
+def test_compiled_forward_gives_the_eager_loss_and_keeps_one_copy_of_the_weights(tokenizer):
+    batch = _padded_batch(tokenizer)
+    eager = _module(tokenizer).eval()
+    compiled = _module(tokenizer, compile=True).eval()
+    assert compiled.state_dict().keys() == eager.state_dict().keys()  # no _orig_mod.* twins in checkpoints
+    assert torch.allclose(compiled._loss_and_metrics(batch, "val"), eager._loss_and_metrics(batch, "val"), atol=1e-5)
 
 
 def test_weight_decay_groups_exclude_biases_and_layernorm(tokenizer):

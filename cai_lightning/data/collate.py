@@ -52,18 +52,26 @@ class PadCollator:
 class LengthGroupedSampler(Sampler[int]):
     """Shuffled order in which neighbours have similar lengths, to cut padding.
 
-    As in Hugging Face's sampler of the same name: shuffle, cut into mega-batches of
-    ``mega_batch_factor * batch_size`` indices, sort each by length (longest first), and shuffle the
-    order of the resulting batches so the epoch does not run from long to short (a short last
-    batch stays last, keeping our batches aligned with the DataLoader's). Seeded per epoch
-    (``set_epoch``), so runs are reproducible and resumable.
+    Each epoch: shuffle all indices, cut them into groups of ``group_size`` (rounded up to whole batches),
+    sort each group by length (longest first) and cut it into batches, then shuffle the order of all
+    batches so the epoch does not run from long to short (a short last batch stays last, keeping our
+    batches aligned with the DataLoader's). Seeded per epoch (``set_epoch``), so runs are reproducible
+    and resumable.
+
+    ``group_size`` trades padding for randomness. One group holding the whole set pads least, but sorting
+    it makes the same batches every epoch (only examples of equal length trade places), so the model
+    sees one fixed set of batches in new orders. Groups of a few batches draw new batches every epoch
+    from the shuffle, as Hugging Face's sampler of the same name does (its groups are ``min(50,
+    len // (4 * batch_size))`` batches).
     """
 
-    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int = 0, mega_batch_factor: int = 50) -> None:
+    def __init__(self, lengths: Sequence[int], batch_size: int, group_size: int, seed: int = 0) -> None:
+        if batch_size < 1 or group_size < 1:
+            raise ValueError(f"batch_size ({batch_size}) and group_size ({group_size}) must be positive")
         self.lengths = list(lengths)
         self.batch_size = batch_size
+        self.group_size = math.ceil(group_size / batch_size) * batch_size  # whole batches
         self.seed = seed
-        self.mega_batch_factor = mega_batch_factor
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -75,14 +83,24 @@ class LengthGroupedSampler(Sampler[int]):
     def __iter__(self) -> Iterator[int]:
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         order = torch.randperm(len(self.lengths), generator=generator).tolist()
-        mega = self.mega_batch_factor * self.batch_size
         batches: list[list[int]] = []
-        for start in range(0, len(order), mega):
-            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
-            batches.extend(chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size))
+        for start in range(0, len(order), self.group_size):
+            group = sorted(order[start : start + self.group_size], key=lambda i: -self.lengths[i])
+            batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
         # Only the very last batch can be short; keep it last so DataLoader batches stay aligned with ours.
         tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
         for b in torch.randperm(len(batches), generator=generator).tolist():
             yield from batches[b]
         for batch in tail:
             yield from batch
+
+
+def padding_share(lengths: Sequence[int], order: Sequence[int], batch_size: int) -> float:
+    """Share of the tokens of right-padded batches that is padding, the batches being ``order`` cut into
+    ``batch_size`` examples (as a DataLoader with this sampler cuts them)."""
+    padded = real = 0
+    for start in range(0, len(order), batch_size):
+        batch = [lengths[i] for i in order[start : start + batch_size]]
+        padded += len(batch) * max(batch)
+        real += sum(batch)
+    return 1 - real / padded if padded else 0.0

@@ -84,6 +84,10 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         pad_to_multiple_of: Round each batch's padded length up to a multiple of this (8 suits GPU
             tensor cores); ``null`` pads to the longest example only.
         group_by_length: Batch examples of similar length together (less padding, faster).
+        length_group_size: With ``group_by_length``, examples shuffled together and sorted by length into
+            batches (rounded up to whole batches). Larger groups pad less but vary the batches less from
+            epoch to epoch; a group covering the whole set makes the same batches every epoch. See
+            ``LengthGroupedSampler``.
         num_workers: DataLoader worker processes.
         shuffle_seed: Seed for the training order.
         cache_dir: Where tokenized datasets (and trained tokenizers) are cached, one folder per fingerprint.
@@ -113,6 +117,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         pad_to_multiple_of: int | None = None,
         group_by_length: bool = True,
+        length_group_size: int = 128,
         num_workers: int = 0,
         shuffle_seed: int = 0,
         cache_dir: str = "~/.cache/cai_lightning",
@@ -130,6 +135,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             )
         if max_length < 2:
             raise ConfigError(f"data.max_length must be at least 2, got {max_length}")
+        if length_group_size < 1:
+            raise ConfigError(f"data.length_group_size must be at least 1 (examples), got {length_group_size}")
         if prompt_style == "chat" and tokenizer is None:
             check_prompt_style(prompt_style, None)  # fails now, not after the data is read
         self.save_hyperparameters()
@@ -484,7 +491,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         data = self._labelled("train")
         if hp.group_by_length:
             lengths = [len(ids) for ids in data["input_ids"]]
-            sampler = LengthGroupedSampler(lengths, hp.batch_size, seed=hp.shuffle_seed)
+            sampler = LengthGroupedSampler(lengths, hp.batch_size, hp.length_group_size, seed=hp.shuffle_seed)
             return DataLoader(data, batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collator(), num_workers=hp.num_workers)
         return DataLoader(data, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collator(), num_workers=hp.num_workers)
 
