@@ -5,20 +5,26 @@ Under DDP every hook here runs on every rank, and only rank 0 writes, logs or pr
 (``trainer.log_dir`` broadcasts, :func:`_gather` all-gathers) are called by all ranks *before* the rank-0-only
 part: a collective inside rank-zero-only code waits for ranks that never come (a deadlock, or a crash when
 they exit first).
+
+Under FSDP each rank holds a shard of the weights, so generating and exporting are collectives too: every
+rank gathers the full weights (:func:`_full_weights`, :func:`_full_state_dict`), and generation runs on every
+rank in lockstep (Hugging Face's ``generate`` syncs its steps across the ranks of an FSDP-managed model).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.strategies import FSDPStrategy
 from tqdm.auto import tqdm
 
 from cai_lightning import evaluation, sandbox
@@ -46,13 +52,46 @@ def _gather(trainer: pl.Trainer, obj: Any) -> list[Any]:
     return gathered
 
 
+def _sharded(trainer: pl.Trainer) -> bool:
+    """Whether each rank holds only a shard of the weights (FSDP): a forward pass then needs every rank."""
+    return isinstance(trainer.strategy, FSDPStrategy)
+
+
+@contextmanager
+def _full_weights(trainer: pl.Trainer):
+    """The network's full weights on every rank for the duration, to call it outside the training loop (generate).
+    Under FSDP a collective (the shards are gathered on entry): call it on all ranks; otherwise nothing to do."""
+    if not _sharded(trainer):
+        yield
+        return
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    with FullyShardedDataParallel.summon_full_params(trainer.strategy.model, writeback=False):
+        yield
+
+
+def _full_state_dict(trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
+    """Under FSDP, the network's (``pl_module.model``'s) full state dict, gathered from every rank's shard into
+    rank 0's CPU memory (the other ranks get an empty dict): a collective, call it on all ranks. ``None`` when
+    each rank holds the whole network."""
+    if not _sharded(trainer):
+        return None
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # torch's API for FSDP1 and FSDP2 alike; the copy lives in CPU memory, not beside the training state on a GPU
+    options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    state = get_model_state_dict(trainer.strategy.model, options=options)  # the LightningModule's names
+    return {name.removeprefix("model."): tensor for name, tensor in state.items() if name.startswith("model.")}
+
+
 class BeamSearchSamples(Callback):
     """At each validation epoch end, beam-search completions for a fixed set of prompts, logged to
     TensorBoard as text (tag ``samples``, one entry per global step) and briefly to the console.
 
     Uses the model's own ``generation`` settings, so samples look exactly like ``predict`` output. Under DDP
     rank 0 alone samples (the weights are the same on every rank): generation calls the unwrapped network,
-    so nothing in it waits for the other ranks.
+    so nothing in it waits for the other ranks. Under FSDP every rank gathers the weights and samples the same
+    prompts in lockstep (each rank's forward passes wait for the others'); rank 0 logs.
 
     Args:
         instructions: Instructions to complete (formatted with the dataset's template); ``null`` takes
@@ -80,9 +119,8 @@ class BeamSearchSamples(Callback):
         val = trainer.datamodule.splits["val"]
         return list(val["prompt"][: self.num_prompts])
 
-    @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not (trainer.is_global_zero or _sharded(trainer)):
             return
         epoch = trainer.current_epoch
         last = trainer.max_epochs is not None and epoch + 1 >= trainer.max_epochs
@@ -94,10 +132,12 @@ class BeamSearchSamples(Callback):
         was_training = pl_module.training
         pl_module.eval()
         try:
-            with trainer.precision_plugin.forward_context():
+            with _full_weights(trainer), trainer.precision_plugin.forward_context():
                 completions = pl_module.complete(prompts)
         finally:
             pl_module.train(was_training)
+        if not trainer.is_global_zero:
+            return
         step = trainer.global_step
         text = "\n\n---\n\n".join(
             f"**prompt {i}**\n\n```\n{p}\n```\n\n"
@@ -155,14 +195,16 @@ class ExportHuggingFace(Callback):
     beside the run's ``checkpoints/``, so ``transformers.pipeline("text-generation", model=<dir>)`` loads it.
 
     The exported weights are the final ones; the best checkpoint by ``val/loss`` stays in ``checkpoints/``.
-    Under DDP rank 0 exports (every rank holds the same weights).
+    Under DDP rank 0 exports (every rank holds the same weights); under FSDP every rank sends its shard and
+    rank 0 saves the full weights.
     """
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         path = _log_dir(trainer) / "hf_model"  # on every rank: it broadcasts
+        state_dict = _full_state_dict(trainer)  # on every rank: under FSDP it gathers
         if not trainer.is_global_zero:
             return
-        pl_module.model.save_pretrained(path)
+        pl_module.model.save_pretrained(path, state_dict=state_dict)
         pl_module.tokenizer.save_pretrained(path)
         print(f"Exported the fine-tuned model and tokenizer to {path}")
 
@@ -177,7 +219,7 @@ class ExecutionEval(Callback):
 
     Each task's samples are drawn with a seed of its own, made from ``seed`` and its ``task_id``, so they do
     not depend on which tasks run beside it, in what order, on which rank or with what ``limit``. Under DDP
-    every rank generates and executes every ``world_size``-th task; the results are gathered and rank 0
+    and FSDP every rank generates and executes every ``world_size``-th task; the results are gathered and rank 0
     writes, logs and prints the one report, the same as a single process draws.
 
     Args:
@@ -240,10 +282,14 @@ class ExecutionEval(Callback):
         for suite, problems in self._suites(trainer).items():
             mine = range(trainer.global_rank, len(problems), trainer.world_size)  # indices into problems
             share = [problems[i] for i in mine]
-            completions = self._generate(trainer, pl_module, share, suite)
+            # Under FSDP the ranks generate in lockstep (each forward pass waits for every rank): a rank with a
+            # smaller share draws for a task once more, samples dropped, so that all make as many generate calls.
+            extra = math.ceil(len(problems) / trainer.world_size) - len(share) if _sharded(trainer) else 0
+            completions = self._generate(trainer, pl_module, share + problems[:1] * extra, suite)[: len(share)]
             if self.extract_code:
                 completions = [[extract_code(c) for c in outs] for outs in completions]
-            results = evaluation.execute(share, completions, self.limits, workers)
+            running = f"running {suite} samples" if trainer.is_global_zero else None  # one bar, rank 0's
+            results = evaluation.execute(share, completions, self.limits, workers, progress=running)
             by_task: dict[int, list[evaluation.SampleResult]] = {}
             for gathered in _gather(trainer, list(zip(mine, results))):
                 by_task.update(gathered)
@@ -267,7 +313,7 @@ class ExecutionEval(Callback):
     ) -> list[list[str]]:
         """``n`` completions per problem, each problem's drawn in one batch under its own seed."""
         out: list[list[str]] = []
-        with trainer.precision_plugin.forward_context():
+        with _full_weights(trainer), trainer.precision_plugin.forward_context():
             for problem in tqdm(problems, desc=f"generating for {suite}", unit="task", disable=not trainer.is_global_zero):
                 torch.manual_seed(self._task_seed(problem.task_id))
                 out.extend(pl_module.complete([problem.prompt], self.generation))

@@ -6,19 +6,35 @@ chosen by the config: ``CodeLM`` and ``CodeInstructionDataModule`` (SFT) unless 
 ``class_path`` (``configs/dpo.yaml``: ``PreferenceLM`` and ``PreferenceDataModule``). This subclass adds:
 
 * ``model.pretrained`` is linked to ``data.tokenizer``: the tokenizer is named once.
-* ``--ckpt_path last`` finds the newest ``last.ckpt`` of this logger's runs; ``fit`` then resumes in that
-  run's own log folder, so its TensorBoard curves continue (the trap of Lightning #16014).
+* ``--ckpt_path last`` finds the newest ``last.ckpt`` of this logger's runs. With ``last`` or a path, the
+  config and the command line decide the model's settings, not the checkpoint's saved hyperparameters.
+* A command given a checkpoint of a run (``<run>/checkpoints/*.ckpt``, or ``last``) writes into that run's
+  folder: a resumed ``fit`` continues its checkpoints, TensorBoard curves and export there (the trap of
+  Lightning #16014), and ``validate``/``test``/``predict`` log and write their files (predictions.jsonl,
+  execution_*.jsonl) beside the checkpoint they used. The config of each command is saved there without
+  overwriting the run's ``config.yaml`` (:class:`SaveRunConfig`).
 * ``bf16-mixed`` on a CPU without bf16 support falls back to ``32-true`` with a message.
+* The console carries what this project says: no Lightning adverts, no deprecation warning about
+  Lightning's own code, no FLOPs it did not measure (:func:`quiet_console`, :class:`ModelSummary`).
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import re
 import sys
+import warnings
 from pathlib import Path
 
+import lightning.pytorch as pl
 import torch
-from lightning.pytorch.cli import LightningCLI
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
+from lightning.pytorch.callbacks import RichModelSummary
+from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
+from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.devices import cpu_supports_bf16
@@ -34,11 +50,33 @@ class CAILightningCLI(LightningCLI):
         })
         parser.link_arguments("model.init_args.pretrained", "data.init_args.tokenizer")
 
+    def _parse_ckpt_path(self) -> None:
+        """Keep the model settings of the config and the command line when ``--ckpt_path`` is a file.
+
+        Lightning 2.6 would merge the checkpoint's saved hyperparameters over them (before ``last`` is even
+        resolved, so only for explicit paths): ``--model.resume_schedule`` or ``--model.generation.*`` given
+        with a checkpoint path would be silently ignored (Lightning PR #21455, open). Here the config says
+        what is built, for ``last`` and paths alike; a checkpoint of another network is refused by
+        ``CodeLM.on_load_checkpoint`` with a message pointing at the run's ``config.yaml``."""
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         self._fall_back_from_cpu_bf16(config.trainer)
         if getattr(config, "ckpt_path", None) == "last":
-            self._resolve_last_checkpoint(config)
+            config.ckpt_path = str(self._last_checkpoint(config.trainer))
+            print(f"Resuming from {config.ckpt_path}" if self.subcommand == "fit" else f"Using {config.ckpt_path}")
+        if getattr(config, "ckpt_path", None) and Path(config.ckpt_path).exists():  # a sharded one is a folder
+            self._log_into_the_checkpoints_run(config.trainer, Path(config.ckpt_path))
+        self._reserve_run_folder(config.trainer)
+
+    def instantiate_trainer(self, **kwargs) -> pl.Trainer:
+        trainer = super().instantiate_trainer(**kwargs)
+        # Lightning's own summaries (its default, or one named in the config) become ours, settings kept
+        trainer.callbacks = [
+            ModelSummary(cb._max_depth, **cb._summarize_kwargs) if type(cb) in (LightningModelSummary, RichModelSummary) else cb
+            for cb in trainer.callbacks
+        ]
+        return trainer
 
     @staticmethod
     def _fall_back_from_cpu_bf16(trainer) -> None:
@@ -47,19 +85,162 @@ class CAILightningCLI(LightningCLI):
             rank_zero_warn("this CPU has no native bf16 support: trainer.precision bf16-mixed -> 32-true")
             trainer.precision = "32-true"
 
-    def _resolve_last_checkpoint(self, config) -> None:
-        logger = config.trainer.logger
-        init = getattr(logger, "init_args", None)
-        root = Path(getattr(init, "save_dir", None) or config.trainer.default_root_dir or ".")
-        runs = root / (getattr(init, "name", None) or "lightning_logs")
+    @staticmethod
+    def _logger_args(trainer):
+        """``init_args`` of the logger that names the run folder (the first), or ``None`` without one
+        (``trainer.logger`` false, or true: Lightning's default logger, which the config does not describe)."""
+        logger = trainer.logger
+        if isinstance(logger, list):
+            logger = logger[0] if logger else None
+        return getattr(logger, "init_args", None)
+
+    def _last_checkpoint(self, trainer) -> Path:
+        """The newest ``<save_dir>/<name>/version_*/checkpoints/last.ckpt`` of the configured logger."""
+        init = self._logger_args(trainer)
+        root = Path(getattr(init, "save_dir", None) or trainer.default_root_dir or ".")
+        name = getattr(init, "name", "lightning_logs")
+        runs = root / name if name else root
         found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
         if not found:
             raise UserError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints/; train first")
-        config.ckpt_path = str(found[-1])
-        version = found[-1].parent.parent.name.removeprefix("version_")
-        if self.subcommand == "fit" and init is not None and version.isdigit():
-            init.version = int(version)  # resume in the same log folder
-        print(f"Resuming from {config.ckpt_path}" if self.subcommand == "fit" else f"Using {config.ckpt_path}")
+        return found[-1]
+
+    def _log_into_the_checkpoints_run(self, trainer, ckpt: Path) -> None:
+        """Point the logger at the run folder holding ``ckpt`` (``<save_dir>/<name>/<version>/checkpoints/``),
+        so that this command's events, config and files land beside it, and ModelCheckpoint finds the
+        ``dirpath`` its state was saved with. A checkpoint outside a ``checkpoints/`` folder, or a config
+        without a logger that takes a ``version``, gets a new run folder, as in plain Lightning."""
+        init = self._logger_args(trainer)
+        if ckpt.parent.name != "checkpoints" or init is None or "version" not in init:
+            return
+        run = ckpt.parent.parent
+        save_dir, name = getattr(init, "save_dir", None) or ".", getattr(init, "name", None) or ""
+        if Path(save_dir, name).resolve() != run.parent.resolve():  # a run of another config's logger
+            save_dir, name = str(run.parent.parent), run.parent.name
+            init.save_dir, init.name = save_dir, name
+        # version_N as the number (how Lightning names it, and shows it as v_num); any other name as is
+        init.version = int(run.name.removeprefix("version_")) if re.fullmatch(r"version_\d+", run.name) else run.name
+        if self.subcommand == "fit":  # resuming into this checkpoints/ is the point, not a mistake to warn of
+            checkpoints = os.path.join(save_dir, name, run.name, "checkpoints")  # as ModelCheckpoint joins it
+            warnings.filterwarnings(
+                "ignore", message=re.escape(f"Checkpoint directory {checkpoints} exists and is not empty."),
+                category=UserWarning,
+            )
+
+
+    @staticmethod
+    def _reserve_run_folder(trainer) -> None:
+        """Claim this run's ``version_N`` folder now, by creating it (``mkdir`` either creates it or fails: two
+        runs started together never get the same one), where Lightning would pick the next free number
+        when the logger first writes, and two runs started together would both write into it. Done by
+        the process of rank 0 alone (DDP's other ranks re-run this command line; the run folder is rank
+        0's for all of them). A logger given a ``version`` (a resumed run) or none is left as it is."""
+        init = CAILightningCLI._logger_args(trainer)
+        if init is None or "version" not in init or init.version is not None or rank_zero_only.rank != 0:
+            return
+        runs = Path(getattr(init, "save_dir", None) or ".", getattr(init, "name", None) or "")
+        runs.mkdir(parents=True, exist_ok=True)
+        taken = [int(p.name.removeprefix("version_")) for p in runs.glob("version_*") if p.name[8:].isdigit()]
+        version = max(taken, default=-1) + 1
+        while True:
+            try:
+                (runs / f"version_{version}").mkdir()
+                break
+            except FileExistsError:
+                version += 1
+        init.version = version
+
+
+class SaveRunConfig(SaveConfigCallback):
+    """Save each command's resolved config into its run folder, never over another's.
+
+    The command that opens a run folder (a fresh ``fit``) writes ``config.yaml``; each later command writing
+    into the same folder writes ``config-<what>-<n>.yaml`` beside it, ``<what>`` being ``resume`` (a ``fit``
+    from the run's checkpoint), ``validate``, ``test`` or ``predict``, and ``n`` counting from 1. So
+    ``config.yaml`` always says how the run was started, and a resume with more epochs is on record too.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if not self.already_saved and self.save_to_log_dir:
+            folder = Path(trainer.log_dir)  # on every rank: log_dir is a collective under DDP
+            name = Path(self.config_filename)
+            if trainer.is_global_zero and (folder / name).exists():  # only rank zero writes the file
+                what = "resume" if stage == "fit" else getattr(stage, "value", stage)  # a TrainerFn, a str enum
+                n = 1
+                while (folder / f"{name.stem}-{what}-{n}{name.suffix}").exists():
+                    n += 1
+                self.config_filename = f"{name.stem}-{what}-{n}{name.suffix}"
+        super().setup(trainer, pl_module, stage)
+
+
+class ModelSummary(LightningModelSummary):
+    """Lightning's model summary (a rich table when rich is installed), without FLOPs it did not measure.
+
+    Lightning counts FLOPs only by running the module's ``example_input_array``; without one (``CodeLM``
+    has none: its batches have no fixed shape) its summary shows ``0`` for every layer and ``Total FLOPs: 0``,
+    which reads as a measurement. Here the FLOPs column and total appear only when they were counted.
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs,
+    ) -> None:
+        columns = [(name, values) for name, values in summary_data if total_flops or name != "FLOPs"]
+        totals = {
+            "Trainable params": get_human_readable_count(trainable_parameters),
+            "Non-trainable params": get_human_readable_count(total_parameters - trainable_parameters),
+            "Total params": get_human_readable_count(total_parameters),
+            "Total estimated model params size (MB)": get_formatted_model_size(model_size),
+            "Modules in train mode": total_training_modes["train"],
+            "Modules in eval mode": total_training_modes["eval"],
+        }
+        if total_flops:
+            totals["Total FLOPs"] = get_human_readable_count(total_flops)
+        rows = list(zip(*(values for _, values in columns)))
+        if _RICH_AVAILABLE:
+            from rich import get_console
+            from rich.table import Table
+
+            table = Table(header_style=summarize_kwargs.get("header_style", "bold magenta"))
+            for name, _ in columns:
+                table.add_column(name, justify="right" if name in ("Params", "FLOPs") else "left")
+            for row in rows:
+                table.add_row(*map(str, row))
+            get_console().print(table)
+            get_console().print("\n".join(f"[bold]{key}[/]: {str(value).strip()}" for key, value in totals.items()))
+        else:
+            widths = [max(len(name), *(len(str(v)) for v in values)) for name, values in columns]
+            lines = [" | ".join(f"{name:<{w}}" for (name, _), w in zip(columns, widths))]
+            lines += [" | ".join(f"{v!s:<{w}}" for v, w in zip(row, widths)) for row in rows]
+            print("\n".join(lines + [f"{str(value).strip():<10} {key}" for key, value in totals.items()]))
+
+
+def quiet_console() -> None:
+    """Keep the console to what this project says, dropping exactly two kinds of noise that are not ours.
+
+    * Lightning's adverts (``💡 Tip: ... install litlogger / litmodels``), logged at INFO at the start of
+      every run: filtered out by their prefix on the one logger that emits them.
+    * torch's ``FutureWarning`` that ``LeafSpec`` is deprecated, raised by Lightning's own
+      ``lightning.pytorch.utilities._pytree`` (Lightning #21326): ignored for that message, category and
+      module only; the same deprecation raised from anywhere else still shows.
+
+    Idempotent (``main`` calls it on every invocation).
+    """
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advert)
+    warnings.filterwarnings(
+        "ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated", category=FutureWarning,
+        module=r"lightning\.pytorch\.utilities\._pytree",
+    )
+
+
+def _not_an_advert(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("💡 Tip:")
 
 
 def main(args: list[str] | None = None) -> CAILightningCLI | None:
@@ -68,6 +249,7 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
     User errors (bad data, bad settings) are printed as one line and exit with status 2.
     """
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs; no effect on CPU
+    quiet_console()
     UserError.latest = None
     try:
         return CAILightningCLI(
@@ -76,7 +258,7 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
             subclass_mode_model=True,  # a config may name a subclass (PreferenceLM) with class_path
             subclass_mode_data=True,
             args=args,
-            save_config_kwargs={"overwrite": True},  # resuming writes config.yaml into the same folder
+            save_config_callback=SaveRunConfig,  # config.yaml of a run is never overwritten
             auto_configure_optimizers=False,  # CodeLM.configure_optimizers owns AdamW and its schedule
         )
     except UserError as err:

@@ -144,8 +144,10 @@ def execute(
     completions: Sequence[Sequence[str]],
     limits: sandbox.Limits = sandbox.Limits(),
     workers: int | None = None,
+    progress: str | None = None,
 ) -> list[list[SampleResult]]:
-    """The sandbox's verdict on every completion: ``result[i][j]`` for ``completions[i][j]``.
+    """The sandbox's verdict on every completion: ``result[i][j]`` for ``completions[i][j]`` (``progress``:
+    the title of a progress bar over the programs run, or none).
 
     Each problem's results depend on that problem and its completions only, so a share of the problems
     can be executed apart (one share per process under DDP) and the lists joined in problem order before
@@ -180,7 +182,7 @@ def execute(
                     result.error_type, result.message = "SyntaxError", "the program does not compile"
             results[-1].append(result)
 
-    for sample, outcome in zip(pending, sandbox.run_many(jobs, limits=limits, workers=workers)):
+    for sample, outcome in zip(pending, sandbox.run_many(jobs, limits=limits, workers=workers, progress=progress)):
         sample.status, sample.error_type = outcome.status, outcome.error_type
         sample.message, sample.duration_s = outcome.message[:500], outcome.duration_s
     return results

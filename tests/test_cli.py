@@ -97,7 +97,10 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
     assert {"test/loss", "test/ppl", "test/acc", "test/pass@1", "test/pass@5", "test/syntax_valid"} <= set(metrics)
     assert torch.isclose(metrics["test/ppl"], torch.exp(metrics["test/loss"]))
     # every held-out task was sampled 5 times and each sample run in the sandbox
-    samples = [json.loads(line) for line in next(workdir.glob("lightning_logs/default/version_*/execution_tasks.jsonl")).read_text().splitlines()]
+    run = workdir / "lightning_logs/default/version_0"  # test and predict wrote into the checkpoint's run
+    assert [p.name for p in run.parent.iterdir()] == ["version_0"]
+    assert {"config-predict-1.yaml", "config-test-1.yaml"} <= {p.name for p in run.iterdir()}
+    samples = [json.loads(line) for line in (run / "execution_tasks.jsonl").read_text().splitlines()]
     assert len(samples) == 5 * dm_test_size
     assert all(s["status"] in {"passed", "failed", "error", "timeout", "killed"} for s in samples)
     assert "pass@5" in capsys.readouterr().out

@@ -391,7 +391,7 @@ print(json.dumps({"revised": stage.chunks_revised, "chunks": len(list(stage.fold
 
 
 def test_two_processes_on_one_cache_revise_each_chunk_once_and_build_the_same_data(tmp_path):
-    rows_path = write_jsonl(tmp_path / "rows.jsonl", make_rows(30))  # 12 chunks of 2 train rows
+    rows_path = write_jsonl(tmp_path / "rows.jsonl", make_rows(18))  # several chunks of 2 train rows
     go = tmp_path / "go"
     procs = [
         subprocess.Popen([sys.executable, "-c", CONCURRENT_SCRIPT, str(rows_path), str(tmp_path / "cache"),

@@ -197,11 +197,12 @@ def run(program: str, tests: str = "", *, limits: Limits = Limits()) -> Result:
 
 
 def run_many(
-    jobs: Sequence[tuple[str, str]], *, limits: Limits = Limits(), workers: int | None = None
+    jobs: Sequence[tuple[str, str]], *, limits: Limits = Limits(), workers: int | None = None,
+    progress: str | None = None,
 ) -> list[Result]:
     """Run many ``(program, tests)`` pairs, at most ``workers`` at once (default: one per CPU core).
-    Results come back in input order; a job that is not a pair gives a ``"BadInput"`` result.
-    Raises ValueError for ``workers < 1``."""
+    Results come back in input order; a job that is not a pair gives a ``"BadInput"`` result. With
+    ``progress``, a progress bar of that title counts the programs run. Raises ValueError for ``workers < 1``."""
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
         raise ValueError(f"run_many: workers must be at least 1, got {workers}")
@@ -216,7 +217,12 @@ def run_many(
 
     # Threads only wait on pipes; the work happens in the children.
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox") as pool:
-        return list(pool.map(one, jobs))
+        results = pool.map(one, jobs)  # in input order, as each finishes
+        if progress:
+            from tqdm.auto import tqdm
+
+            results = tqdm(results, total=len(jobs), desc=progress, unit="program", dynamic_ncols=True)
+        return list(results)
 
 
 @contextmanager
