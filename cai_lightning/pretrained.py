@@ -299,13 +299,19 @@ def _write_checkpoint_folder(checkpoint_file: Path, folder: Path, named: str) ->
 def _remove_stale_partials(models: Path) -> None:
     """Partial folders left by conversions on this host whose process is gone (killed mid-write)."""
     for partial in models.glob(f".*.partial-{socket.gethostname()}-*"):
-        pid = int(partial.name.rsplit("-", 1)[1])
-        try:
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
+        if process_gone(int(partial.name.rsplit("-", 1)[1])):
             shutil.rmtree(partial, ignore_errors=True)
-        except PermissionError:
-            pass  # alive, someone else's
+
+
+def process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` exists on this host (one of another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # alive, someone else's
+    return False
 
 
 # ---------------------------------------------------------------- hashing

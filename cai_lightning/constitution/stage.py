@@ -49,6 +49,7 @@ from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.principles import Constitution, Principle
 from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt
 from cai_lightning.errors import ConfigError
+from cai_lightning.pretrained import process_gone
 from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
@@ -434,13 +435,8 @@ def _remove_torn_writes(folder: Path) -> None:
     """The ``.*.tmp`` files of processes of this host that are gone (killed mid-write); a live process's
     write in progress is left alone."""
     for torn in folder.glob(f".*.{socket.gethostname()}-*.tmp"):
-        pid = int(torn.name.rsplit("-", 1)[1].removesuffix(".tmp"))
-        try:
-            os.kill(pid, 0)  # signal 0: only asks whether the process exists
-        except ProcessLookupError:
+        if process_gone(int(torn.name.rsplit("-", 1)[1].removesuffix(".tmp"))):
             torn.unlink(missing_ok=True)
-        except PermissionError:
-            pass  # alive, someone else's
 
 
 @contextmanager
