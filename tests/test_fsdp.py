@@ -1,4 +1,4 @@
-"""FSDP (``--trainer.strategy fsdp``) on 2 CPU processes (gloo): fit, checkpoint, resume, export, test.
+"""FSDP (``--trainer.strategy fsdp``) on 2 CPU processes (gloo): fit, checkpoint, resume, export, test, predict.
 
 Lightning's FSDP strategy runs on CUDA only, so the runs use :class:`CPUFSDPStrategy`, Lightning's strategy
 with the two CPU gaps bridged (nothing else changed): whatever runs through it runs through Lightning's and
@@ -106,3 +106,13 @@ def test_fit_resume_export_and_test_under_fsdp_on_two_processes(tmp_path, monkey
     samples = [json.loads(line) for line in _newest(runs, "execution_tasks.jsonl").read_text().splitlines()]
     assert [s["sample"] for s in samples] == [0, 1] * 3  # 2 samples for each of 3 tasks, the padding dropped
     assert len({s["task_id"] for s in samples}) == 3
+
+    # predict 5 prompts on 2 ranks in batches of 2: Lightning's sharding would give 3 and 2 prompts (2 batches and
+    # 1, a hang in lockstep generation); the data module evens them to 3 and 3, the writer keeps each prompt once
+    _run(tmp_path, "predict", *common, *_fsdp("sharded"), "--ckpt_path=last", "--data.predict_limit=5", timeout_s=120)
+    [predictions] = list(runs.glob("*/predictions*.jsonl"))
+    lines = [json.loads(line) for line in predictions.read_text().splitlines()]
+    import datasets
+
+    [cached] = list((tmp_path / "cache").glob("*/dataset"))
+    assert [item["prompt"] for item in lines] == datasets.load_from_disk(str(cached))["test"]["prompt"][:5]

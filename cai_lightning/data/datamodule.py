@@ -25,7 +25,8 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from torch.utils.data import DataLoader
+from lightning.pytorch.strategies import FSDPStrategy
+from torch.utils.data import DataLoader, DistributedSampler
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity
@@ -495,8 +496,11 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             return DataLoader(data, batch_size=hp.batch_size, sampler=sampler, collate_fn=self._collator(), num_workers=hp.num_workers)
         return DataLoader(data, batch_size=hp.batch_size, shuffle=True, collate_fn=self._collator(), num_workers=hp.num_workers)
 
-    def _eval_loader(self, data) -> DataLoader:
-        return DataLoader(data, batch_size=self.hparams.batch_size, collate_fn=self._collator(), num_workers=self.hparams.num_workers)
+    def _eval_loader(self, data, sampler=None) -> DataLoader:
+        return DataLoader(
+            data, batch_size=self.hparams.batch_size, sampler=sampler, collate_fn=self._collator(),
+            num_workers=self.hparams.num_workers,
+        )
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader(self._labelled("val"))
@@ -505,8 +509,19 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         return self._eval_loader(self._labelled("test"))
 
     def predict_dataloader(self) -> DataLoader:
-        """Left-padded prompts (no targets) of ``predict_split``."""
-        return self._eval_loader(self.prompt_examples(self.hparams.predict_split, self.hparams.predict_limit))
+        """Left-padded prompts (no targets) of ``predict_split``.
+
+        Under FSDP on several processes every rank gets as many prompts: each forward pass there is a collective
+        of all ranks, and Lightning's own predict sharding (no prompt repeated) can leave one rank a batch short,
+        the others waiting for it forever. ``DistributedSampler`` evens the shares by repeating the first few
+        prompts; ``JsonlPredictionWriter`` writes each prompt once.
+        """
+        data = self.prompt_examples(self.hparams.predict_split, self.hparams.predict_limit)
+        trainer = self.trainer
+        if trainer is not None and trainer.world_size > 1 and isinstance(trainer.strategy, FSDPStrategy):
+            sampler = DistributedSampler(data, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
+            return self._eval_loader(data, sampler)
+        return self._eval_loader(data)
 
     def prompt(self, instruction: str, input: str = "") -> str:
         """A prompt in this data's ``prompt_style``, as the policy saw them in training (after ``setup``)."""
