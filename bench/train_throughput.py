@@ -7,7 +7,8 @@ The model and the data module are built from the config by the project's own CLI
 class_path, the bf16 fallback), so the bench reads the recipe exactly as ``python -m cai_lightning fit``
 does; extra ``--section.key=value`` flags are passed to that parser. Every row trains the same network (same
 seed, same initial weights) on the same tokenized training split with the same batch size, collator
-(``PadCollator``), AdamW settings (lr, betas, weight decay on 2-D weights only, ``torch.optim.AdamW``),
+(``PadCollator``), AdamW settings (lr, betas, weight decay on 2-D weights only, ``torch.optim.AdamW`` with
+``fused=True``: the Trainer's default ``adamw_torch_fused``, and what our module picks),
 gradient clipping, warmup-cosine schedule and number of optimizer steps (default: one epoch). Rows:
 
   hf-own-bf16      transformers.Trainer, its own sampler (``train_sampling_strategy="group_by_length"``,
@@ -205,7 +206,7 @@ def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, o
             per_device_train_batch_size=loader.batch_size,
             gradient_accumulation_steps=trainer_config.accumulate_grad_batches,
             train_sampling_strategy="group_by_length" if datamodule.hparams.group_by_length else "random",
-            optim="adamw_torch", learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
+            optim="adamw_torch_fused", learning_rate=hp.learning_rate, weight_decay=hp.weight_decay,
             adam_beta1=hp.betas[0], adam_beta2=hp.betas[1], max_grad_norm=trainer_config.gradient_clip_val or 0.0,
             lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": hp.min_lr_ratio},
             warmup_steps=math.ceil(hp.warmup_fraction * steps),

@@ -145,10 +145,14 @@ def test_weight_decay_groups_exclude_biases_and_layernorm(tokenizer):
 
     class FakeTrainer:
         estimated_stepping_batches = 100
+        precision = "bf16-mixed"
 
     module._trainer = FakeTrainer()
     config = module.configure_optimizers()
     decay, no_decay = config["optimizer"].param_groups
+    assert decay["fused"] and no_decay["fused"]  # one fused AdamW kernel on CPU
+    FakeTrainer.precision = "16-mixed"  # the GradScaler's unscaling inside a fused step: Lightning won't clip then
+    assert not module.configure_optimizers()["optimizer"].param_groups[0]["fused"]
     names = {id(p): n for n, p in module.model.named_parameters()}
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     assert all(names[id(p)].endswith("weight") and p.dim() == 2 for p in decay["params"])
