@@ -34,6 +34,8 @@ def _arguments(name: str, workdir: Path) -> list[str]:
         return ["--out", str(workdir / "effect"), "--cache-dir", str(workdir / "cache")]
     if name == "sandbox_throughput":
         return ["--workers", "2"]
+    if name == "recipe_compare":
+        return ["--out", str(workdir / "recipe")]
     return []
 
 
@@ -89,6 +91,37 @@ def _dpo_step(bench, arguments, rows, workdir, capsys):
     assert "cached vs live" in capsys.readouterr().out
 
 
+def _optimizer_step(bench, arguments, rows, workdir, capsys):
+    """The three AdamW kernels time the same steps and end on the same weights (the bench checks it)."""
+    assert [row["row"] for row in rows] == ["for-loop", "foreach", "fused"]
+    assert all(row["ms_per_step"] > 0 and row["max_abs_difference"] <= 1e-5 for row in rows)
+    assert rows[1]["vs_foreach"] == 1.0 and rows[1]["max_abs_difference"] == 0.0
+    assert "× foreach" in capsys.readouterr().out
+
+
+def _recipe_compare(bench, arguments, results, workdir, capsys):
+    """Each arm is trained, validated and tested once; a re-run reads the results back, and the table's
+    equal-time column reads each arm's validation curve up to the first arm's fit time."""
+    out = workdir / "recipe"
+    assert sorted(results) == [("a", 0), ("b", 0)]
+    for (arm, seed), result in results.items():
+        config = yaml.safe_load((out / arm / f"seed{seed}" / "config.yaml").read_text())
+        assert config["seed_everything"] == config["data"]["shuffle_seed"] == seed
+        assert not any(c["class_path"].endswith("BeamSearchSamples") for c in config["trainer"]["callbacks"])
+        assert [epoch for _, epoch, _ in result["val_curve"]] == [0]
+        assert result["test"]["tasks"]["tasks"] == 4 and 0 <= result["padding"] < 1
+    assert results[("b", 0)]["overrides"] == {"model.attention_dropout": 0.1}
+    table = (out / "table.md").read_text()
+    assert "| a | 1 |" in table and "| b | 1 |" in table
+
+    capsys.readouterr()
+    assert bench.main(arguments) == results  # read back from result.json, nothing re-run
+    assert "fit + test" not in capsys.readouterr().out
+    assert bench.parse_arm("x:") == ("x", {}) and bench.parse_arm("y:a.b=1,c.d=null") == ("y", {"a.b": 1, "c.d": None})
+    with pytest.raises(SystemExit):
+        bench.parse_arm("no-colon")
+
+
 def _sandbox_throughput(bench, arguments, rows, workdir, capsys):
     setups = {row["setup"] for row in rows}
     assert {"bare python", "judge sandbox"} <= setups  # the previous sandbox too where git history is there
@@ -117,6 +150,8 @@ CHECKS = {
     "constitution_effect": _constitution_effect,
     "constitution_throughput": _constitution_throughput,
     "dpo_step": _dpo_step,
+    "optimizer_step": _optimizer_step,
+    "recipe_compare": _recipe_compare,
     "sandbox_throughput": _sandbox_throughput,
     "train_throughput": _train_throughput,
 }
