@@ -32,9 +32,10 @@ Figures per arm, each the median over seeds (range = min-max):
 * pass@1, pass@5, syntax-valid: ``ExecutionEval`` on the held-out test tasks (the config's sampling).
 
 Each run writes ``<out>/<arm>/seed<s>/result.json`` when done and is skipped on a re-run, so a killed sweep
-resumes: run it in the background (``nohup python bench/recipe_compare.py > sweep.log 2>&1 &``). The table
-is printed and written to ``<out>/table.md``. ``--smoke`` runs two arms of a one-layer model for one epoch
-on the raw tasks (a temporary folder unless ``--out``; seconds; CI); its figures mean nothing.
+resumes: run it in the background (``nohup python bench/recipe_compare.py > sweep.log 2>&1 &``); ``--report``
+tabulates the runs done so far and runs nothing. The table is printed and written to ``<out>/table.md``.
+``--smoke`` runs two arms of a one-layer model for one epoch on the raw tasks (a temporary folder unless
+``--out``; seconds; CI); its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -235,6 +236,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budget-arm", default=None, help="equal wall-clock reference (default: the first arm)")
     parser.add_argument("--out", default=None, help="default: bench/results/recipe (--smoke: a temporary folder)")
+    parser.add_argument("--report", action="store_true", help="only tabulate the runs already done (a sweep in progress)")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
 
@@ -258,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
 
     results: dict[tuple[str, int], dict] = {}
     try:
-        prepare(run_config(base, {}, seeds[0], out / "_prepare", args.smoke))
+        if not args.report:
+            prepare(run_config(base, {}, seeds[0], out / "_prepare", args.smoke))
         for i, seed in enumerate(seeds):
             order = names[i % len(names):] + names[: i % len(names)]  # rotated per seed
             for arm in order:
@@ -266,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
                 done = folder / "result.json"
                 if done.exists():
                     results[(arm, seed)] = json.loads(done.read_text())
+                    continue
+                if args.report:
                     continue
                 print(f"[recipe_compare] {arm} seed {seed}: fit + test", flush=True)
                 result = run_one(run_config(base, arms[arm], seed, folder, args.smoke), folder)

@@ -117,6 +117,9 @@ def _recipe_compare(bench, arguments, results, workdir, capsys):
     capsys.readouterr()
     assert bench.main(arguments) == results  # read back from result.json, nothing re-run
     assert "fit + test" not in capsys.readouterr().out
+    arms = ["--arm", "a:model.dropout=0.1", "--arm", "b:model.attention_dropout=0.1", "--arm", "c:model.dropout=0.3"]
+    assert bench.main([*arguments, *arms, "--report"]) == results  # c is not run
+    assert "| c |" not in (out / "table.md").read_text()
     assert bench.parse_arm("x:") == ("x", {}) and bench.parse_arm("y:a.b=1,c.d=null") == ("y", {"a.b": 1, "c.d": None})
     with pytest.raises(SystemExit):
         bench.parse_arm("no-colon")
