@@ -19,15 +19,18 @@ Studies (issue 14):
             fit in the unfused arm's time (``--fused-epochs``)
   grouping  ``data.length_group_size`` 128 (the default), 64 and 352 (more than the 344 training examples:
             one sort of the whole set, the same batches every epoch), with ``data.group_by_length: false``
-            (uniform shuffling) as the reference
+            (uniform shuffling) as the reference, and shuffled for fewer epochs, about as many as fit in
+            the default's time (``--shuffled-epochs``)
 
 ``--study all`` runs both; an arm named in both runs once.
 
 Figures per arm, each the median over seeds (range = min-max):
 
-* best val/loss and its epoch; val/loss at the budget: the best val/loss an arm had reached within the
+* best val/loss and its epoch (from 1); val/loss at the budget: the best val/loss an arm had reached within the
   ``--budget-arm``'s fit time of the same seed (equal wall-clock);
-* fit s: the ``fit`` call's wall-clock time; × time: over the first arm's, paired by seed;
+* fit s: the ``fit`` call's wall-clock time; s/epoch: the median time between two validations (a noisy
+  neighbour's burst moves it less than the total); × time: s/epoch × epochs over the first arm's, paired by
+  seed;
 * padding: padded positions / all positions of the training batches (one epoch of the arm's sampler);
 * pass@1, pass@5, syntax-valid: ``ExecutionEval`` on the held-out test tasks (the config's sampling).
 
@@ -53,16 +56,17 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDIES = {
-    "dropout": lambda fused_epochs: [
+    "dropout": lambda args: [
         "attn-0.2:model.attention_dropout=0.2",
         "default:",  # attention dropout 0, data.length_group_size 128
-        f"default-{fused_epochs}ep:trainer.max_epochs={fused_epochs}",
+        f"default-{args.fused_epochs}ep:trainer.max_epochs={args.fused_epochs}",
     ],
-    "grouping": lambda fused_epochs: [
+    "grouping": lambda args: [
         "default:",
         "group-64:data.length_group_size=64",
         "group-352:data.length_group_size=352",
         "shuffled:data.group_by_length=false",
+        f"shuffled-{args.shuffled_epochs}ep:data.group_by_length=false,trainer.max_epochs={args.shuffled_epochs}",
     ],
 }
 SMOKE = {
@@ -198,8 +202,13 @@ def summarise(arms: list[str], results: dict[tuple[str, int], dict], seeds: list
         span = f" ({min(values):.4g}–{max(values):.4g})" if len(values) > 1 else ""
         return f"{m:.4g}{span}"
 
-    rows = ["| arm | seeds | epochs | fit s | × time | padding | best val/loss (epoch) | val/loss at budget | test loss | pass@1 | pass@5 | syntax-valid |",
-            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    def epoch_seconds(result: dict) -> float:
+        """Median wall-clock time between validations: a neighbour's burst moves it less than the total."""
+        times = [0.0] + [c[0] for c in result["val_curve"]]
+        return statistics.median(b - a for a, b in zip(times, times[1:]))
+
+    rows = ["| arm | seeds | epochs | fit s | s/epoch | × time | padding | best val/loss (epoch) | val/loss at budget | test loss | pass@1 | pass@5 | syntax-valid |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for arm in arms:
         runs = {s: results[(arm, s)] for s in seeds if (arm, s) in results}
         if not runs:
@@ -209,18 +218,18 @@ def summarise(arms: list[str], results: dict[tuple[str, int], dict], seeds: list
             curve = r["val_curve"]
             t, epoch, loss = min(curve, key=lambda c: c[2])
             best.append(loss)
-            best_epoch.append(epoch)
+            best_epoch.append(epoch + 1)  # counted from 1, as max_epochs is
             budget = results.get((budget_arm, seed), {}).get("fit_seconds")
             if budget is not None:
                 within = [c[2] for c in curve if c[0] <= budget]
                 at_budget.append(min(within) if within else None)
             first = results.get((arms[0], seed))
             if first:
-                ratio.append(r["fit_seconds"] / first["fit_seconds"])
+                ratio.append(epoch_seconds(r) * len(r["val_curve"]) / (epoch_seconds(first) * len(first["val_curve"])))
         suite = [next(iter(r["test"].values()), {}) for r in runs.values()]
         rows.append(
             f"| {arm} | {len(runs)} | {med([r['epochs'] for r in runs.values()])} | {med([r['fit_seconds'] for r in runs.values()])} "
-            f"| {med(ratio)} | {med([r['padding'] for r in runs.values()])} | {med(best)} ({med(best_epoch)}) | {med(at_budget)} "
+            f"| {med([epoch_seconds(r) for r in runs.values()])} | {med(ratio)} | {med([r['padding'] for r in runs.values()])} | {med(best)} ({med(best_epoch)}) | {med(at_budget)} "
             f"| {med([r.get('test_loss') for r in runs.values()])} | {med([s.get('pass@1') for s in suite])} "
             f"| {med([s.get('pass@5') for s in suite])} | {med([s.get('syntax_valid') for s in suite])} |"
         )
@@ -233,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
     parser.add_argument("--study", choices=[*STUDIES, "all"], default=None)
     parser.add_argument("--arm", action="append", default=[], help="NAME:key=value[,key=value...] (repeatable)")
     parser.add_argument("--fused-epochs", type=int, default=19, help="epochs of the dropout study's longer fused arm")
+    parser.add_argument("--shuffled-epochs", type=int, default=10, help="epochs of the grouping study's shorter shuffled arm")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--budget-arm", default=None, help="equal wall-clock reference (default: the first arm)")
     parser.add_argument("--out", default=None, help="default: bench/results/recipe (--smoke: a temporary folder)")
@@ -242,7 +252,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
 
     specs = list(args.arm)
     for study in ([*STUDIES] if args.study == "all" else [args.study] if args.study else []):
-        specs += STUDIES[study](args.fused_epochs)
+        specs += STUDIES[study](args)
     if args.smoke and not specs:
         specs = ["a:model.dropout=0.1", "b:model.attention_dropout=0.1"]
     if not specs:
@@ -281,6 +291,7 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
                       f"{min(c[2] for c in result['val_curve']):.4f}", flush=True)
         table = summarise(names, results, seeds, budget_arm)
         header = f"config {args.config}, seeds {seeds}, budget arm {budget_arm}\n\n"
+        out.mkdir(parents=True, exist_ok=True)
         (out / "table.md").write_text(header + table + "\n")
         print(header + table)
         return results

@@ -120,6 +120,7 @@ def _recipe_compare(bench, arguments, results, workdir, capsys):
     arms = ["--arm", "a:model.dropout=0.1", "--arm", "b:model.attention_dropout=0.1", "--arm", "c:model.dropout=0.3"]
     assert bench.main([*arguments, *arms, "--report"]) == results  # c is not run
     assert "| c |" not in (out / "table.md").read_text()
+    assert bench.main(["--study", "all", "--report", "--out", str(workdir / "none")]) == {}  # the studies' arms parse
     assert bench.parse_arm("x:") == ("x", {}) and bench.parse_arm("y:a.b=1,c.d=null") == ("y", {"a.b": 1, "c.d": None})
     with pytest.raises(SystemExit):
         bench.parse_arm("no-colon")
