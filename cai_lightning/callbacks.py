@@ -24,11 +24,11 @@ from typing import Any, Sequence
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
-from lightning.pytorch.strategies import FSDPStrategy
 from tqdm.auto import tqdm
 
 from cai_lightning import evaluation, sandbox
 from cai_lightning.constitution.prompts import extract_code
+from cai_lightning.devices import weights_sharded as _sharded
 from cai_lightning.model import Generation
 
 
@@ -50,11 +50,6 @@ def _gather(trainer: pl.Trainer, obj: Any) -> list[Any]:
     gathered: list[Any] = [None] * trainer.world_size
     torch.distributed.all_gather_object(gathered, obj)
     return gathered
-
-
-def _sharded(trainer: pl.Trainer) -> bool:
-    """Whether each rank holds only a shard of the weights (FSDP): a forward pass then needs every rank."""
-    return isinstance(trainer.strategy, FSDPStrategy)
 
 
 @contextmanager

@@ -25,3 +25,10 @@ def inference_dtype(device: torch.device) -> torch.dtype:
     if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16()):
         return torch.bfloat16
     return torch.float32
+
+
+def weights_sharded(trainer) -> bool:
+    """Whether each rank holds only a shard of the weights (FSDP): a forward pass then needs every rank."""
+    from lightning.pytorch.strategies import FSDPStrategy
+
+    return isinstance(trainer.strategy, FSDPStrategy)

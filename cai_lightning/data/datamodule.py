@@ -25,7 +25,6 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.strategies import FSDPStrategy
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
@@ -43,7 +42,7 @@ from cai_lightning.data.tokenization import (
     tokenizer_fingerprint,
     train_bpe_tokenizer,
 )
-from cai_lightning.devices import inference_dtype, resolve_device
+from cai_lightning.devices import inference_dtype, resolve_device, weights_sharded
 from cai_lightning.errors import ConfigError, DataError
 from cai_lightning.prompts import TEMPLATE_VERSION, PromptStyle, check_prompt_style, format_prompt, styled_prompt
 
@@ -518,7 +517,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         """
         data = self.prompt_examples(self.hparams.predict_split, self.hparams.predict_limit)
         trainer = self.trainer
-        if trainer is not None and trainer.world_size > 1 and isinstance(trainer.strategy, FSDPStrategy):
+        if trainer is not None and trainer.world_size > 1 and weights_sharded(trainer):
             sampler = DistributedSampler(data, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False)
             return self._eval_loader(data, sampler)
         return self._eval_loader(data)
