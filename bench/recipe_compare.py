@@ -46,6 +46,7 @@ from __future__ import annotations
 import argparse
 import copy
 import gc
+import itertools
 import json
 import statistics
 import tempfile
@@ -145,20 +146,9 @@ def padding_share(datamodule) -> float:
 
 def prepare(config: Path) -> None:
     """Build (or reuse) the config's cached dataset before any run is timed."""
-    from cai_lightning.cli import CAILightningCLI
-    from cai_lightning.data.datamodule import CodeInstructionDataModule
-    from cai_lightning.model import CodeLM
+    from cai_lightning.cli import build
 
-    class BuildOnly(CAILightningCLI):
-        def fit(self, **kwargs) -> None:
-            pass
-
-    cli = BuildOnly(
-        CodeLM, CodeInstructionDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        args=["fit", "--config", str(config), "--trainer.logger=false"], save_config_callback=None,
-        auto_configure_optimizers=False,
-    )
-    cli.datamodule.prepare_data()
+    build(["--config", str(config)]).datamodule.prepare_data()
 
 
 def run_one(config: Path, folder: Path) -> dict:
@@ -205,7 +195,7 @@ def summarise(arms: list[str], results: dict[tuple[str, int], dict], seeds: list
     def epoch_seconds(result: dict) -> float:
         """Median wall-clock time between validations: a neighbour's burst moves it less than the total."""
         times = [0.0] + [c[0] for c in result["val_curve"]]
-        return statistics.median(b - a for a, b in zip(times, times[1:]))
+        return statistics.median(b - a for a, b in itertools.pairwise(times))
 
     rows = ["| arm | seeds | epochs | fit s | s/epoch | × time | padding | best val/loss (epoch) | val/loss at budget | test loss | pass@1 | pass@5 | syntax-valid |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -216,7 +206,7 @@ def summarise(arms: list[str], results: dict[tuple[str, int], dict], seeds: list
         best, best_epoch, at_budget, ratio = [], [], [], []
         for seed, r in runs.items():
             curve = r["val_curve"]
-            t, epoch, loss = min(curve, key=lambda c: c[2])
+            _, epoch, loss = min(curve, key=lambda c: c[2])
             best.append(loss)
             best_epoch.append(epoch + 1)  # counted from 1, as max_epochs is
             budget = results.get((budget_arm, seed), {}).get("fit_seconds")

@@ -63,8 +63,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from cai_lightning.cli import CAILightningCLI
-from cai_lightning.data.datamodule import CodeInstructionDataModule
+from cai_lightning.cli import build
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.devices import cpu_supports_bf16
 from cai_lightning.model import CodeLM
@@ -76,20 +75,9 @@ SMOKE = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--data.b
 
 
 # ---------------------------------------------------------------- building from the config
-class _BuildOnly(CAILightningCLI):
-    """The project's CLI up to instantiation: ``fit`` is parsed and the classes built, nothing is run."""
-
-    def fit(self, **kwargs) -> None:
-        pass
-
-
 def from_config(config: Path, flags: list[str]):
     """(model, data module, the parsed ``fit`` namespace), built exactly as ``cai_lightning fit`` builds them."""
-    cli = _BuildOnly(
-        CodeLM, CodeInstructionDataModule, subclass_mode_model=True, subclass_mode_data=True,
-        args=["fit", "--config", str(config), *flags, "--trainer.logger=false"],
-        save_config_callback=None, auto_configure_optimizers=False,
-    )
+    cli = build(["--config", str(config), *flags])
     return cli.model, cli.datamodule, cli.config.fit
 
 

@@ -252,15 +252,7 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
     quiet_console()
     UserError.latest = None
     try:
-        return CAILightningCLI(
-            CodeLM,
-            CodeInstructionDataModule,
-            subclass_mode_model=True,  # a config may name a subclass (PreferenceLM) with class_path
-            subclass_mode_data=True,
-            args=args,
-            save_config_callback=SaveRunConfig,  # config.yaml of a run is never overwritten
-            auto_configure_optimizers=False,  # CodeLM.configure_optimizers owns AdamW and its schedule
-        )
+        return _project_cli(CAILightningCLI, args, save_config_callback=SaveRunConfig)  # a run's config.yaml is never overwritten
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
@@ -270,3 +262,27 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
             raise
         print(f"error: {cause}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _project_cli(cli_class: type[CAILightningCLI], args: list[str] | None, save_config_callback) -> CAILightningCLI:
+    return cli_class(
+        CodeLM,
+        CodeInstructionDataModule,
+        subclass_mode_model=True,  # a config may name a subclass (PreferenceLM) with class_path
+        subclass_mode_data=True,
+        args=args,
+        save_config_callback=save_config_callback,
+        auto_configure_optimizers=False,  # CodeLM.configure_optimizers owns AdamW and its schedule
+    )
+
+
+class _BuildOnly(CAILightningCLI):
+    def fit(self, **kwargs) -> None:
+        """Nothing: :func:`build` wants the classes, not the run."""
+
+
+def build(args: list[str]) -> CAILightningCLI:
+    """The model, data module and trainer of ``cai_lightning fit ARGS``, built exactly as that command builds
+    them (the same parsing, bf16 fallback and links), with nothing run and no run folder or config written:
+    what the benchmarks time their own loops on. Nothing is prepared either (``datamodule.prepare_data()``)."""
+    return _project_cli(_BuildOnly, ["fit", *args, "--trainer.logger=false"], save_config_callback=None)
