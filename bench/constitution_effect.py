@@ -1,4 +1,4 @@
-"""Does the constitution make better data, and does better data make a better model? Five arms, one run.
+"""Does the constitution make better data, and does better data make a better model? Six arms, one run.
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
         [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5] [--humaneval-limit 164]
@@ -15,6 +15,9 @@ corrupted: every arm is scored on the same clean held-out tasks.
   sft-corrupted      SFT on the corrupted outputs
   sft-constitution   SFT on the corrupted outputs after the constitution stage (the model as its own
                      critic, fixers on, rows still failing a must-pass principle dropped)
+  sft-no-critic      the same stage without the critic (``data.revise.candidates: 0``): only the fixers
+                     (ruff, a docstring) revise, and the same rows are dropped. What the critic adds is
+                     sft-constitution minus this arm; what filtering alone does is this arm minus sft-corrupted
   sft-constitution-dpo  sft-constitution's export, then DPO (``cai_lightning.dpo``) on the stage's preference
                      pairs for ``--dpo-steps`` more optimizer steps: RL-CAI's second half (needs sft-constitution)
 
@@ -46,19 +49,22 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-ARMS = ("base", "sft-clean", "sft-corrupted", "sft-constitution", "sft-constitution-dpo")
+ARMS = ("base", "sft-clean", "sft-corrupted", "sft-constitution", "sft-no-critic", "sft-constitution-dpo")
 DPO_ARM = "sft-constitution-dpo"
+NO_CRITIC_ARM = "sft-no-critic"
 BOOTSTRAP = 2000  # resamples of the tasks for each interval
 
 
 # ------------------------------------------------------------------------------------------------- data
-def write_sources(out: Path, data: dict, fraction: float, seed: int) -> dict:
-    """The shipped tasks as ``clean.jsonl`` and, with a seeded share of the *training* outputs corrupted,
-    ``corrupted.jsonl`` (same rows, same order, so every task lands in the same split); returns the log."""
+def write_sources(out: Path, data: dict, fraction: float, seed: int, every: int = 1) -> dict:
+    """The shipped tasks (every ``every``-th: ``--smoke`` takes a quarter) as ``clean.jsonl`` and, with a
+    seeded share of the *training* outputs corrupted, ``corrupted.jsonl`` (same rows, same order, so every
+    task lands in the same split); returns the log."""
     from cai_lightning.data.corruption import corrupt
     from cai_lightning.data.records import builtin_files, split_of
 
     rows = [json.loads(line) for path in builtin_files() for line in path.read_text().splitlines() if line.strip()]
+    rows = rows[::every]
     train = [i for i, r in enumerate(rows) if split_of(
         {**r, "input": r.get("input", "")}, data["val_fraction"], data["test_fraction"], data["split_seed"]) == "train"]
     corrupted_train, log = corrupt([rows[i] for i in train], fraction, seed)
@@ -85,9 +91,11 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
     if args.device:
         trainer["accelerator"] = "gpu" if args.device == "cuda" else args.device
         data.setdefault("revise", {})["device"] = args.device
-    constitution_arm = arm in ("sft-constitution", DPO_ARM)
+    constitution_arm = arm in ("sft-constitution", NO_CRITIC_ARM, DPO_ARM)
     data["source"] = str(out / ("corrupted.jsonl" if arm == "sft-corrupted" or constitution_arm else "clean.jsonl"))
     data["constitution"] = "default" if constitution_arm else None
+    if arm == NO_CRITIC_ARM:
+        data.setdefault("revise", {}).update(candidates=0, fixers=True)
     if args.cache_dir:
         data["cache_dir"] = args.cache_dir
     for callback in trainer["callbacks"]:
@@ -250,7 +258,7 @@ def table(results: dict[str, dict]) -> str:
             for metric in metrics:
                 mean, low, high = interval([task[metric] for task in scored[arm].values()])
                 cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-            for baseline, shown in (("sft-corrupted", arm != "sft-corrupted"), ("sft-constitution", arm == DPO_ARM)):
+            for baseline, shown in (("sft-corrupted", arm != "sft-corrupted"), ("sft-constitution", arm in (NO_CRITIC_ARM, DPO_ARM))):
                 if shown and baseline in scored:  # paired over tasks
                     mean, low, high = paired(
                         {t: v["pass@1"] for t, v in scored[arm].items()}, {t: v["pass@1"] for t, v in scored[baseline].items()}
@@ -259,10 +267,11 @@ def table(results: dict[str, dict]) -> str:
                 else:
                     cells.append("")
             lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    stage = next((r["stage"] for r in results.values() if "stage" in r), None)
-    if stage:
-        lines += ["", "what the constitution stage did with each corrupted training row, by kind:", ""]
-        for kind, counts in stage["by_kind"].items():
+    for arm, result in results.items():
+        if "stage" not in result or arm == DPO_ARM:  # the DPO arm reuses sft-constitution's stage
+            continue
+        lines += ["", f"what the constitution stage of {arm} did with each corrupted training row, by kind:", ""]
+        for kind, counts in result["stage"]["by_kind"].items():
             lines.append(f"  {kind:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
     timing = [f"{arm}: fit {r.get('fit_seconds', 0):.0f} s, test {r['test_seconds']:.0f} s" for arm, r in results.items()]
     lines += ["", "time: " + "; ".join(timing)]
@@ -270,9 +279,9 @@ def table(results: dict[str, dict]) -> str:
 
 
 SMOKE = {  # a tiny random GPT-2 from configs/default.yaml, a few steps, fixers only
-    "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 256,
+    "model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "model.n_positions": 384,
     "model.generation.num_beams": 1, "model.generation.num_return_sequences": 1, "model.generation.max_new_tokens": 8,
-    "data.max_length": 256, "data.vocab_size": 300, "data.revise.candidates": 0,
+    "data.max_length": 384, "data.vocab_size": 600, "data.revise.candidates": 0,
     "trainer.enable_model_summary": False,
 }
 
@@ -307,7 +316,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out)
     base = yaml.safe_load(Path(args.config).read_text())
-    corruption = write_sources(out, base["data"], args.fraction, args.seed)
+    # --smoke: a quarter of the tasks, so that its constitution stage checks ~110 rows, not 440
+    corruption = write_sources(out, base["data"], args.fraction, args.seed, every=4 if args.smoke else 1)
     kinds = Counter(entry["kind"] for entry in corruption["log"])
     print(f"corrupted {corruption['corrupted']} of {corruption['train_rows']} training outputs: {dict(kinds)}", flush=True)
 

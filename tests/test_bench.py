@@ -58,16 +58,20 @@ def _constitution_effect(bench, arguments, results, workdir, capsys):
     corrupted = json.loads((out / "corruption.json").read_text())
     assert corrupted and {entry["kind"] for entry in corrupted} <= set(KINDS)
     clean = (out / "clean.jsonl").read_text().splitlines()
-    assert len(clean) == len((out / "corrupted.jsonl").read_text().splitlines()) == 440
+    assert len(clean) == len((out / "corrupted.jsonl").read_text().splitlines()) == 110  # --smoke: every 4th task
     for arm, result in results.items():
         samples = result["suites"]["tasks"]["samples"]
         assert len(samples) == 4 * 2  # --smoke: 4 tasks, 2 samples each
         assert ("fit_seconds" in result) == (arm != "base")
     assert "by_kind" in results["sft-constitution"]["stage"]
+    no_critic = yaml.safe_load((out / "sft-no-critic" / "config.yaml").read_text())["data"]
+    assert no_critic["constitution"] == "default" and no_critic["revise"]["candidates"] == 0
+    assert no_critic["source"].endswith("corrupted.jsonl")
     table = (out / "table.md").read_text()
     for arm in bench.ARMS:
         assert f"| {arm} |" in table
     assert "pass@1 - sft-corrupted" in table and "pass@1 - sft-constitution" in table
+    assert "stage of sft-constitution did" in table and "stage of sft-no-critic did" in table
     dpo = yaml.safe_load((out / "sft-constitution-dpo" / "config.yaml").read_text())
     assert dpo["model"]["class_path"].endswith("PreferenceLM") and "sft-constitution" in dpo["model"]["init_args"]["pretrained"]
     assert results["sft-constitution-dpo"]["optimizer_steps"] == 2
