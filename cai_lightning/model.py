@@ -13,6 +13,8 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision, Precision
+from lightning.pytorch.utilities import GradClipAlgorithmType
 from torchmetrics import MeanMetric
 from transformers import (
     AutoConfig,
@@ -247,14 +249,25 @@ class CodeLM(pl.LightningModule):
         self, optimizer: torch.optim.Optimizer, gradient_clip_val: float | None = None,
         gradient_clip_algorithm: str | None = None,
     ) -> None:
-        """``trainer.gradient_clip_val`` by norm under FSDP too, where Lightning refuses it (Lightning #19235): each
-        rank holds a shard of the gradients, so the norm is the FSDP root's ``clip_grad_norm_``, a collective over
-        all shards (``torch.nn.utils.clip_grad_norm_`` would clip each shard by its own norm)."""
+        """``trainer.gradient_clip_val`` where Lightning refuses it.
+
+        * FSDP (Lightning #19235): each rank holds a shard of the gradients, so the norm is the FSDP root's
+          ``clip_grad_norm_``, a collective over all shards (``torch.nn.utils.clip_grad_norm_`` would clip each
+          shard by its own norm).
+        * bf16-mixed with the fused AdamW (Lightning #21435): the mixed-precision plugin refuses to clip for any
+          optimizer that could unscale gradients inside its step, although bf16 has no gradient scaler and so
+          nothing to unscale; the gradients are clipped as under 32-true.
+        """
         from torch.distributed.fsdp import FullyShardedDataParallel
 
         sharded = isinstance(self.trainer.model, FullyShardedDataParallel)
         if sharded and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
             self.trainer.model.clip_grad_norm_(gradient_clip_val)
+            return
+        plugin = self.trainer.precision_plugin
+        if isinstance(plugin, MixedPrecision) and plugin.scaler is None and gradient_clip_val:
+            algorithm = GradClipAlgorithmType(gradient_clip_algorithm or "norm")
+            Precision.clip_gradients(plugin, optimizer, gradient_clip_val, algorithm)  # the base class: no check
             return
         self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 

@@ -140,6 +140,28 @@ def test_compiled_forward_gives_the_eager_loss_and_keeps_one_copy_of_the_weights
     assert torch.allclose(compiled._loss_and_metrics(batch, "val"), eager._loss_and_metrics(batch, "val"), atol=1e-5)
 
 
+@pytest.mark.parametrize("algorithm", ["norm", "value"])
+def test_bf16_mixed_clips_gradients_with_the_fused_adamw(tokenizer, algorithm):
+    """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (Lightning #21435), which
+    bf16-mixed, with no gradient scaler, does not need: the default config's precision on a bf16 CPU."""
+    module = _module(tokenizer)
+    clip, seen = 1e-3, []
+
+    class AfterStep(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            grads = torch.cat([p.grad.flatten() for p in pl_module.parameters() if p.grad is not None])
+            seen.append(grads.abs().max() if algorithm == "value" else torch.linalg.vector_norm(grads))
+
+    trainer = pl.Trainer(
+        precision="bf16-mixed", gradient_clip_val=clip, gradient_clip_algorithm=algorithm, max_steps=2,
+        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, callbacks=[AfterStep()],
+    )
+    trainer.fit(module, train_dataloaders=DataLoader([_padded_batch(tokenizer)] * 2, batch_size=None))
+    assert trainer.optimizers[0].param_groups[0]["fused"]
+    assert len(seen) == 2 and all(value <= clip * 1.001 for value in seen)  # unclipped, the norm is ~1
+
+
 def test_weight_decay_groups_exclude_biases_and_layernorm(tokenizer):
     module = _module(tokenizer)
 
