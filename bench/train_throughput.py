@@ -9,7 +9,11 @@ does; extra ``--section.key=value`` flags are passed to that parser. Every row t
 seed, same initial weights) on the same tokenized training split with the same batch size, collator
 (``PadCollator``), AdamW settings (lr, betas, weight decay on 2-D weights only, ``torch.optim.AdamW`` with
 ``fused=True``: the Trainer's default ``adamw_torch_fused``, and what our module picks),
-gradient clipping, warmup-cosine schedule and number of optimizer steps (default: one epoch). Rows:
+gradient clipping, warmup-cosine schedule and number of optimizer steps (default: one epoch). The network is
+the same function with the same weights in every row, but the Trainer's rows run it as transformers builds it
+(``nn.Dropout``, transformers' ``sdpa`` attention), ours as ``CodeLM.configure_model`` does (its CPU dropout and
+attention, see cai_lightning/model.py), and our step applies the LM head to the positions with a label only:
+those are our step's work, as the sampler and the loop are. Rows:
 
   hf-own-bf16      transformers.Trainer, its own sampler (``train_sampling_strategy="group_by_length"``,
                    what a user porting ``data.group_by_length: true`` sets; ``random`` when the config has
@@ -35,10 +39,12 @@ neighbour falls on all rows alike; range = min-max):
 * padding: padded positions / all positions of the batches;
 * × HF own: throughput over ``hf-own`` of the same precision in the same repeat (paired), median and range;
 * % peak: useful model FLOPs per second over this CPU's matmul peak in that dtype, measured in the same run
-  (a square n=2048 matmul, timed for ``--peak-seconds``). Model FLOPs are the matmuls a step does on the
-  real (non-padding) tokens, counted as in PaLM's MFU (Chowdhery et al. 2022, app. B): 6·N per token
-  (N = weights of every Linear/Conv1D, the LM head included, embeddings lookups not) plus 12·L·d·ℓ² per
-  sequence of ℓ tokens for attention (QKᵀ and AV, forward and backward, not halved for the causal mask).
+  (a square n=2048 matmul, timed for ``--peak-seconds``). Model FLOPs are the matmuls a step needs, counted
+  as in PaLM's MFU (Chowdhery et al. 2022, app. B): 6·N per real (non-padding) token (N = weights of every
+  Linear/Conv1D but the LM head, embedding lookups not counted), 6·N_head per token with a label (the head's
+  logits elsewhere, on the prompt, are never used: our step does not compute them, the Trainer's does), plus
+  12·L·d·ℓ² per sequence of ℓ tokens for attention (QKᵀ and AV, forward and backward, not halved for the
+  causal mask). The same count for every row: rows compare as they would by tokens.
 
 ``--smoke`` runs every row for 3 steps on a tiny model and raw data in a temporary cache (seconds; CI).
 """
@@ -98,7 +104,8 @@ class Clock:
     """Per optimizer step: its end time and what its batches held (target tokens, positions, real tokens,
     useful model FLOPs, see the module docstring)."""
 
-    n_matmul: int  # weights of every Linear/Conv1D (the FLOPs of one token's forward are 2x this)
+    n_matmul: int  # weights of every Linear/Conv1D but the LM head (the FLOPs of one token's forward are 2x this)
+    n_head: int  # weights of the LM head, used at the positions with a label only
     attention: int  # 12 * n_layer * hidden size: one sequence's attention FLOPs per squared length
     ends: list[float] = field(default_factory=list)
     steps: list[tuple[int, int, int, float]] = field(default_factory=list)
@@ -109,14 +116,16 @@ class Clock:
         from transformers.pytorch_utils import Conv1D
 
         weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
+        head = model.get_output_embeddings().weight.numel()
         config = model.config
-        return cls(weights, 12 * config.num_hidden_layers * config.hidden_size)
+        return cls(weights - head, head, 12 * config.num_hidden_layers * config.hidden_size)
 
     def batch(self, batch: dict[str, torch.Tensor]) -> None:
         lengths = batch["attention_mask"].sum(1).double()  # (B,) real tokens per sequence
-        flops = float(6 * self.n_matmul * lengths.sum() + self.attention * (lengths**2).sum())
+        targets = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        flops = float(6 * self.n_matmul * lengths.sum() + 6 * self.n_head * targets + self.attention * (lengths**2).sum())
         pending = self._pending
-        pending[0] += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+        pending[0] += targets
         pending[1] += batch["input_ids"].numel()
         pending[2] += int(lengths.sum())
         pending[3] += flops
@@ -168,11 +177,23 @@ def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: 
     return clock.figures()
 
 
+def as_transformers_builds_it(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with transformers' own dropout modules and ``sdpa`` attention in place of ``CodeLM``'s: the same
+    function and weights, run as a user of the Trainer would run them."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, torch.nn.Dropout):
+                setattr(module, name, torch.nn.Dropout(child.p))
+    model.set_attn_implementation("sdpa")
+    return model
+
+
 def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, our_sampler: bool, seed: int) -> dict:
     """``transformers.Trainer`` with our settings; its own sampler, or our data module's."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     hp = module.hparams
+    model = as_transformers_builds_it(module.model)
     loader = datamodule.train_dataloader()  # our dataset, collator and sampler, as Lightning gets them
     clock = Clock.for_model(module.model)
 
@@ -202,7 +223,7 @@ def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, o
             eval_strategy="no", disable_tqdm=True, dataloader_num_workers=loader.num_workers,
         )
         trainer = TimedTrainer(
-            model=module.model, args=args, train_dataset=loader.dataset, data_collator=loader.collate_fn,
+            model=model, args=args, train_dataset=loader.dataset, data_collator=loader.collate_fn,
             callbacks=[StepEnd()],
         )
         trainer.remove_callback(PrinterCallback)  # its end-of-training metrics dict, printed

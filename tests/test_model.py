@@ -15,7 +15,7 @@ from cai_lightning.data.tokenization import (
     train_bpe_tokenizer,
 )
 from cai_lightning.errors import ConfigError
-from cai_lightning.model import CodeLM, Generation, context_length, warmup_cosine
+from cai_lightning.model import CPU_SDPA, CodeLM, Dropout, Generation, context_length, cpu_sdpa_attention, warmup_cosine
 from cai_lightning.prompts import format_prompt
 from conftest import make_rows, save_tiny_gpt2, save_tiny_llama
 
@@ -28,7 +28,7 @@ def tokenizer():
 
 def _module(tokenizer, **kwargs):
     torch.manual_seed(0)
-    module = CodeLM(n_layer=1, n_head=2, n_embd=32, n_positions=128, dropout=0.0, **kwargs)
+    module = CodeLM(**{"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 128, "dropout": 0.0, **kwargs})
     module.connect(tokenizer)
     module.configure_model()
     return module
@@ -88,17 +88,61 @@ def _padded_batch(tokenizer):
     )
 
 
-def test_from_config_network_uses_fused_gelu_and_no_attention_dropout_by_default(tokenizer):
+def test_from_config_network_uses_exact_gelu_and_no_attention_dropout_by_default(tokenizer):
     config = CodeLM(dropout=0.2).hparams
     assert config.attention_dropout == 0.0 and config.compile is False
     module = CodeLM(n_layer=1, n_head=2, n_embd=32, n_positions=128, dropout=0.2)
     module.connect(tokenizer)
     module.configure_model()
     config = module.model.config
-    assert config.activation_function == "gelu_pytorch_tanh"
+    assert config.activation_function == "gelu"
     assert config.resid_pdrop == config.embd_pdrop == 0.2 and config.attn_pdrop == 0.0
-    x = torch.linspace(-6, 6, 101)  # the same tanh approximation as GPT-2's gelu_new, in one kernel
-    assert torch.allclose(ACT2FN["gelu_pytorch_tanh"](x), ACT2FN["gelu_new"](x), atol=1e-6)
+    x = torch.linspace(-6, 6, 101)  # within 1e-3 of GPT-2's tanh approximation (gelu_new)
+    assert torch.allclose(ACT2FN["gelu"](x), ACT2FN["gelu_new"](x), atol=1e-3)
+
+
+def test_every_dropout_of_the_network_draws_its_mask_from_uniforms(tokenizer):
+    module = _module(tokenizer, dropout=0.2)
+    dropouts = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert len(dropouts) == 4 and all(type(m) is Dropout for m in dropouts)  # embeddings, attention, 2 residuals
+    assert sorted(m.p for m in dropouts) == [0.0, 0.2, 0.2, 0.2]
+
+
+def test_dropout_keeps_each_value_with_probability_1_minus_p_and_rescales_it():
+    dropout = Dropout(0.25)
+    x = torch.full((200, 1000), 2.0, requires_grad=True)
+    torch.manual_seed(0)
+    y = dropout(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.75) < 0.005  # 2e5 Bernoulli(0.75) draws: sd 0.001
+    assert torch.equal(y[kept], torch.full_like(y[kept], 2.0 / 0.75))
+    y.sum().backward()
+    assert torch.equal(x.grad, kept.float() / 0.75)  # the gradient flows through the kept values only
+    torch.manual_seed(0)
+    assert torch.equal(dropout(x), y)  # the same mask for the same seed
+    assert not torch.equal(dropout(x), y)  # and a new one on the next call
+    assert torch.equal(dropout.eval()(x), x)
+    with torch.no_grad():
+        half = Dropout(0.25)(x.bfloat16())
+    assert half.dtype == torch.bfloat16 and set(half.unique().tolist()) == {0.0, 2 * torch.tensor(1 / 0.75).bfloat16().item()}
+    assert torch.equal(Dropout(1.0)(x), torch.zeros_like(x))
+
+
+def test_cpu_sdpa_attends_bf16_in_fp32_and_saves_as_sdpa(tokenizer, tmp_path):
+    module = _module(tokenizer).eval()
+    assert module.model.config._attn_implementation == CPU_SDPA
+    batch = _padded_batch(tokenizer)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = module._loss_and_metrics(batch, "val")
+        module.model.set_attn_implementation("sdpa")
+        stock = module._loss_and_metrics(batch, "val")
+    assert abs(ours.item() - stock.item()) < 0.02
+    q, k, v = (torch.randn(2, 2, 7, 16, dtype=torch.bfloat16) for _ in range(3))
+    out, _ = cpu_sdpa_attention(module.model.transformer.h[0].attn, q, k, v, None)
+    exact = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, exact.transpose(1, 2).bfloat16())  # (B, T, H, D)
+    module.model.save_pretrained(tmp_path)
+    assert CPU_SDPA not in (tmp_path / "config.json").read_text()  # an export loads with transformers' sdpa
 
 
 def test_loss_is_the_shifted_mean_over_targets_in_fp32_and_bf16_autocast(tokenizer):
@@ -113,6 +157,32 @@ def test_loss_is_the_shifted_mean_over_targets_in_fp32_and_bf16_autocast(tokeniz
     assert mixed.dtype == torch.float32 and abs(mixed.item() - loss.item()) < 0.05  # bf16 logits, fp32 loss
     module.model.to(torch.bfloat16)  # bf16-true: no autocast to upcast, the loss still sums in fp32
     assert module._loss_and_metrics(batch, "val").dtype == torch.float32
+
+
+@pytest.mark.parametrize("architecture", ["gpt2", "llama"])
+def test_head_on_target_positions_only_gives_the_full_forwards_loss_accuracy_and_gradients(tokenizer, tmp_path, architecture):
+    if architecture == "gpt2":
+        module = _module(tokenizer)
+    else:  # a pretrained Llama (SmolLM2's family): tied embeddings, grouped-query attention
+        path = save_tiny_llama(tmp_path / "llama")
+        tokenizer = load_pretrained_tokenizer(str(path))
+        module = CodeLM(pretrained=str(path))
+        module.connect(tokenizer)
+        module.configure_model()
+    assert module._plain_head
+    batch = _padded_batch(tokenizer)
+    figures = []
+    for plain_head in (True, False):
+        module._plain_head = plain_head
+        module.model.zero_grad()
+        loss = module._loss_and_metrics(batch, "val")
+        loss.backward()
+        accuracy = module.metrics["val_acc"].compute().item()
+        module.metrics["val_acc"].reset()
+        figures.append((loss.item(), accuracy, [p.grad.clone() for p in module.model.parameters()]))
+    (loss, accuracy, grads), (full_loss, full_accuracy, full_grads) = figures
+    assert loss == pytest.approx(full_loss, abs=1e-6) and accuracy == full_accuracy
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads, full_grads))
 
 
 def test_training_accuracy_only_on_logged_steps(tokenizer):
