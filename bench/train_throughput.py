@@ -72,7 +72,7 @@ import torch
 from cai_lightning.cli import build
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.devices import cpu_supports_bf16
-from cai_lightning.model import CodeLM
+from cai_lightning.model import CodeLM, Dropout, replace_dropouts
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("hf-own-bf16", "hf-own-fp32", "hf-ours-bf16", "hf-ours-fp32", "ours-32-true", "ours-bf16-mixed")
@@ -180,10 +180,7 @@ def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: 
 def as_transformers_builds_it(model: torch.nn.Module) -> torch.nn.Module:
     """``model`` with transformers' own dropout modules and ``sdpa`` attention in place of ``CodeLM``'s: the same
     function and weights, run as a user of the Trainer would run them."""
-    for module in list(model.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, torch.nn.Dropout):
-                setattr(module, name, torch.nn.Dropout(child.p))
+    replace_dropouts(model, Dropout, torch.nn.Dropout)
     model.set_attn_implementation("sdpa")
     return model
 

@@ -117,6 +117,14 @@ class Dropout(torch.nn.Dropout):
         return x * keep
 
 
+def replace_dropouts(model: torch.nn.Module, old: type[torch.nn.Dropout], new: type[torch.nn.Dropout]) -> None:
+    """Every dropout module of ``model`` of exactly the class ``old`` rebuilt as ``new`` with its ``p``, in place."""
+    for module in list(model.modules()):
+        for name, child in module.named_children():
+            if type(child) is old:
+                setattr(module, name, new(child.p))
+
+
 def context_length(config: PretrainedConfig) -> int | None:
     """The longest sequence, prompt + completion, a model's config says it covers; ``None`` if it names none.
 
@@ -282,10 +290,7 @@ class CodeLM(pl.LightningModule):
             with torch.random.fork_rng(devices=[]):  # the new rows are drawn: the same every time this model is built
                 torch.manual_seed(0)  # (DPO's reference, built apart from the policy, must be the very same network)
                 model.resize_token_embeddings(len(tok), pad_to_multiple_of=64, mean_resizing=True)
-        for module in list(model.modules()):
-            for name, child in module.named_children():
-                if type(child) is torch.nn.Dropout:
-                    setattr(module, name, Dropout(child.p))
+        replace_dropouts(model, torch.nn.Dropout, Dropout)
         if model.config._attn_implementation == "sdpa":
             model.set_attn_implementation(CPU_SDPA)
         model.train()  # from_pretrained returns eval mode; Lightning keeps module modes as they are
