@@ -46,6 +46,10 @@ neighbour falls on all rows alike; range = min-max):
   12·L·d·ℓ² per sequence of ℓ tokens for attention (QKᵀ and AV, forward and backward, not halved for the
   causal mask). The same count for every row: rows compare as they would by tokens.
 
+Every row runs with glibc's malloc keeping freed memory for reuse, as ``python -m cai_lightning`` sets it
+(``cai_lightning.devices.keep_freed_memory``; ``--glibc-malloc`` leaves malloc as it is): the ratios compare
+the steps, not the allocator.
+
 ``--smoke`` runs every row for 3 steps on a tiny model and raw data in a temporary cache (seconds; CI).
 """
 
@@ -71,7 +75,7 @@ import torch
 
 from cai_lightning.cli import build
 from cai_lightning.data.tokenization import IGNORE_INDEX
-from cai_lightning.devices import cpu_supports_bf16
+from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
 from cai_lightning.model import CodeLM, Dropout, replace_dropouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -282,6 +286,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="time each matmul-peak measurement runs")
     parser.add_argument("--peak-n", type=int, default=2048, help="size of the square matmul of the peak")
     parser.add_argument("--smoke", action="store_true", help="seconds: a tiny model, raw data, 3 steps, 1 repeat (CI)")
+    parser.add_argument("--glibc-malloc", action="store_true",
+                        help="leave glibc's malloc as it is; by default every row keeps freed memory for reuse, as "
+                             "`python -m cai_lightning` does (cai_lightning.devices.keep_freed_memory)")
     args, flags = parser.parse_known_args(argv)  # the rest goes to the project's CLI parser
     with tempfile.TemporaryDirectory() as cache, quiet():
         if args.smoke:
@@ -291,6 +298,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 
 def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
+    kept = not args.glibc_malloc and keep_freed_memory()  # process-wide: every row alike
     _, datamodule, config = from_config(args.config, flags)
     seed = config.seed_everything if isinstance(config.seed_everything, int) else 0
     datamodule.prepare_data()
@@ -319,7 +327,8 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     print(
         f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {commit or '?'} (+ working tree), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {args.config.name} {' '.join(flags)}\n"
+        f"{torch.get_num_threads()} threads; {args.config.name} {' '.join(flags)}; "
+        f"malloc {'keeps freed memory (as the CLI)' if kept else 'as glibc sets it'}\n"
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{len(datamodule.splits['train'])} training examples, batch {datamodule.hparams.batch_size}, "
         f"{steps} optimizer steps per row, {args.repeats} repeats (medians, range min-max)\n"

@@ -37,7 +37,7 @@ from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
-from cai_lightning.devices import cpu_supports_bf16
+from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
 from cai_lightning.errors import UserError
 from cai_lightning.model import CodeLM
 
@@ -249,6 +249,7 @@ def main(args: list[str] | None = None) -> CAILightningCLI | None:
     User errors (bad data, bad settings) are printed as one line and exit with status 2.
     """
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+ GPUs; no effect on CPU
+    keep_freed_memory()  # a CPU step's large activations reused, not mapped and zero-filled afresh every step
     quiet_console()
     UserError.latest = None
     try:

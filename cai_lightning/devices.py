@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import platform
+
 import torch
 
 
@@ -32,3 +36,34 @@ def weights_sharded(trainer) -> bool:
     from lightning.pytorch.strategies import FSDPStrategy
 
     return isinstance(trainer.strategy, FSDPStrategy)
+
+
+_freed_memory_kept = False
+
+
+def keep_freed_memory() -> bool:
+    """Have glibc's ``malloc`` keep freed memory in the process for the next allocation; True if applied.
+
+    By default glibc gives every block above its mmap threshold (dynamic, at most 32 MiB) back to the OS on
+    ``free``, and trims the heap's free top. A CPU training step allocates and frees the same large activations
+    every step (the default recipe's attention scores are up to 16 x 4 x 384 x 384 fp32, 38 MB), so each step maps
+    them afresh and the kernel zero-fills them page by page on first touch: ``matmul_attention``'s forward +
+    backward took 1.8-2.7x as long that way at lengths 128-384 (``bench/cpu_attention.py``), and the default
+    recipe's whole bf16 step 1.06x with the fused attention kernel. Raising both thresholds is what PyTorch's CPU
+    performance guide gets from jemalloc or tcmalloc, without preloading either. The cost:
+    the process's resident memory stays at its peak, as with the CUDA caching allocator. Linux with glibc only
+    (elsewhere nothing changes); the CLI calls it at start."""
+    global _freed_memory_kept
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # malloc.h
+    most = 2**31 - 1  # mallopt takes an int
+    if libc.mallopt(m_mmap_threshold, most) and libc.mallopt(m_trim_threshold, most):
+        _freed_memory_kept = True
+    return _freed_memory_kept
+
+
+def freed_memory_kept() -> bool:
+    """Whether :func:`keep_freed_memory` took effect in this process: the CPU attention's matmul path wants it."""
+    return _freed_memory_kept

@@ -88,6 +88,14 @@ def _constitution_throughput(bench, arguments, rows, workdir, capsys):
     assert rows[0]["speedup"] == 1.0 and "speedup" in capsys.readouterr().out
 
 
+def _cpu_attention(bench, arguments, rows, workdir, capsys):
+    """Every length timed for the three kernels, the matmul path giving the fused kernel's output up to bf16."""
+    assert [row["length"] for row in rows] == [16, 40]
+    assert all(row[name] > 0 for row in rows for name in ("sdpa-bf16", "sdpa-fp32", "matmuls"))
+    assert all(row["max_abs_difference"] < 0.05 for row in rows)
+    assert "vs sdpa-bf16" in capsys.readouterr().out
+
+
 def _dpo_step(bench, arguments, rows, workdir, capsys):
     assert [row["mode"] for row in rows] == ["cached", "live"]
     assert rows[0]["reference_s"] > 0 == rows[1]["reference_s"]
@@ -157,6 +165,7 @@ def _train_throughput(bench, arguments, rows, workdir, capsys):
 CHECKS = {
     "constitution_effect": _constitution_effect,
     "constitution_throughput": _constitution_throughput,
+    "cpu_attention": _cpu_attention,
     "dpo_step": _dpo_step,
     "optimizer_step": _optimizer_step,
     "recipe_compare": _recipe_compare,
