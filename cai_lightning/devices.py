@@ -48,11 +48,11 @@ def keep_freed_memory() -> bool:
     ``free``, and trims the heap's free top. A CPU training step allocates and frees the same large activations
     every step (the default recipe's attention scores are up to 16 x 4 x 384 x 384 fp32, 38 MB), so each step maps
     them afresh and the kernel zero-fills them page by page on first touch: ``matmul_attention``'s forward +
-    backward took 1.8-2.7x as long that way at lengths 128-384 (``bench/cpu_attention.py``), and the default
-    recipe's whole bf16 step 1.06x with the fused attention kernel. Raising both thresholds is what PyTorch's CPU
-    performance guide gets from jemalloc or tcmalloc, without preloading either. The cost:
-    the process's resident memory stays at its peak, as with the CUDA caching allocator. Linux with glibc only
-    (elsewhere nothing changes); the CLI calls it at start."""
+    backward took 1.8-2.7x as long that way at lengths 128-384 (``bench/cpu_attention.py``), the default recipe's
+    whole bf16 step, with the fused attention kernel, 1.06x. Raising both thresholds is what PyTorch's CPU
+    performance guide gets from jemalloc or tcmalloc, without preloading either. The cost: the process's resident
+    memory stays at its peak, as with the CUDA caching allocator. Linux with glibc only (elsewhere nothing
+    changes); the CLI calls it at start."""
     global _freed_memory_kept
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
