@@ -48,10 +48,7 @@ def rows(module) -> dict:
     def sdpa_fp32(q, k, v, mask):
         return sdpa_attention_forward(module, q.float(), k.float(), v.float(), mask)[0].to(q.dtype)
 
-    def matmuls(q, k, v, mask):
-        return matmul_attention(q, k, v, mask)
-
-    return {"sdpa-bf16": sdpa_bf16, "sdpa-fp32": sdpa_fp32, "matmuls": matmuls}
+    return {"sdpa-bf16": sdpa_bf16, "sdpa-fp32": sdpa_fp32, "matmuls": matmul_attention}
 
 
 def time_row(fn, q, k, v, mask, grad) -> float:
@@ -84,13 +81,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"batch {args.batch}, {args.heads} heads of {args.head_dim}, bf16, forward + backward, "
           f"{torch.get_num_threads()} threads, malloc {'keeps freed memory' if kept else 'as glibc sets it'}; "
           f"median ms over {args.repeats} repeats")
+    fns = rows(module)
     table = []
     for length in args.lengths:
         shape = (args.batch, args.heads, length, args.head_dim)
         q, k, v = (torch.randn(shape, generator=generator, dtype=torch.bfloat16).requires_grad_() for _ in range(3))
         mask = padded_causal_mask(args.batch, length, generator)
         grad = torch.randn(args.batch, length, args.heads, args.head_dim, generator=generator, dtype=torch.bfloat16)
-        fns = rows(module)
         for fn in fns.values():  # warm-up: first-call allocations and kernel selection
             time_row(fn, q, k, v, mask, grad)
         with torch.no_grad():  # the same attention, up to bf16 rounding

@@ -159,10 +159,9 @@ AttentionMaskInterface.register(CPU_SDPA, sdpa_mask)  # the masks sdpa gets
 
 
 class Dropout(torch.nn.Dropout):
-    """``nn.Dropout`` whose mask, on the CPU, is uniform floats compared with ``p``: the same Bernoulli(1 - p) mask
-    and scaling, in ~half the time of the CPU's ``bernoulli_`` kernel (forward + backward on the default recipe's
-    activations; bernoulli_ was 11-13 % of a bf16 step). Elsewhere (CUDA fuses dropout into one kernel) and for
-    ``p`` = 1 it is ``nn.Dropout``. :meth:`CodeLM.configure_model` puts it in place of the network's dropouts."""
+    """``nn.Dropout`` that on the CPU is :func:`dropout_by_uniforms` (``bernoulli_`` was 11-13 % of a bf16 step).
+    Elsewhere (CUDA fuses dropout into one kernel) and for ``p`` = 1 it is ``nn.Dropout``.
+    :meth:`CodeLM.configure_model` puts it in place of the network's dropouts."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0 or self.p >= 1 or x.device.type != "cpu":
