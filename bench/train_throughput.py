@@ -32,7 +32,11 @@ would pick it over this project, the Trainer is the baseline a user would pick, 
 computes several times the positions of either, so it cost a repeat's time for a figure nobody needs.
 
 Figures, each the median over ``--repeats`` (the rows run in a rotated order in every repeat, so a noisy
-neighbour falls on all rows alike; range = min-max):
+neighbour falls on all rows alike; range = min-max), after ``--warmup`` untimed runs of every row. The warm-up
+is there because freed memory stays in the process: without it the first row of the first repeat alone pays
+for growing the process to its peak, and on this 2-core VM a page touched for the first time costs ~10 µs
+(``fill_`` of a fresh 1 GiB tensor 1-4 s, of a reused one 0.03 s), which made steps longer than any before
+them take 1.2-1.6 s instead of ~0.3 s:
 
 * target tok/s: tokens that carry a label, per second, timed from the end of the first optimizer step
   (start-up and first-step allocations excluded) to the end of the last;
@@ -75,7 +79,7 @@ import torch
 
 from cai_lightning.cli import build
 from cai_lightning.data.tokenization import IGNORE_INDEX
-from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
+from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory, malloc_in_use
 from cai_lightning.model import CodeLM, Dropout, replace_dropouts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -283,6 +287,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default: one epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every row, in rotated order; medians reported")
     parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed runs of every row before the repeats (0 in --smoke): freed memory is kept, so "
+                             "the process's memory grows once, to what the largest row needs, instead of in whichever "
+                             "row runs first (a page touched for the first time is slow on a VM)")
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="time each matmul-peak measurement runs")
     parser.add_argument("--peak-n", type=int, default=2048, help="size of the square matmul of the peak")
     parser.add_argument("--smoke", action="store_true", help="seconds: a tiny model, raw data, 3 steps, 1 repeat (CI)")
@@ -293,7 +301,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as cache, quiet():
         if args.smoke:
             flags = [*SMOKE, f"--data.cache_dir={cache}", *flags]
-            args.steps, args.repeats, args.peak_seconds, args.peak_n = args.steps or 3, 1, 0.05, 256
+            args.steps, args.repeats, args.peak_seconds, args.peak_n, args.warmup = args.steps or 3, 1, 0.05, 256, 0
         return run(args, flags)
 
 
@@ -313,6 +321,11 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32} if bf16 else {"fp32": torch.float32}
     peaks: dict[str, list[float]] = {key: [] for key in dtypes}
     results: dict[str, list[dict]] = {name: [] for name in rows}
+    for warmup in range(args.warmup):
+        for name in rows:
+            r = run_row(name, args.config, flags, datamodule, config.trainer, steps, seed)
+            print(f"  warm-up {warmup + 1}/{args.warmup} {name:16s} {r['target_tokens_per_s']:8.0f} target tok/s (not counted)",
+                  flush=True)
     for repeat in range(args.repeats):
         for key, dtype in dtypes.items():
             peaks[key].append(matmul_peak(dtype, args.peak_seconds, args.peak_n))
@@ -328,10 +341,10 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
     print(
         f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {commit or '?'} (+ working tree), torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads; {args.config.name} {' '.join(flags)}; "
-        f"malloc {'keeps freed memory (as the CLI)' if kept else 'as glibc sets it'}\n"
+        f"{malloc_in_use(kept)}\n"
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{len(datamodule.splits['train'])} training examples, batch {datamodule.hparams.batch_size}, "
-        f"{steps} optimizer steps per row, {args.repeats} repeats (medians, range min-max)\n"
+        f"{steps} optimizer steps per row, {args.warmup} untimed warm-up + {args.repeats} repeats (medians, range min-max)\n"
         f"matmul peak (n={args.peak_n}): " + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in peak.items())
     )
     table = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 import torch
@@ -51,7 +52,9 @@ def keep_freed_memory() -> bool:
     backward took 1.8-2.7x as long that way at lengths 128-384 (``bench/cpu_attention.py``), the default recipe's
     whole bf16 step, with the fused attention kernel, 1.06x. Raising both thresholds is what PyTorch's CPU
     performance guide gets from jemalloc or tcmalloc, without preloading either. The cost: the process's resident
-    memory stays at its peak, as with the CUDA caching allocator. Linux with glibc only (elsewhere nothing
+    memory stays at its peak, as with the CUDA caching allocator, and that peak creeps up: batches of ever new
+    shapes fragment glibc's heap (~300 MB an epoch in the default recipe, ``bench/memory_growth.py``), which a
+    preloaded tcmalloc avoids (README, "Memory new to the process"). Linux with glibc only (elsewhere nothing
     changes); the CLI calls it at start."""
     global _freed_memory_kept
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
@@ -62,6 +65,14 @@ def keep_freed_memory() -> bool:
     if libc.mallopt(m_mmap_threshold, most) and libc.mallopt(m_trim_threshold, most):
         _freed_memory_kept = True
     return _freed_memory_kept
+
+
+def malloc_in_use(kept: bool) -> str:
+    """What the benchmarks' headers say of the allocator: a preloaded one (``LD_PRELOAD``, e.g. tcmalloc, whose
+    ``mallopt`` does nothing) or glibc's, with freed memory kept (``kept``) or as glibc sets it."""
+    if os.environ.get("LD_PRELOAD"):
+        return f"malloc preloaded: {os.environ['LD_PRELOAD']}"
+    return f"malloc {'keeps freed memory (as the CLI)' if kept else 'as glibc sets it'}"
 
 
 def freed_memory_kept() -> bool:

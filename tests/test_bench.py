@@ -103,6 +103,20 @@ def _dpo_step(bench, arguments, rows, workdir, capsys):
     assert "cached vs live" in capsys.readouterr().out
 
 
+def _memory_growth(bench, arguments, results, workdir, capsys):
+    """Both arms ran in their own process for 2 epochs of 4 batches; the replay arm's second epoch had the first
+    epoch's batches, the new arm's did not; the figures are the process's own."""
+    assert list(results) == list(bench.ARMS) and all(len(runs) == 1 for runs in results.values())
+    new, replay = results["new"][0]["epochs"], results["replay"][0]["epochs"]
+    assert len(new) == len(replay) == 2 and all(len(epoch["shapes"]) == 4 for epoch in new + replay)
+    assert replay[1]["shapes"] == replay[0]["shapes"] == new[0]["shapes"]  # the same seed draws the same first epoch
+    assert new[1]["shapes"] != new[0]["shapes"]
+    for epoch in new + replay:
+        assert epoch["target_tokens_per_s"] > 0 and epoch["minor_faults"] > 0
+        assert 0 < epoch["live_tensor_mib"] < epoch["resident_mib"]
+    assert "replay ran" in capsys.readouterr().out
+
+
 def _optimizer_step(bench, arguments, rows, workdir, capsys):
     """The three AdamW kernels time the same steps and end on the same weights (the bench checks it)."""
     assert [row["row"] for row in rows] == ["for-loop", "foreach", "fused"]
@@ -167,6 +181,7 @@ CHECKS = {
     "constitution_throughput": _constitution_throughput,
     "cpu_attention": _cpu_attention,
     "dpo_step": _dpo_step,
+    "memory_growth": _memory_growth,
     "optimizer_step": _optimizer_step,
     "recipe_compare": _recipe_compare,
     "sandbox_throughput": _sandbox_throughput,

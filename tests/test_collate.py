@@ -71,6 +71,28 @@ def test_length_grouped_sampler_is_seeded_new_every_epoch_and_cuts_padding():
         assert grouped < 0.7 * unsorted
 
 
+def test_the_longest_example_leads_every_epoch_in_the_same_batches():
+    lengths = [(i * 37) % 101 + 1 for i in range(200)]  # one example of each length 1..101, most twice
+    for seed, epoch in ((0, 0), (1, 0), (1, 1), (7, 3)):
+        sampler = LengthGroupedSampler(lengths, batch_size=8, group_size=32, seed=seed)
+        sampler.set_epoch(epoch)
+        order = list(sampler)
+        assert lengths[order[0]] == 101 and sorted(order) == list(range(200))
+        # only the batches' order changed: sorting within groups of 4 batches keeps its padding
+        assert padding_share(lengths, order, 8) < 0.7 * padding_share(
+            lengths, list(LengthGroupedSampler(lengths, 8, 8, seed=seed)), 8)
+    # 21 examples in batches of 4: the short last batch is the shuffle's last example. Where that is the longest,
+    # it alone moves to the front (swapped with the first batch's first), and the short batch stays last
+    lengths, in_short_batch = list(range(1, 22)), 0
+    for seed in range(60):
+        order = list(LengthGroupedSampler(lengths, batch_size=4, group_size=4, seed=seed))
+        assert order[0] == 20 and sorted(order) == list(range(21))
+        if torch.randperm(21, generator=torch.Generator().manual_seed(seed))[-1] == 20:
+            in_short_batch += 1
+            assert lengths[order[-1]] < 21
+    assert in_short_batch > 0
+
+
 def test_group_size_is_rounded_up_to_whole_batches_and_must_be_positive():
     assert LengthGroupedSampler(range(20), batch_size=8, group_size=9).group_size == 16
     with pytest.raises(ValueError, match="group_size"):

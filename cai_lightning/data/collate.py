@@ -55,8 +55,9 @@ class LengthGroupedSampler(Sampler[int]):
     Each epoch: shuffle all indices, cut them into groups of ``group_size`` (rounded up to whole batches),
     sort each group by length (longest first) and cut it into batches, then shuffle the order of all
     batches so the epoch does not run from long to short (a short last batch stays last, keeping our
-    batches aligned with the DataLoader's). Seeded per epoch (``set_epoch``), so runs are reproducible
-    and resumable.
+    batches aligned with the DataLoader's), then swap the batch holding the longest example to the front,
+    as Hugging Face's sampler does: a batch too large for memory fails at the first step, not hours in.
+    Seeded per epoch (``set_epoch``), so runs are reproducible and resumable.
 
     ``group_size`` trades padding for randomness. One group holding the whole set pads least, but sorting
     it makes the same batches every epoch (only examples of equal length trade places), so the model
@@ -89,9 +90,15 @@ class LengthGroupedSampler(Sampler[int]):
             batches.extend(group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size))
         # Only the very last batch can be short; keep it last so DataLoader batches stay aligned with ours.
         tail = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
-        for b in torch.randperm(len(batches), generator=generator).tolist():
-            yield from batches[b]
-        for batch in tail:
+        batches = [batches[b] for b in torch.randperm(len(batches), generator=generator).tolist()]
+        # The longest example leads the epoch; each batch is sorted longest first.
+        longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]], default=None)
+        if tail and (longest is None or self.lengths[tail[0][0]] > self.lengths[batches[longest][0]]):
+            if batches:  # in the short last batch, which stays last: only that example moves to the front
+                batches[0][0], tail[0][0] = tail[0][0], batches[0][0]
+        elif longest is not None:
+            batches[0], batches[longest] = batches[longest], batches[0]
+        for batch in batches + tail:
             yield from batch
 
 
