@@ -37,3 +37,13 @@ def test_the_cli_keeps_freed_memory_where_glibc_allows(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["fit", "--help"])
     assert devices.freed_memory_kept() == (platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")
+
+
+def test_benchmark_headers_name_a_preloaded_malloc_before_glibcs_settings(monkeypatch):
+    from cai_lightning.devices import malloc_in_use
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    assert malloc_in_use(True) == "malloc keeps freed memory (as the CLI)"
+    assert malloc_in_use(False) == "malloc as glibc sets it"
+    monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
+    assert malloc_in_use(True) == "malloc preloaded: /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
