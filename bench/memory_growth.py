@@ -38,9 +38,12 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+# The same tiny model and bare Trainer as its sibling's (bench/ put on the path for when tests load this by path).
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_throughput import SMOKE, bare_trainer
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("new", "replay")
-SMOKE = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--data.batch_size=8", "--data.constitution=null"]
 
 
 def resident_mib() -> float:
@@ -100,14 +103,8 @@ def child(arm: str, config: Path, epochs: int, limit_batches: int | None, glibc_
             })
 
     clock = EpochClock()
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision=trainer_config.precision, max_epochs=epochs,
-        limit_train_batches=limit_batches,
-        accumulate_grad_batches=trainer_config.accumulate_grad_batches,
-        gradient_clip_val=trainer_config.gradient_clip_val, log_every_n_steps=trainer_config.log_every_n_steps,
-        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[clock],
-    )
+    trainer = bare_trainer(trainer_config, trainer_config.precision, [clock], max_epochs=epochs,
+                           limit_train_batches=limit_batches)
     trainer.fit(module, datamodule=datamodule)
     return {"arm": arm, "kept": kept, "precision": str(trainer_config.precision), "epochs": clock.epochs}
 

@@ -159,6 +159,19 @@ class Clock:
 
 
 # ---------------------------------------------------------------- the rows
+def bare_trainer(trainer_config, precision: str, callbacks: list[pl.Callback], **limits) -> pl.Trainer:
+    """A CPU ``pl.Trainer`` that steps as the config's does (accumulation, clipping, logging cadence) and does
+    nothing else: no validation, checkpoints, logger, progress bar or model summary. ``limits``: ``max_steps``,
+    ``max_epochs``, ``limit_train_batches``."""
+    return pl.Trainer(
+        accelerator="cpu", devices=1, precision=precision,
+        accumulate_grad_batches=trainer_config.accumulate_grad_batches,
+        gradient_clip_val=trainer_config.gradient_clip_val, log_every_n_steps=trainer_config.log_every_n_steps,
+        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **limits,
+    )
+
+
 def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: str) -> dict:
     """Lightning ``fit``, as the CLI runs it, minus validation, checkpoints, logging and progress bar."""
     clock = Clock.for_model(module.model)
@@ -173,13 +186,7 @@ def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: 
                 self.global_step = trainer.global_step
                 clock.step_end()
 
-    trainer = pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision, max_steps=steps, max_epochs=-1,
-        accumulate_grad_batches=trainer_config.accumulate_grad_batches,
-        gradient_clip_val=trainer_config.gradient_clip_val, log_every_n_steps=trainer_config.log_every_n_steps,
-        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=[StepClock()],
-    )
+    trainer = bare_trainer(trainer_config, precision, [StepClock()], max_steps=steps, max_epochs=-1)
     with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's "Reusing cached tokenized dataset", per row
         trainer.fit(module, datamodule=datamodule)
     return clock.figures()
