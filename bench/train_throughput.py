@@ -1,7 +1,7 @@
 """Training throughput: our ``fit`` against the Hugging Face ``Trainer``, side by side in one run.
 
     python bench/train_throughput.py [--config configs/default.yaml] [--steps N] [--repeats 3]
-        [--rows ROW ...] [--smoke] [any CLI flag, e.g. --data.batch_size=8]
+        [--rows ROW ...] [--accelerator cpu|cuda] [--spec-tflops F] [--smoke] [any CLI flag, e.g. --data.batch_size=8]
 
 The model and the data module are built from the config by the project's own CLI parser (links, defaults,
 class_path, the bf16 fallback), so the bench reads the recipe exactly as ``python -m cai_lightning fit``
@@ -23,6 +23,10 @@ those are our step's work, as the sampler and the loop are. Rows:
   hf-ours-fp32     the same in fp32
   ours-32-true     Lightning ``fit`` with our module and data module, fp32
   ours-bf16-mixed  the same with bf16 autocast (what configs/default.yaml runs)
+  ours-bf16-mixed-compile
+                   the same with ``--model.compile=true`` (``torch.compile`` of the training forward, dynamic
+                   shapes); only when asked for in ``--rows``: on this 2-core CPU it runs at ~0.55x eager and its
+                   compiles take minutes
 
 bf16 rows (and the bf16 peak) are left out on a CPU without native bf16 (AVX512-BF16 or AMX), where the CLI
 falls back to 32-true too: emulated bf16 matmuls run at a fraction of a GFLOP/s there.
@@ -54,7 +58,16 @@ Every row runs with glibc's malloc keeping freed memory for reuse, as ``python -
 (``cai_lightning.devices.keep_freed_memory``; ``--glibc-malloc`` leaves malloc as it is): the ratios compare
 the steps, not the allocator.
 
-``--smoke`` runs every row for 3 steps on a tiny model and raw data in a temporary cache (seconds; CI).
+``--accelerator cuda`` runs every row on the GPU (Lightning's ``cuda`` accelerator, the Trainer without
+``use_cpu``), times a step's end after ``torch.cuda.synchronize()``, measures the peak with an n=8192 matmul, and
+``--spec-tflops`` adds MFU against the GPU's nominal dense bf16 peak (989 for an H100/H200 SXM). A GPT-2-medium-
+shaped network from the default recipe (random init, the shipped tasks without the constitution stage):
+
+    python bench/train_throughput.py --accelerator cuda --spec-tflops 989 --steps 60 \
+        --rows hf-own-bf16 hf-ours-bf16 ours-bf16-mixed ours-bf16-mixed-compile \
+        --model.n_layer=24 --model.n_head=16 --model.n_embd=1024 --data.constitution=null
+
+``--smoke`` runs every default row for 3 steps on a tiny model and raw data in a temporary cache (seconds; CI).
 """
 
 from __future__ import annotations
@@ -70,6 +83,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -84,6 +98,7 @@ from cai_lightning.model import CodeLM, Dropout, replace_dropouts
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("hf-own-bf16", "hf-own-fp32", "hf-ours-bf16", "hf-ours-fp32", "ours-32-true", "ours-bf16-mixed")
+COMPILED = "ours-bf16-mixed-compile"  # a row only when --rows names it
 # A 1-layer 32-wide GPT-2 on the raw shipped tasks (no constitution stage): every row's machinery in seconds.
 SMOKE = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--data.batch_size=8", "--data.constitution=null"]
 
@@ -115,18 +130,20 @@ class Clock:
     n_matmul: int  # weights of every Linear/Conv1D but the LM head (the FLOPs of one token's forward are 2x this)
     n_head: int  # weights of the LM head, used at the positions with a label only
     attention: int  # 12 * n_layer * hidden size: one sequence's attention FLOPs per squared length
+    synchronize: Callable[[], None] = lambda: None  # a step's end is when the device has finished it
     ends: list[float] = field(default_factory=list)
     steps: list[tuple[int, int, int, float]] = field(default_factory=list)
     _pending: list[int | float] = field(default_factory=lambda: [0, 0, 0, 0.0])
 
     @classmethod
-    def for_model(cls, model: torch.nn.Module) -> Clock:
+    def for_model(cls, model: torch.nn.Module, accelerator: str) -> Clock:
         from transformers.pytorch_utils import Conv1D
 
         weights = sum(m.weight.numel() for m in model.modules() if isinstance(m, (torch.nn.Linear, Conv1D)))
         head = model.get_output_embeddings().weight.numel()
         config = model.config
-        return cls(weights - head, head, 12 * config.num_hidden_layers * config.hidden_size)
+        synchronize = torch.cuda.synchronize if accelerator == "cuda" else lambda: None
+        return cls(weights - head, head, 12 * config.num_hidden_layers * config.hidden_size, synchronize)
 
     def batch(self, batch: dict[str, torch.Tensor]) -> None:
         lengths = batch["attention_mask"].sum(1).double()  # (B,) real tokens per sequence
@@ -139,6 +156,7 @@ class Clock:
         pending[3] += flops
 
     def step_end(self) -> None:
+        self.synchronize()
         self.ends.append(time.perf_counter())
         self.steps.append(tuple(self._pending))
         self._pending = [0, 0, 0, 0.0]
@@ -159,12 +177,13 @@ class Clock:
 
 
 # ---------------------------------------------------------------- the rows
-def bare_trainer(trainer_config, precision: str, callbacks: list[pl.Callback], **limits) -> pl.Trainer:
-    """A CPU ``pl.Trainer`` that steps as the config's does (accumulation, clipping, logging cadence) and does
-    nothing else: no validation, checkpoints, logger, progress bar or model summary. ``limits``: ``max_steps``,
-    ``max_epochs``, ``limit_train_batches``."""
+def bare_trainer(trainer_config, precision: str, callbacks: list[pl.Callback], accelerator: str = "cpu",
+                 **limits) -> pl.Trainer:
+    """A one-device ``pl.Trainer`` that steps as the config's does (accumulation, clipping, logging cadence) and
+    does nothing else: no validation, checkpoints, logger, progress bar or model summary. ``limits``:
+    ``max_steps``, ``max_epochs``, ``limit_train_batches``."""
     return pl.Trainer(
-        accelerator="cpu", devices=1, precision=precision,
+        accelerator=accelerator, devices=1, precision=precision,
         accumulate_grad_batches=trainer_config.accumulate_grad_batches,
         gradient_clip_val=trainer_config.gradient_clip_val, log_every_n_steps=trainer_config.log_every_n_steps,
         limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
@@ -172,9 +191,9 @@ def bare_trainer(trainer_config, precision: str, callbacks: list[pl.Callback], *
     )
 
 
-def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: str) -> dict:
+def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: str, accelerator: str) -> dict:
     """Lightning ``fit``, as the CLI runs it, minus validation, checkpoints, logging and progress bar."""
-    clock = Clock.for_model(module.model)
+    clock = Clock.for_model(module.model, accelerator)
 
     class StepClock(pl.Callback):
         def __init__(self) -> None:
@@ -186,7 +205,7 @@ def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: 
                 self.global_step = trainer.global_step
                 clock.step_end()
 
-    trainer = bare_trainer(trainer_config, precision, [StepClock()], max_steps=steps, max_epochs=-1)
+    trainer = bare_trainer(trainer_config, precision, [StepClock()], accelerator, max_steps=steps, max_epochs=-1)
     with contextlib.redirect_stdout(io.StringIO()):  # prepare_data's "Reusing cached tokenized dataset", per row
         trainer.fit(module, datamodule=datamodule)
     return clock.figures()
@@ -200,14 +219,15 @@ def as_transformers_builds_it(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, our_sampler: bool, seed: int) -> dict:
+def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, our_sampler: bool, seed: int,
+           accelerator: str) -> dict:
     """``transformers.Trainer`` with our settings; its own sampler, or our data module's."""
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     hp = module.hparams
     model = as_transformers_builds_it(module.model)
     loader = datamodule.train_dataloader()  # our dataset, collator and sampler, as Lightning gets them
-    clock = Clock.for_model(module.model)
+    clock = Clock.for_model(module.model, accelerator)
 
     class StepEnd(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -223,7 +243,7 @@ def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, o
 
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(
-            output_dir=out, use_cpu=True, bf16=bf16, seed=seed, data_seed=seed, max_steps=steps,
+            output_dir=out, use_cpu=accelerator == "cpu", bf16=bf16, seed=seed, data_seed=seed, max_steps=steps,
             per_device_train_batch_size=loader.batch_size,
             gradient_accumulation_steps=trainer_config.accumulate_grad_batches,
             train_sampling_strategy="group_by_length" if datamodule.hparams.group_by_length else "random",
@@ -243,26 +263,35 @@ def run_hf(module: CodeLM, datamodule, trainer_config, steps: int, bf16: bool, o
     return clock.figures()
 
 
-def run_row(name: str, config: Path, flags: list[str], datamodule, trainer_config, steps: int, seed: int) -> dict:
+def run_row(name: str, config: Path, flags: list[str], datamodule, trainer_config, steps: int, seed: int,
+            accelerator: str) -> dict:
+    if name == COMPILED:
+        flags = [*flags, "--model.compile=true"]
     module = fresh_network(config, flags, datamodule, seed)
     if name.startswith("ours-"):
-        figures = run_ours(module, datamodule, trainer_config, steps, name.removeprefix("ours-"))
+        precision = name.removeprefix("ours-").removesuffix("-compile")
+        figures = run_ours(module, datamodule, trainer_config, steps, precision, accelerator)
     else:
-        figures = run_hf(module, datamodule, trainer_config, steps, name.endswith("bf16"), "-ours-" in name, seed)
+        figures = run_hf(module, datamodule, trainer_config, steps, name.endswith("bf16"), "-ours-" in name, seed,
+                         accelerator)
     del module
     gc.collect()
     return figures
 
 
-def matmul_peak(dtype: torch.dtype, seconds: float, n: int) -> float:
-    """FLOP/s of a square n×n matmul in ``dtype`` on this CPU, repeated for ``seconds`` after a warm-up."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_peak(dtype: torch.dtype, seconds: float, n: int, accelerator: str = "cpu") -> float:
+    """FLOP/s of a square n×n matmul in ``dtype`` on the device, repeated for ``seconds`` after a warm-up."""
+    device = "cuda" if accelerator == "cuda" else "cpu"
+    synchronize = torch.cuda.synchronize if device == "cuda" else lambda: None
+    a, b = (torch.randn(n, n, dtype=dtype, device=device) for _ in range(2))
     a @ b
+    synchronize()
     done, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or done == 0:
         a @ b
+        synchronize()
         done += 1
-    return 2 * n**3 * done / elapsed
+    return 2 * n**3 * done / (time.perf_counter() - start)
 
 
 # ---------------------------------------------------------------- main
@@ -293,18 +322,25 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per row (default: one epoch)")
     parser.add_argument("--repeats", type=int, default=3, help="runs of every row, in rotated order; medians reported")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS))
+    parser.add_argument("--rows", nargs="+", choices=[*ROWS, COMPILED], default=list(ROWS))
+    parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu", help="where every row trains")
+    parser.add_argument("--spec-tflops", type=float, default=None,
+                        help="the device's nominal dense bf16 peak: adds MFU against it (bf16 rows)")
     parser.add_argument("--warmup", type=int, default=1,
                         help="untimed runs of every row before the repeats (0 in --smoke): freed memory is kept, so "
                              "the process's memory grows once, to what the largest row needs, instead of in whichever "
                              "row runs first (a page touched for the first time is slow on a VM)")
     parser.add_argument("--peak-seconds", type=float, default=1.0, help="time each matmul-peak measurement runs")
-    parser.add_argument("--peak-n", type=int, default=2048, help="size of the square matmul of the peak")
+    parser.add_argument("--peak-n", type=int, default=None,
+                        help="size of the square matmul of the peak (default 2048 on the CPU, 8192 on a GPU)")
     parser.add_argument("--smoke", action="store_true", help="seconds: a tiny model, raw data, 3 steps, 1 repeat (CI)")
     parser.add_argument("--glibc-malloc", action="store_true",
                         help="leave glibc's malloc as it is; by default every row keeps freed memory for reuse, as "
                              "`python -m cai_lightning` does (cai_lightning.devices.keep_freed_memory)")
     args, flags = parser.parse_known_args(argv)  # the rest goes to the project's CLI parser
+    if args.accelerator == "cuda" and not torch.cuda.is_available():
+        parser.error("--accelerator cuda: no CUDA device here")
+    args.peak_n = args.peak_n or (8192 if args.accelerator == "cuda" else 2048)
     with tempfile.TemporaryDirectory() as cache, quiet():
         if args.smoke:
             flags = [*SMOKE, f"--data.cache_dir={cache}", *flags]
@@ -320,25 +356,28 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
     datamodule.setup("fit")
     batches = len(datamodule.train_dataloader())
     steps = args.steps or math.ceil(batches / config.trainer.accumulate_grad_batches)
-    bf16 = cpu_supports_bf16()
+    on_gpu = args.accelerator == "cuda"
+    bf16 = torch.cuda.is_bf16_supported() if on_gpu else cpu_supports_bf16()
     rows = [r for r in args.rows if bf16 or "bf16" not in r]
     if rows != args.rows:
-        print(f"this CPU has no native bf16: rows {', '.join(r for r in args.rows if r not in rows)} left out")
+        print(f"this {'GPU' if on_gpu else 'CPU'} has no native bf16: rows "
+              f"{', '.join(r for r in args.rows if r not in rows)} left out")
 
     dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32} if bf16 else {"fp32": torch.float32}
     peaks: dict[str, list[float]] = {key: [] for key in dtypes}
     results: dict[str, list[dict]] = {name: [] for name in rows}
     for warmup in range(args.warmup):
         for name in rows:
-            r = run_row(name, args.config, flags, datamodule, config.trainer, steps, seed)
+            r = run_row(name, args.config, flags, datamodule, config.trainer, steps, seed, args.accelerator)
             print(f"  warm-up {warmup + 1}/{args.warmup} {name:16s} {r['target_tokens_per_s']:8.0f} target tok/s (not counted)",
                   flush=True)
     for repeat in range(args.repeats):
         for key, dtype in dtypes.items():
-            peaks[key].append(matmul_peak(dtype, args.peak_seconds, args.peak_n))
+            peaks[key].append(matmul_peak(dtype, args.peak_seconds, args.peak_n, args.accelerator))
         order = rows[repeat % len(rows):] + rows[: repeat % len(rows)]
         for name in order:
-            results[name].append(run_row(name, args.config, flags, datamodule, config.trainer, steps, seed))
+            results[name].append(run_row(name, args.config, flags, datamodule, config.trainer, steps, seed,
+                                         args.accelerator))
             r = results[name][-1]
             print(f"  repeat {repeat + 1}/{args.repeats} {name:16s} {r['target_tokens_per_s']:8.0f} target tok/s", flush=True)
     peak = {key: statistics.median(values) for key, values in peaks.items()}
@@ -347,8 +386,8 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     print(
         f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {commit or '?'} (+ working tree), torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; {args.config.name} {' '.join(flags)}; "
-        f"{malloc_in_use(kept)}\n"
+        f"{torch.cuda.get_device_name() if on_gpu else f'{torch.get_num_threads()} threads'}; "
+        f"{args.config.name} {' '.join(flags)}; {malloc_in_use(kept)}\n"
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
         f"{len(datamodule.splits['train'])} training examples, batch {datamodule.hparams.batch_size}, "
         f"{steps} optimizer steps per row, {args.warmup} untimed warm-up + {args.repeats} repeats (medians, range min-max)\n"
@@ -366,20 +405,27 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
             "range": (min(rates), max(rates)), "padding": statistics.median(r["padding"] for r in results[name]),
             "vs_hf_own": statistics.median(ratios) if ratios else None,
             "vs_hf_own_range": (min(ratios), max(ratios)) if ratios else None,
-            "peak_share": statistics.median(r["flops_per_s"] for r in results[name]) / peak[dtype],
+            "flops_per_s": (flops := statistics.median(r["flops_per_s"] for r in results[name])),
+            "peak_share": flops / peak[dtype],
+            "spec_share": flops / (args.spec_tflops * 1e12) if args.spec_tflops and dtype == "bf16" else None,
             "seconds": statistics.median(r["seconds"] for r in results[name]),
         })
-    print(f"\n| {'row':16s} | dtype | target tok/s | {'range':11s} | padding | × HF own (range)   | % peak | timed s |")
-    print(f"|{'-' * 18}|-------|-------------:|{'-' * 13}|--------:|{'-' * 20}|-------:|--------:|")
+    spec = f" % of {args.spec_tflops:g} |" if args.spec_tflops else ""
+    print(f"\n| {'row':23s} | dtype | target tok/s | {'range':13s} | padding | × HF own (range)   | % peak |{spec} timed s |")
+    print(f"|{'-' * 25}|-------|-------------:|{'-' * 15}|--------:|{'-' * 20}|-------:|"
+          f"{'-' * (len(spec) - 2) + ':|' if spec else ''}--------:|")
     for row in table:
         ratio = f"{row['vs_hf_own']:5.2f}× ({row['vs_hf_own_range'][0]:.2f}-{row['vs_hf_own_range'][1]:.2f})" if row["vs_hf_own"] else "-"
         low, high = row["range"]
+        mfu = "" if not spec else f" {format(row['spec_share'], '.1%') if row['spec_share'] is not None else '-':>{len(spec) - 3}} |"
         print(
-            f"| {row['row']:16s} | {row['dtype']:5s} | {row['target_tokens_per_s']:12.0f} | {low:5.0f}-{high:<5.0f} | "
-            f"{row['padding']:7.1%} | {ratio:18s} | {row['peak_share']:6.1%} | {row['seconds']:7.1f} |"
+            f"| {row['row']:23s} | {row['dtype']:5s} | {row['target_tokens_per_s']:12.0f} | {low:6.0f}-{high:<6.0f} | "
+            f"{row['padding']:7.1%} | {ratio:18s} | {row['peak_share']:6.1%} |{mfu} {row['seconds']:7.1f} |"
         )
     print("× HF own: median over repeats of the ratio to hf-own of the same dtype in the same repeat; % peak: useful "
-          "model FLOP/s over the measured matmul peak of that dtype; timed s: first to last optimizer step's end")
+          "model FLOP/s over the measured matmul peak of that dtype"
+          + (f"; % of {args.spec_tflops:g}: the same over the nominal {args.spec_tflops:g} TFLOP/s (MFU)" if spec else "")
+          + "; timed s: first to last optimizer step's end")
     return table
 
 

@@ -187,3 +187,26 @@ CHECKS = {
     "sandbox_throughput": _sandbox_throughput,
     "train_throughput": _train_throughput,
 }
+
+
+@pytest.mark.slow
+def test_train_throughput_times_a_compiled_row_when_asked(workdir, capsys):
+    """The compile row is opt-in (``--rows``): it trains through ``torch.compile`` on the same batches as eager,
+    and the table can add MFU against a nominal peak (the GPU figure of issue 14's item 5)."""
+    import torch._dynamo
+
+    from cai_lightning.devices import cpu_supports_bf16
+
+    if not cpu_supports_bf16():
+        pytest.skip("the compile row is bf16: this CPU has no native bf16")
+    bench = _load("train_throughput")
+    assert bench.COMPILED not in bench.ROWS  # minutes of compiling on a CPU: never a default row
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    rows = bench.main(["--smoke", "--rows", "ours-bf16-mixed", bench.COMPILED, "--spec-tflops", "1"])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0  # the compiled row ran compiled graphs
+    eager, compiled = rows
+    assert (eager["row"], compiled["row"]) == ("ours-bf16-mixed", bench.COMPILED)
+    assert eager["padding"] == compiled["padding"] and compiled["target_tokens_per_s"] > 0
+    assert compiled["spec_share"] == pytest.approx(compiled["flops_per_s"] / 1e12)  # MFU over the nominal 1 TFLOP/s
+    assert "% of 1 |" in capsys.readouterr().out
