@@ -7,7 +7,8 @@ Pairs: the task set's reference solutions as chosen, the same code with its last
 The model is a randomly initialised GPT-2 of ``--size`` (no download). Each mode runs in a fresh process, so
 its peak memory (max RSS; on a GPU, peak allocated) is its own. Columns: ``reference s`` is the one-time
 pass that computes the cached log-probs (0 for live), ``pairs/s`` the training steps' throughput after one
-warm-up step, ``peak MiB`` the process's peak.
+warm-up step, ``peak MiB`` the process's peak. Both modes run in bf16 autocast where the device has native bf16
+(a GPU, a CPU with AVX512-BF16 or AMX), else in fp32, as the CLI falls back (``bf16-mixed`` → ``32-true``).
 """
 
 from __future__ import annotations
@@ -50,6 +51,13 @@ def pairs(n: int) -> list[dict]:
     return out
 
 
+def precision(device: torch.device) -> str:
+    """``bf16-mixed`` where ``device`` has native bf16, else ``32-true`` (emulated bf16 would time the emulation)."""
+    from cai_lightning.devices import inference_dtype
+
+    return "bf16-mixed" if inference_dtype(device) == torch.bfloat16 else "32-true"
+
+
 def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> dict:
     """One mode, in this process: the reference pass (cached), then timed training steps."""
     from cai_lightning.data.preference import PairCollator, reference_logps, tokenize_pairs
@@ -57,12 +65,13 @@ def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> di
     from cai_lightning.dpo import PreferenceLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    bf16 = precision(device) == "bf16-mixed"
     tokenizer = load_pretrained_tokenizer(folder)
     examples, _, _ = tokenize_pairs(pairs(n_pairs), tokenizer, max_length=384)
     reference_s = 0.0
     if mode == "cached":
         start = time.perf_counter()
-        logps = reference_logps(examples, folder, tokenizer, device, "bf16-mixed", batch)
+        logps = reference_logps(examples, folder, tokenizer, device, precision(device), batch)
         reference_s = time.perf_counter() - start
         for example, (chosen, rejected) in zip(examples, logps):
             example["reference_chosen"], example["reference_rejected"] = chosen, rejected
@@ -80,7 +89,7 @@ def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> di
         chunk = [examples[(step * batch + i) % len(examples)] for i in range(batch)]
         data = {k: v.to(device) for k, v in collate(chunk).items()}
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = module._preference_step(data, "train")
         optimizer.zero_grad()
         loss.backward()
@@ -90,7 +99,8 @@ def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> di
         if step:  # the first step warms up allocators and kernels
             seconds += time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"mode": mode, "reference_s": reference_s, "pairs_per_s": steps * batch / seconds, "peak_mib": peak}
+    return {"mode": mode, "reference_s": reference_s, "pairs_per_s": steps * batch / seconds, "peak_mib": peak,
+            "precision": precision(device)}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -115,7 +125,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                        "--steps", str(args.steps), "--batch", str(args.batch)]
             done = subprocess.run(command, capture_output=True, text=True, check=True)
             rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    print(f"GPT-2 {args.size} (random init), {args.pairs} pairs, {args.steps} steps of {args.batch} pairs, bf16 autocast")
+    print(f"GPT-2 {args.size} (random init), {args.pairs} pairs, {args.steps} steps of {args.batch} pairs, "
+          f"{rows[0]['precision']}")
     print(f"{'reference':<10s} {'reference s':>11s} {'pairs/s':>8s} {'peak MiB':>9s}")
     for row in rows:
         print(f"{row['mode']:<10s} {row['reference_s']:>11.1f} {row['pairs_per_s']:>8.2f} {row['peak_mib']:>9.0f}")

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
@@ -101,6 +102,16 @@ def _dpo_step(bench, arguments, rows, workdir, capsys):
     assert rows[0]["reference_s"] > 0 == rows[1]["reference_s"]
     assert all(row["pairs_per_s"] > 0 and row["peak_mib"] > 0 for row in rows)
     assert "cached vs live" in capsys.readouterr().out
+    # bf16 autocast only where the CPU has native bf16, as the CLI's fallback: emulated bf16 would time the emulation
+    import cai_lightning.devices as devices
+
+    native = devices.cpu_supports_bf16()
+    assert {row["precision"] for row in rows} == {"bf16-mixed" if native else "32-true"}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(devices, "cpu_supports_bf16", lambda: False)
+        assert bench.precision(torch.device("cpu")) == "32-true"
+        patch.setattr(devices, "cpu_supports_bf16", lambda: True)
+        assert bench.precision(torch.device("cpu")) == "bf16-mixed"
 
 
 def _memory_growth(bench, arguments, results, workdir, capsys):
