@@ -1,74 +1,76 @@
 """AdamW's step on the default model's weights: the for-loop, multi-tensor (``foreach``) and fused kernels.
 
     python bench/optimizer_step.py [--config configs/default.yaml] [--steps 20] [--repeats 5] [--smoke]
+        [any CLI flag, e.g. --model.n_embd=512]
 
-The network is the config's from-scratch GPT-2 (``model.n_*``, ``data.vocab_size`` + the added ``[PAD]``),
-its parameters split into decayed (2-D) and undecayed groups as ``CodeLM.configure_optimizers`` does, with
-fixed random gradients. Each row is a ``torch.optim.AdamW`` with the config's settings; per repeat the rows
-run ``--steps`` steps each in a rotated order (a noisy neighbour falls on all alike), after one untimed
-step that allocates the moment buffers. Figures: median ms
+The network is built from the config by the project's own CLI parser, as ``python -m cai_lightning fit``
+builds it (``bench/train_throughput.py``'s ``fresh_network``: the tokenizer's vocabulary, the ``model.n_*``
+settings), and its weights are split into AdamW's groups by ``CodeLM.parameter_groups`` (what
+``configure_optimizers`` uses), with fixed random gradients. Each row is a ``torch.optim.AdamW`` with the
+config's learning rate and betas; per repeat the rows run ``--steps`` steps each in a rotated order (a noisy
+neighbour falls on all alike), after one untimed step that allocates the moment buffers. Figures: median ms
 per step over repeats (range min-max), and the speed-up over ``foreach`` (PyTorch's default on CPU and
 CUDA) paired by repeat. Every row starts from the same weights and gradients and must end with the same
 weights as ``foreach`` (max abs difference printed; the bench fails past 1e-5): a faster kernel that
 computed something else would not count.
 
-``--smoke``: a one-layer model, 2 steps, 2 repeats (seconds; CI).
+``--smoke``: a one-layer model on the raw task set in a temporary cache, 2 steps, 2 repeats (seconds; CI).
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tests load bench scripts by path
+from train_throughput import SMOKE, from_config, fresh_network, quiet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
 
 
-def network(config: dict, smoke: bool) -> torch.nn.Module:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
-    model = config["model"]
-    shape = dict(n_layer=1, n_head=2, n_embd=32) if smoke else {k: model[k] for k in ("n_layer", "n_head", "n_embd")}
-    torch.manual_seed(0)
-    return GPT2LMHeadModel(
-        GPT2Config(**shape, n_positions=model["n_positions"], vocab_size=config["data"]["vocab_size"] + 1,
-                   bos_token_id=None, eos_token_id=None)
-    )
-
-
-def optimizer(weights: list[torch.Tensor], config: dict, kind: str) -> torch.optim.AdamW:
-    model = config["model"]
-    groups = [
-        {"params": [p for p in weights if p.dim() >= 2], "weight_decay": model["weight_decay"]},
-        {"params": [p for p in weights if p.dim() < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=model["learning_rate"], betas=tuple(model["betas"]), **ROWS[kind])
+def weights_and_settings(config: Path, flags: list[str]) -> tuple[list[list[torch.Tensor]], list[float], dict]:
+    """The network's weights as ``CodeLM.parameter_groups`` groups them (copies), each group's weight decay, and
+    AdamW's other settings from the config."""
+    with quiet():
+        _, datamodule, parsed = from_config(config, flags)
+        datamodule.prepare_data()
+        datamodule.setup("fit")
+        module = fresh_network(config, flags, datamodule, seed=0)
+    groups = module.parameter_groups()
+    hp = module.hparams
+    return ([[p.detach().clone() for p in group["params"]] for group in groups],
+            [group["weight_decay"] for group in groups], {"lr": hp.learning_rate, "betas": tuple(hp.betas)})
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default=str(ROOT / "configs" / "default.yaml"))
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true")
-    args = parser.parse_args(argv)
+    args, flags = parser.parse_known_args(argv)  # the rest goes to the project's CLI parser
     steps, repeats = (2, 2) if args.smoke else (args.steps, args.repeats)
-    config = yaml.safe_load(Path(args.config).read_text())
+    with tempfile.TemporaryDirectory() as cache:
+        if args.smoke:
+            flags = [*SMOKE, f"--data.cache_dir={cache}", *flags]
+        start, decays, settings = weights_and_settings(args.config, flags)
 
-    start = [p.detach().clone() for p in network(config, args.smoke).parameters()]
     generator = torch.Generator().manual_seed(1)
-    grads = [torch.randn(p.shape, generator=generator) * 1e-2 for p in start]
+    grads = [[torch.randn(p.shape, generator=generator) * 1e-2 for p in group] for group in start]
     state = {}  # row → (weights, optimizer)
     for kind in ROWS:
-        weights = [p.clone().requires_grad_(True) for p in start]
-        for w, g in zip(weights, grads):
+        weights = [[p.clone().requires_grad_(True) for p in group] for group in start]
+        for w, g in zip(sum(weights, []), sum(grads, [])):
             w.grad = g.clone()
-        state[kind] = (weights, optimizer(weights, config, kind))
+        groups = [{"params": group, "weight_decay": decay} for group, decay in zip(weights, decays)]
+        state[kind] = (sum(weights, []), torch.optim.AdamW(groups, **settings, **ROWS[kind]))
         state[kind][1].step()  # the first step allocates the moment buffers: not timed
 
     times: dict[str, list[float]] = {kind: [] for kind in ROWS}
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "max_abs_difference": difference,
         })
 
-    parameters = sum(p.numel() for p in start)
+    parameters = sum(p.numel() for group in start for p in group)
     print(f"AdamW step on {parameters / 1e6:.2f} M parameters, {steps} steps × {repeats} repeats, "
           f"{torch.get_num_threads()} threads")
     print(f"{'row':10s} {'ms/step':>20s} {'× foreach':>20s} {'max |Δw| vs foreach':>20s}")

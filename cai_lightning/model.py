@@ -434,15 +434,20 @@ class CodeLM(pl.LightningModule):
             )
 
     # ---------------------------------------------------------------- optimisation
-    def configure_optimizers(self):
-        hp = self.hparams
-        # 2-D tensors (matmul weights, embeddings) are decayed; biases and LayerNorm gains are not:
-        # shrinking those towards zero only fights the normalisation and buys no regularisation.
+    def parameter_groups(self) -> list[dict]:
+        """The trainable weights as AdamW's two groups: 2-D tensors (matmul weights, embeddings) decayed by
+        ``weight_decay``; biases and LayerNorm gains not, since shrinking those towards zero only fights the
+        normalisation and buys no regularisation."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        groups = [
-            {"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+        return [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay},
             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
         ]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = self.parameter_groups()
+        params = [p for group in groups for p in group["params"]]
         # AdamW's elementwise update as one fused kernel (CPU and CUDA): on the default model's weights several
         # times faster than PyTorch's multi-tensor default, same weights to 1e-6 (bench/optimizer_step.py).
         # Not under 16-mixed: its GradScaler unscales inside a fused step, which Lightning's gradient
