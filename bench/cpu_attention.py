@@ -9,7 +9,7 @@ the length). Rows, each timed on the same inputs, in a rotated order every repea
 
   sdpa-bf16      transformers' ``sdpa`` on the bf16 inputs: what a bf16-autocast Trainer step runs
   sdpa-fp32      the same kernel on inputs cast to fp32 (and the output back): this project's path before
-  matmuls        ``cai_lightning.model.matmul_attention``: two bf16 matmuls around an fp32 softmax, what
+  matmuls        ``cai_lightning.model.matmul_attention``: two bf16 matmuls around a softmax (fp32 inside), what
                  ``cpu_sdpa_attention`` runs for bf16 on the CPU once freed memory is kept
 
 ``--glibc-malloc`` leaves glibc's malloc as it is instead of keeping freed memory for reuse as ``python -m

@@ -189,6 +189,20 @@ def test_cpu_sdpa_on_bf16_gives_fp32_sdpas_output_and_gradients(case, heads, kv_
         torch.testing.assert_close(mine.grad.float(), reference.grad, atol=5e-2, rtol=5e-2)
 
 
+def test_matmul_attention_takes_an_additive_fp32_mask_on_bf16_scores_without_nans():
+    """transformers' additive masks hold fp32's minimum, which rounds to -inf in bf16: a fully masked row (a
+    left-padded query) would softmax to NaN. Clamped to bf16's minimum it gives the boolean mask's output."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 2, 5, 8).bfloat16() for _ in range(3))
+    allowed = torch.ones(5, 5, dtype=torch.bool).tril().expand(2, 1, 5, 5).clone()
+    allowed[1, :, :, :2] = False  # the second sequence left-padded by two
+    allowed[1, :, :2, :] = False  # its two padding queries see nothing at all
+    additive = torch.zeros(allowed.shape).masked_fill_(~allowed, torch.finfo(torch.float32).min)
+    out = matmul_attention(q, k, v, additive)
+    assert not out.isnan().any()
+    assert torch.equal(out, matmul_attention(q, k, v, allowed))
+
+
 def test_matmul_attention_drops_probabilities_unbiased():
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 6, 8, dtype=torch.bfloat16) for _ in range(3))
