@@ -39,7 +39,7 @@ def weights_and_settings(config: Path, flags: list[str]) -> tuple[list[list[torc
     """The network's weights as ``CodeLM.parameter_groups`` groups them (copies), each group's weight decay, and
     AdamW's other settings from the config."""
     with quiet():
-        _, datamodule, parsed = from_config(config, flags)
+        _, datamodule, _ = from_config(config, flags)
         datamodule.prepare_data()
         datamodule.setup("fit")
         module = fresh_network(config, flags, datamodule, seed=0)
