@@ -189,6 +189,18 @@ def test_cpu_sdpa_on_bf16_gives_fp32_sdpas_output_and_gradients(case, heads, kv_
         torch.testing.assert_close(mine.grad.float(), reference.grad, atol=5e-2, rtol=5e-2)
 
 
+def test_matmul_attention_forward_is_eagers_fp32_softmax_to_the_bit():
+    """The softmax on the bf16 scores gives exactly what eager's formula (an fp32 copy, softmaxed, cast back to
+    bf16) gives: PyTorch's CPU kernel computes in fp32 inside. Only the backward's saved tensors differ."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(3, 4, 37, 16).bfloat16() for _ in range(3))
+    allowed = _right_padded(3, 37, 37)
+    scores = ((q * 16**-0.5) @ k.transpose(-1, -2)).float()
+    scores = scores.masked_fill(~allowed, torch.finfo(torch.float32).min)
+    eager = (torch.softmax(scores, dim=-1).to(torch.bfloat16) @ v).transpose(1, 2)
+    assert torch.equal(matmul_attention(q, k, v, allowed), eager)
+
+
 def test_matmul_attention_takes_an_additive_fp32_mask_on_bf16_scores_without_nans():
     """transformers' additive masks hold fp32's minimum, which rounds to -inf in bf16: a fully masked row (a
     left-padded query) would softmax to NaN. Clamped to bf16's minimum it gives the boolean mask's output."""
