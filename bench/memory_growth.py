@@ -38,9 +38,10 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-# The same tiny model and bare Trainer as its sibling's (bench/ put on the path for when tests load this by path).
+# The same tiny model, build and bare Trainer as its sibling's (bench/ put on the path for when tests load this by
+# path).
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SMOKE, bare_trainer
+from train_throughput import SMOKE, bare_trainer, checkout_commit, from_config
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("new", "replay")
@@ -70,14 +71,13 @@ def child(arm: str, config: Path, epochs: int, limit_batches: int | None, glibc_
     """One arm in this process: ``epochs`` epochs of ``fit``, one figure set per epoch."""
     import lightning.pytorch as pl
 
-    from cai_lightning.cli import build
     from cai_lightning.data.collate import LengthGroupedSampler
     from cai_lightning.data.tokenization import IGNORE_INDEX
     from cai_lightning.devices import keep_freed_memory
 
     kept = not glibc_malloc and keep_freed_memory()
-    cli = build(["--config", str(config), *flags])
-    module, datamodule, trainer_config = cli.model, cli.datamodule, cli.config.fit.trainer
+    module, datamodule, parsed = from_config(config, flags)
+    trainer_config = parsed.trainer
     if not datamodule.hparams.group_by_length:
         raise SystemExit("memory_growth.py needs data.group_by_length: true (the replay arm holds its sampler's epoch)")
     if arm == "replay":
@@ -155,10 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
 def report(args: argparse.Namespace, flags: list[str], results: dict[str, list[dict]]) -> None:
     from cai_lightning.devices import malloc_in_use
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                            check=False).stdout.strip()
     first = results["new"][0]
-    print(f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {commit or '?'} (+ working tree); {args.config.name} "
+    print(f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()} (+ working tree); {args.config.name} "
           f"{' '.join(flags)}; {first['precision']}; {malloc_in_use(first['kept'])}; "
           f"{args.epochs} epochs, {args.repeats} repeats (medians)\n")
     print("| epoch | arm    | target tok/s | resident MiB | minor faults | live tensors MiB |")

@@ -295,6 +295,13 @@ def matmul_peak(dtype: torch.dtype, seconds: float, n: int, accelerator: str = "
 
 
 # ---------------------------------------------------------------- main
+def checkout_commit() -> str:
+    """The short hash of this checkout's HEAD, for a bench's header; ``?`` outside a git checkout."""
+    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                          check=False)
+    return done.stdout.strip() or "?"
+
+
 @contextlib.contextmanager
 def quiet():
     """The table, not the libraries' start-up chatter: Lightning's and transformers' info logs and their
@@ -383,9 +390,8 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
     peak = {key: statistics.median(values) for key, values in peaks.items()}
 
     model = fresh_network(args.config, flags, datamodule, seed).model
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False).stdout.strip()
     print(
-        f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {commit or '?'} (+ working tree), torch {torch.__version__}, "
+        f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()} (+ working tree), torch {torch.__version__}, "
         f"{torch.cuda.get_device_name() if on_gpu else f'{torch.get_num_threads()} threads'}; "
         f"{args.config.name} {' '.join(flags)}; {malloc_in_use(kept)}\n"
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
