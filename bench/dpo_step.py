@@ -65,13 +65,13 @@ def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> di
     from cai_lightning.dpo import PreferenceLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    bf16 = precision(device) == "bf16-mixed"
+    mixed = precision(device)
     tokenizer = load_pretrained_tokenizer(folder)
     examples, _, _ = tokenize_pairs(pairs(n_pairs), tokenizer, max_length=384)
     reference_s = 0.0
     if mode == "cached":
         start = time.perf_counter()
-        logps = reference_logps(examples, folder, tokenizer, device, precision(device), batch)
+        logps = reference_logps(examples, folder, tokenizer, device, mixed, batch)
         reference_s = time.perf_counter() - start
         for example, (chosen, rejected) in zip(examples, logps):
             example["reference_chosen"], example["reference_rejected"] = chosen, rejected
@@ -89,7 +89,7 @@ def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> di
         chunk = [examples[(step * batch + i) % len(examples)] for i in range(batch)]
         data = {k: v.to(device) for k, v in collate(chunk).items()}
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=mixed == "bf16-mixed"):
             loss = module._preference_step(data, "train")
         optimizer.zero_grad()
         loss.backward()
@@ -100,7 +100,7 @@ def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> di
             seconds += time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"mode": mode, "reference_s": reference_s, "pairs_per_s": steps * batch / seconds, "peak_mib": peak,
-            "precision": precision(device)}
+            "precision": mixed}
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
