@@ -40,10 +40,11 @@ TASKS = Path(sandbox.__file__).parent.parent / "tasks"
 REPO = Path(__file__).resolve().parents[1]
 
 
-def load_jobs(n: int) -> list[tuple[str, str]]:
+def load_jobs(n: int) -> list[tuple[str, str, str]]:
+    """``n`` (program, tests, entry point) jobs: the shipped tasks' references, cycled."""
     rows = [json.loads(line) for path in sorted(TASKS.glob("*.jsonl")) for line in path.read_text().splitlines() if line.strip()]
-    pairs = [(r["output"], r["tests"]) for r in rows if r.get("tests")]
-    return [pairs[i % len(pairs)] for i in range(n)]
+    jobs = [(r["output"], r["tests"], r.get("entry_point") or "") for r in rows if r.get("tests")]
+    return [jobs[i % len(jobs)] for i in range(n)]
 
 
 def previous_sandbox(ref: str | None):
@@ -66,9 +67,9 @@ def previous_sandbox(ref: str | None):
     return module
 
 
-def bare(jobs: list[tuple[str, str]], workers: int) -> int:
-    def one(job: tuple[str, str]) -> bool:
-        program, tests = job
+def bare(jobs: list[tuple[str, str, str]], workers: int) -> int:
+    def one(job: tuple[str, str, str]) -> bool:
+        program, tests, _ = job
         done = subprocess.run([sys.executable, "-I", "-S", "-c", f"{program}\n{tests}\n"], capture_output=True, check=False)
         return done.returncode == 0
 
@@ -90,7 +91,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     runners = {"bare python": bare, "judge sandbox": lambda j, w: sum(r.passed for r in sandbox.run_many(j, workers=w))}
     previous = previous_sandbox(args.baseline)
     if previous is not None:
-        runners["previous sandbox"] = lambda j, w: sum(r.passed for r in previous.run_many(j, workers=w))
+        runners["previous sandbox"] = lambda j, w: sum(r.passed for r in previous.run_many([x[:2] for x in j], workers=w))
     for runner in runners.values():
         runner(jobs[:2], 1)  # warm the page cache for the interpreter and the standard library
 

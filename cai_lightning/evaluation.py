@@ -170,15 +170,19 @@ def execute(
             elif len(completion) > MAX_COMPLETION_CHARS:
                 result.error_type, result.message = "TooLong", f"completion of {len(completion)} characters not run"
             else:
-                result.syntax_valid = compiles(program)
+                try:  # one sample's scan must never cost the batch its verdicts
+                    result.syntax_valid = compiles(program)
+                    result.safety = [str(finding) for finding in safety(program)] if result.syntax_valid else []
+                except Exception as err:
+                    result.syntax_valid, result.error_type = False, "ScanError"
+                    result.message = f"the program could not be scanned: {type(err).__name__}: {err}"[:500]
                 if result.syntax_valid:
-                    result.safety = [str(finding) for finding in safety(program)]
                     check = f"\n{problem.tests}\n"
                     if "def check(" in problem.tests:  # HumanEval style: tests define check(candidate)
                         check += f"check({problem.entry_point})\n"
-                    jobs.append((program, check))
+                    jobs.append((program, check, problem.entry_point))
                     pending.append(result)
-                else:
+                elif result.error_type is None:
                     result.error_type, result.message = "SyntaxError", "the program does not compile"
             results[-1].append(result)
 
@@ -216,6 +220,38 @@ def problems_from_rows(rows: Iterable[dict]) -> list[Problem]:
         Problem(r.get("task_id") or f"row-{i}", r["prompt"], r.get("entry_point") or "", r.get("tests") or "", reference=r["output"])
         for i, r in enumerate(rows)
     ]
+
+
+def mbpp_problems(rows: Iterable[dict], prompt: Callable[[str, str], str] = format_prompt) -> list[Problem]:
+    """MBPP-format rows (``task_id``, ``text``, ``code``, ``test_list``, ``test_setup_code``) as problems.
+
+    MBPP names no entry point: it is the first name the tests call that the reference ``code`` defines at
+    its top level, else the first name they call that is not a builtin. The prompt is ``prompt(text, "")``
+    followed by the first test, as MBPP's own prompt shows it (so the model learns the function's name).
+    Raises KeyError naming a missing column.
+    """
+    import ast
+    import builtins
+
+    problems = []
+    for i, row in enumerate(rows):
+        missing = [c for c in ("text", "code", "test_list") if c not in row]
+        if missing:
+            raise KeyError(f"MBPP row {i} has no {', '.join(missing)} column; it needs text, code and test_list")
+        tests = "\n".join([row.get("test_setup_code") or "", *row["test_list"]]).strip("\n")
+        with sandbox.quiet_syntax_warnings():
+            defined = {
+                node.name for node in ast.parse(row["code"]).body
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            }
+            calls = [node.func.id for node in ast.walk(ast.parse(tests)) if isinstance(node, ast.Call)
+                     and isinstance(node.func, ast.Name)]
+        entry = next((n for n in calls if n in defined), next((n for n in calls if not hasattr(builtins, n)), ""))
+        instruction = f"{row['text']}\nYour code should pass this test:\n{row['test_list'][0]}" if row["test_list"] else row["text"]
+        problems.append(Problem(
+            str(row.get("task_id", f"mbpp-{i}")), prompt(instruction, ""), entry, tests, reference=row["code"],
+        ))
+    return problems
 
 
 HUMANEVAL_INSTRUCTION = "Complete the following Python function so that it does what its docstring says."

@@ -53,6 +53,8 @@ def _parse(code: str, check: str) -> tuple[ast.Module | None, list[Finding]]:
         return None, [Finding(check, f"the code does not parse: {err.msg}", err.lineno or 0)]
     except ValueError as err:  # null bytes
         return None, [Finding(check, f"the code does not parse: {err}")]
+    except (RecursionError, MemoryError):  # thousands of nested terms: CPython's parser gives up
+        return None, [Finding(check, "the code does not parse: it is nested too deeply for Python's parser")]
 
 
 CORRECTNESS_LIMITS = sandbox.Limits(timeout_s=10)
@@ -68,11 +70,13 @@ class UnitTests:
     passes (tests that build on each other, such as a ``Stack`` pushed then popped, keep their order);
     ``held_back`` only decides what a failure's evidence may quote (see :func:`_test_findings`). The
     price: a held-back test that fails before a shown one hides the shown one's failure. A plain string
-    wherever tests are taken means nothing is held back.
+    wherever tests are taken means nothing is held back. ``entry_point`` is the name the row's task asks
+    for (see :func:`sandbox.run`), or empty.
     """
 
     source: str = ""
     held_back: frozenset[int] = frozenset()
+    entry_point: str = ""
 
     @classmethod
     def of(cls, tests: str | UnitTests) -> UnitTests:
@@ -88,7 +92,7 @@ HELD_BACK_SHARE = 0.5
 """Share of a row's tests held back from the critic (rounded down; at least one of two or more)."""
 
 
-def split_tests(tests: str, key: str, seed: int) -> UnitTests:
+def split_tests(tests: str, key: str, seed: int, entry_point: str = "") -> UnitTests:
     """``tests`` with some held back from the critic, so that a revision special-casing the tests it was
     shown still fails the gate, which runs them all.
 
@@ -102,7 +106,7 @@ def split_tests(tests: str, key: str, seed: int) -> UnitTests:
     try:
         body = parse_code(tests).body
     except (SyntaxError, ValueError):
-        return UnitTests(tests)
+        return UnitTests(tests, entry_point=entry_point)
     asserts = [
         node for node in body
         if isinstance(node, ast.Assert) and not any(isinstance(n, ast.NamedExpr) for n in ast.walk(node))
@@ -110,7 +114,7 @@ def split_tests(tests: str, key: str, seed: int) -> UnitTests:
     count = max(int(len(asserts) * HELD_BACK_SHARE), 1) if len(asserts) >= 2 else 0
     ranked = sorted(range(len(asserts)), key=lambda j: hashlib.sha256(json.dumps([seed, key, j]).encode()).digest())
     lines = {line for j in ranked[:count] for line in range(asserts[j].lineno, asserts[j].end_lineno + 1)}
-    return UnitTests(tests, frozenset(lines))
+    return UnitTests(tests, frozenset(lines), entry_point)
 
 
 def correctness(code: str, tests: str | UnitTests = "", limits: sandbox.Limits = CORRECTNESS_LIMITS) -> list[Finding]:
@@ -120,7 +124,7 @@ def correctness(code: str, tests: str | UnitTests = "", limits: sandbox.Limits =
     tree, findings = _parse(code, "correctness")
     if tree is None or not tests.source.strip():
         return findings
-    return _test_findings(sandbox.run(code, tests.source, limits=limits), tests)
+    return _test_findings(sandbox.run(code, tests.source, limits=limits, entry_point=tests.entry_point), tests)
 
 
 def _test_findings(result: sandbox.Result, tests: UnitTests) -> list[Finding]:
@@ -183,48 +187,47 @@ DANGEROUS_CALLS = {
 SECRET_NAME = re.compile(r"(password|passwd|secret|api_?key|token|credential)", re.IGNORECASE)
 
 
-class _SafetyVisitor(ast.NodeVisitor):
-    def __init__(self) -> None:
-        self.findings: list[Finding] = []
-
-    def _flag(self, node: ast.AST, message: str) -> None:
-        self.findings.append(Finding("safety", message, getattr(node, "lineno", 0)))
-
-    def visit_Call(self, node: ast.Call) -> None:
+def _safety_findings(node: ast.AST) -> list[Finding]:
+    """The safety findings of one node (a call or an assignment), not of the nodes inside it."""
+    line = getattr(node, "lineno", 0)
+    if isinstance(node, ast.Call):
         name = _dotted(node.func)
-        if name in DANGEROUS_CALLS:
-            self._flag(node, DANGEROUS_CALLS[name])
+        found = [Finding("safety", DANGEROUS_CALLS[name], line)] if name in DANGEROUS_CALLS else []
         if name.startswith("subprocess.") and any(
             k.arg == "shell" and isinstance(k.value, ast.Constant) and k.value.value is True for k in node.keywords
         ):
-            self._flag(node, f"{name}(..., shell=True) passes a string to the shell")
-        self.generic_visit(node)
-
-    def visit_Assign(self, node: ast.Assign) -> None:
-        if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) and node.value.value:
-            for target in node.targets:
-                name = _dotted(target)
-                if SECRET_NAME.search(name):
-                    self._flag(node, f"hard-coded credential in {name!r}; read it from the environment or a secret store")
-        self.generic_visit(node)
+            found.append(Finding("safety", f"{name}(..., shell=True) passes a string to the shell", line))
+        return found
+    if isinstance(node, ast.Assign) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str) \
+            and node.value.value:
+        return [
+            Finding("safety", f"hard-coded credential in {name!r}; read it from the environment or a secret store", line)
+            for name in map(_dotted, node.targets) if SECRET_NAME.search(name)
+        ]
+    return []
 
 
 def _dotted(node: ast.AST) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return f"{_dotted(node.value)}.{node.attr}"
-    return ""
+    """``a.b.c`` for a name or an attribute chain, else ``""``. A loop, not recursion: a program may
+    chain thousands of attributes."""
+    parts = []
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    if not isinstance(node, ast.Name):
+        return ""
+    return ".".join([node.id, *reversed(parts)])
 
 
 def safety(code: str) -> list[Finding]:
-    """No ``eval``/``exec``, shell commands, ``subprocess(..., shell=True)``, unpickling, or hard-coded credentials."""
+    """No ``eval``/``exec``, shell commands, ``subprocess(..., shell=True)``, unpickling, or hard-coded
+    credentials. Never raises: the walk is a loop (``ast.walk``), not recursion, so a program nested as
+    deep as the parser allows is scanned like any other, and one deeper does not parse (a finding)."""
     tree, findings = _parse(code, "safety")
     if tree is None:
         return findings
-    visitor = _SafetyVisitor()
-    visitor.visit(tree)
-    return visitor.findings
+    found = [finding for node in ast.walk(tree) for finding in _safety_findings(node)]
+    return sorted(found, key=lambda finding: finding.line)
 
 
 RUFF_RULES = "E,W,F"  # pycodestyle (PEP 8) and pyflakes (unused names, undefined names)
@@ -352,7 +355,7 @@ def _correctness_many(items: list[tuple[str, str | UnitTests]], limits: sandbox.
     findings = [_parse(code, "correctness")[1] for code, _ in items]
     tests = [UnitTests.of(t) for _, t in items]
     to_run = [i for i in range(len(items)) if not findings[i] and tests[i].source.strip()]
-    jobs = [(items[i][0], tests[i].source) for i in to_run]
+    jobs = [(items[i][0], tests[i].source, tests[i].entry_point) for i in to_run]
     results = sandbox.run_many(jobs, limits=limits, workers=workers) if to_run else []
     for i, result in zip(to_run, results):
         findings[i] = _test_findings(result, tests[i])

@@ -54,7 +54,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 6  # bump when what a chunk file holds, or how it is computed, changes (6: verdicts from the judge)
+STAGE_FORMAT = 7  # bump when what a chunk file holds, or how it is computed, changes (7: names and operators decided by the judge)
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -307,7 +307,8 @@ class ConstitutionStage:
             return json.loads(path.read_text())
         except (OSError, ValueError):  # not checked yet
             pass
-        findings = [_strings(f) for f in self._check([r["output"] for r in rows], [r["tests"] for r in rows])]
+        tests = [UnitTests(r["tests"], entry_point=r.get("entry_point") or "") for r in rows]
+        findings = [_strings(f) for f in self._check([r["output"] for r in rows], tests)]
         self.folder.mkdir(parents=True, exist_ok=True)
         _write_atomic(path, findings)
         return findings
@@ -359,7 +360,7 @@ class ConstitutionStage:
             responses = [extract_code(a[0]) for a in answers]
         else:
             responses = [r["output"] for r in rows]
-        tests = [split_tests(r["tests"], r.get("task_id") or r["instruction"], s.seed) for r in rows]
+        tests = [split_tests(r["tests"], r.get("task_id") or r["instruction"], s.seed, r.get("entry_point") or "") for r in rows]
         findings = self._check(responses, tests)
         scores = [score(f, self.weights) for f in findings]
         records = [

@@ -25,8 +25,11 @@ attack                                  stopped by
 forge a pass: patch the harness, fake   the judge (a separate process decides; the program only sends
 reports, answer "True" to everything    data, and the tests' source never reaches it)
 objects that lie: ``__eq__`` always     the wire: subclasses of plain types travel as plain values, and
-True, an ``int``/``str`` subclass,      a program's object never equals or orders against a plain value;
-a builtin shadowed (``def len``)        names that would shadow a builtin are not given to the tests
+True, an ``int``/``str`` subclass,      a program's object never equals, orders against nor computes
+``__sub__`` answering 0                 with the tests' value by its own methods (see ``judge.py``)
+reach the tests' names: a builtin       the judge resolves names from the tests' code: builtins are its
+deleted and redefined, a test's flag    own (but the entry point), and a name the tests bound is theirs
+rebound between statements
 kill or signal the evaluator (``kill``, PID namespace (the program is its pid 1: no other pid to name) and
 ``pidfd_send_signal``, ``killpg``)      seccomp (every signal call, ``pidfd_*`` refused); as root also
                                         the uid switch
@@ -58,10 +61,13 @@ container) the program runs with seccomp, rlimits and the uid switch only, can r
 and the report says so. The tests are trusted: they run unconfined in the judge, as the caller's user.
 A test that compares two of the program's objects gets the program's answer (``Cell(1, 2) == Cell(1, 2)``
 is the program's ``__eq__``), and the program's top-level names are read before each test statement.
+The judge itself has the program's CPU limit, a memory limit, and reads at most ``wire.MAX_REPLY``
+bytes in one answer (more fails the run: ``ReplyTooLarge``).
 
-**Statuses.** ``passed``; ``failed`` (an ``AssertionError``); ``error`` (any other exception, with its
+**Statuses.** ``passed``; ``failed`` (an ``AssertionError``, or ``ReplyTooLarge``); ``error`` (any other exception, with its
 class name as ``error_type``: ``SyntaxError`` naming the program or the tests, ``SystemExit`` of any code,
-``EarlyExit`` for a program process that ended before the tests did or broke the channel, ``BadInput``,
+``EarlyExit`` for a program process that ended before the tests did or broke the channel, ``NameError``
+for a program without its entry point, ``BadInput``,
 ``SandboxError``); ``timeout`` (the wall-clock limit); ``killed`` (a resource limit: ``MemoryError``, a
 write over ``file_bytes`` or ``disk_bytes`` (``OSError``), or a signal such as ``SIGXCPU``; a crash such
 as ``SIGSEGV`` is reported the same way). Output beyond ``Limits.output_bytes`` is drained and dropped,
@@ -183,8 +189,12 @@ class Result:
         return self.status == "passed"
 
 
-def run(program: str, tests: str = "", *, limits: Limits = Limits()) -> Result:
+def run(program: str, tests: str = "", *, limits: Limits = Limits(), entry_point: str = "") -> Result:
     """Run ``program`` in a sandboxed process and ``tests`` (assert statements) in the judge's, against it.
+
+    ``entry_point``: the name the task asks the program to define (a function, a class). The tests get it
+    from the program even when it is a builtin's name (``sum``), and a program without it fails with a
+    ``NameError``; other names that a builtin has are the judge's own. Empty: no such name.
 
     Never raises for bad input (not a str, null bytes, over ``MAX_SOURCE_CHARS`` characters): that is an
     ``"error"`` result with error_type ``"BadInput"``; a process that cannot be started is an ``"error"``
@@ -193,15 +203,18 @@ def run(program: str, tests: str = "", *, limits: Limits = Limits()) -> Result:
     problem = _input_problem(program, tests)
     if problem is not None:
         return _error_result("BadInput", problem)
-    return _execute(program, tests, limits)[0]
+    if not isinstance(entry_point, str) or not (entry_point == "" or entry_point.isidentifier()):
+        return _error_result("BadInput", f"the entry point must be a Python name, got {entry_point!r}")
+    return _execute(program, tests, limits, entry_point)[0]
 
 
 def run_many(
-    jobs: Sequence[tuple[str, str]], *, limits: Limits = Limits(), workers: int | None = None,
+    jobs: Sequence[tuple[str, str] | tuple[str, str, str]], *, limits: Limits = Limits(), workers: int | None = None,
     progress: str | None = None,
 ) -> list[Result]:
-    """Run many ``(program, tests)`` pairs, at most ``workers`` at once (default: one per CPU core).
-    Results come back in input order; a job that is not a pair gives a ``"BadInput"`` result. With
+    """Run many ``(program, tests)`` or ``(program, tests, entry_point)`` jobs (see :func:`run`), at most
+    ``workers`` at once (default: one per CPU core). Results come back in input order; a job of another
+    shape gives a ``"BadInput"`` result. With
     ``progress``, a progress bar of that title counts the programs run. Raises ValueError for ``workers < 1``."""
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
@@ -210,10 +223,10 @@ def run_many(
     if not jobs:
         return []
 
-    def one(job: tuple[str, str]) -> Result:
-        if not isinstance(job, (tuple, list)) or len(job) != 2:
-            return _error_result("BadInput", f"a job must be a (program, tests) pair, got {type(job).__name__}")
-        return run(job[0], job[1], limits=limits)
+    def one(job: tuple) -> Result:
+        if not isinstance(job, (tuple, list)) or len(job) not in (2, 3):
+            return _error_result("BadInput", f"a job must be (program, tests[, entry_point]), got {type(job).__name__}")
+        return run(*job[:2], limits=limits, entry_point=job[2] if len(job) == 3 else "")
 
     # Threads only wait on pipes; the work happens in the children.
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox") as pool:
@@ -366,7 +379,7 @@ def _child_env(workdir: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
 
 
-def _execute(program: str, tests: str, limits: Limits) -> tuple[Result, dict[str, str] | None]:
+def _execute(program: str, tests: str, limits: Limits, entry_point: str = "") -> tuple[Result, dict[str, str] | None]:
     """Run one job; the result, and the isolation layers the program's process reported."""
     _sweep_once()
     workdir = workdirs.make_workdir()
@@ -383,7 +396,7 @@ def _execute(program: str, tests: str, limits: Limits) -> tuple[Result, dict[str
         }}
         try:
             judge = _Child("cai_lightning.sandbox.judge", _JUDGE_MODULES, {
-                **common, "tests": tests, "read_fd": to_judge_r, "write_fd": to_program_w, "report_fd": report_w,
+                **common, "tests": tests, "entry_point": entry_point, "read_fd": to_judge_r, "write_fd": to_program_w, "report_fd": report_w,
             }, (to_judge_r, to_program_w, report_w), workdir)
             children.append(judge)
             prog = _Child("cai_lightning.sandbox.program", _PROGRAM_MODULES, {
@@ -508,6 +521,11 @@ def _verdict(report: dict | None, prog: _Child, judge: _Child, timed_out: bool, 
     ended. Pure: the rules in one place. Only the judge can say "passed"."""
     if timed_out:
         return "timeout", "", f"exceeded the wall-clock limit of {limits.timeout_s:g} s; both processes were killed", 0
+    if report is None and judge.exit_code == -signal.SIGXCPU:
+        return "killed", "SIGXCPU", (
+            f"the judge exceeded its CPU time limit of {limits.cpu_s} s (the tests' own work and decoding the "
+            "program's answers)"
+        ), 0
     if report is None:
         return "error", "SandboxError", f"the judge ended without a verdict (exit status {judge.exit_code})", 0
     status, error_type = report["status"], str(report.get("error_type", ""))

@@ -31,7 +31,25 @@ OPERATIONS = {
     "round": round, "reversed": reversed, "hash": hash,
     "instancecheck": lambda cls, obj: isinstance(obj, cls), "subclasscheck": lambda cls, sub: issubclass(sub, cls),
     "enter": lambda obj: obj.__enter__(), "exit": lambda obj, *args: obj.__exit__(*args),
+    "plain": lambda obj: plain_value(obj),
 }
+# The builtin containers an object of the program may be an instance of (a Counter, an OrderedDict, a
+# namedtuple), each with the base type's own copy: what the object is as plain data.
+PLAIN_COPIES = (
+    (dict, dict.copy), (list, list.copy), (tuple, lambda obj: tuple.__getitem__(obj, slice(None))),
+    (set, set.copy), (frozenset, frozenset.copy), (bytearray, bytearray.copy),
+)
+
+
+def plain_value(obj: object) -> tuple:
+    """``(value,)``: the plain container an instance of a builtin container's subclass holds, which the
+    judge compares and computes with in its place (``Counter(a=1) == {"a": 1}``, as in Python); ``()``
+    for any other object. (The subclasses of ``int``, ``float``, ``str``, ``bytes`` travel as plain values
+    already.)"""
+    for base, copy in PLAIN_COPIES:
+        if isinstance(obj, base):
+            return (copy(obj),)
+    return ()
 
 
 class JudgeObject:
@@ -67,6 +85,8 @@ class JudgeObject:
 
 class ProgramEnd(wire.Endpoint):
     """The program's end of the channel: its objects travel as handles, kept alive in a table."""
+
+    send_limit = wire.MAX_REPLY  # what the judge reads: a bigger answer is an OverflowError in the test
 
     def __init__(self, read_fd: int, write_fd: int, namespace: dict) -> None:
         super().__init__(read_fd, write_fd)
@@ -129,13 +149,9 @@ class ProgramEnd(wire.Endpoint):
         raise wire.WireError(f"unexpected request {kind!r}")
 
     def names(self, wanted: tuple) -> dict:
-        """Those of the ``wanted`` top-level names the program has and the tests may use: not dunders, and
-        not names that would shadow a builtin (a program's own ``len`` must not answer ``len(x) == 3``)."""
-        return {
-            name: self.namespace[name] for name in wanted
-            if type(name) is str and name in self.namespace
-            and not (name.startswith("__") and name.endswith("__")) and name not in vars(builtins)
-        }
+        """Those of the ``wanted`` top-level names the program has. Which names the tests take from the
+        program is the judge's decision, not this end's."""
+        return {name: self.namespace[name] for name in wanted if type(name) is str and name in self.namespace}
 
 
 def main(config: dict) -> None:
