@@ -320,7 +320,9 @@ class _Capture:
 
 
 class _Child:
-    """One child process: its Popen, and when it was seen to exit."""
+    """One child process: its Popen, and when it was seen to exit. Started first, told what to run by
+    :meth:`send` after: a payload over the pipe's 64 KiB blocks the writer until the child's interpreter
+    is up and reading, so both children are started before either is sent one (they boot in parallel)."""
 
     def __init__(self, entry: str, modules: tuple[str, ...], config: dict, pass_fds: tuple[int, ...], workdir: str) -> None:
         self.proc = subprocess.Popen(
@@ -332,7 +334,11 @@ class _Child:
         self.exit_code: int | None = None  # as Popen.returncode: negative for a signal
         self.exited_at: float | None = None
         self.group_kill_at: float | None = None
-        payload = marshal.dumps({"modules": [_module_code(m) for m in modules], "entry": entry, "config": config})
+        self.payload = marshal.dumps({"modules": [_module_code(m) for m in modules], "entry": entry, "config": config})
+
+    def send(self) -> None:
+        """Write the payload (harness modules, entry, config) to the child's stdin and close it."""
+        payload, self.payload = self.payload, b""
         try:
             self.proc.stdin.write(payload)  # read to the end by the child before anything else
         except BrokenPipeError:  # it died at startup: its exit status tells
@@ -404,6 +410,8 @@ def _execute(program: str, tests: str, limits: Limits, entry_point: str = "") ->
                 "workdir": workdir, "uid_base": SANDBOX_UID_BASE, "keep_fds": [to_program_r, to_judge_w],
             }, (to_program_r, to_judge_w), workdir)
             children.append(prog)
+            for child in (prog, judge):  # the program's side has more to do before it is ready
+                child.send()
         except OSError as err:
             for child in children:
                 child.kill()
