@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+from cai_lightning import sandbox
 from cai_lightning.sandbox import Limits, run, wire
 
 FAST = Limits(timeout_s=10, cpu_s=5, memory_mb=256)
@@ -176,3 +177,12 @@ def test_an_answer_too_big_for_the_channel_is_an_error_in_the_test_that_asked():
     result = run("def f():\n    return 'x' * (20 << 20)\n", "assert f(), 'ran'", limits=Limits(memory_mb=512))
     assert (result.status, result.error_type, result.tests_line) == ("error", "OverflowError", 1)
     assert "does not fit the channel" in result.message
+
+
+def test_stdin_setup_and_what_the_tests_print():
+    program = "name = input()\nprint('hi ' + name)\ndef total():\n    return sum(data)\n"
+    result = run(program, "print(total(), total() == 6)", limits=FAST, stdin="Ada\n", setup="data = [1, 2, 3]")
+    assert result.passed and result.stdout == "hi Ada\n" and result.tests_stdout == "6 True\n"
+    assert run("input()", limits=FAST).error_type == "EOFError"  # no stdin: input() has nothing to read
+    many = [sandbox.Job("print(input())", stdin="x"), ("def f():\n    return 1\n", "assert f() == 1", "f")]
+    assert [(r.status, r.stdout) for r in sandbox.run_many(many, limits=FAST, workers=2)] == [("passed", "x\n"), ("passed", "")]

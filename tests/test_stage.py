@@ -114,12 +114,15 @@ def test_each_principle_in_turn_quotes_its_own_findings(tmp_path):
     response = "import os\n" + BROKEN
     provenance, critic = run_stage(tmp_path, [{**ROW, "output": response}], [response], rounds=1)
     steps = provenance[0]["steps"]
-    assert [s["principle"] for s in steps] == [p.name for p in CONSTITUTION.principles]
+    assert [s["principle"] for s in steps] == ["correctness", "style", "documentation"]  # what it violates, in turn
     critiques = [p for p in critic.prompts if p.endswith("### Critique:\n")]
     assert "### Unit tests:\nassert add(1, 2) == 3\n\n" in critiques[0]  # one test: the critic sees it
     assert "### Automatic check (correctness):\n- the unit test `assert add(1, 2) == 3` fails: AssertionError" in critiques[0]
-    assert "F401" in critiques[2] and "### Unit tests" not in critiques[2]  # style: no tests quoted
+    assert "F401" in critiques[1] and "### Unit tests" not in critiques[1]  # style: no tests quoted
     assert provenance[0]["final"] == response  # the only candidate ties: nothing was strictly better
+    assert {c["refused"] for s in steps for c in s["candidates"]} == {"not_better"}
+    provenance, _ = run_stage(tmp_path / "open", [{**ROW, "output": response}], [response], open_ended=True)
+    assert [s["principle"] for s in provenance[0]["steps"]] == ["correctness", "style", "documentation", "clarity", "efficiency"]
 
 
 def test_model_responses_are_answered_then_revised(tmp_path):
@@ -256,7 +259,7 @@ def test_datamodule_revises_train_records_with_provenance_and_preference_pairs(t
     # the random critic's noise fails the tests and the fixer's documented code passes them: a verified pair
     # per row, counted though not used
     assert summary["verified_pairs"] == len(train)
-    assert f"execution-verified pairs (a candidate passing the must-pass checks against one failing them): {len(train)}; " in out
+    assert f"execution-verified pairs (a candidate passing the must-pass checks, run, against one failing them): {len(train)}; " in out
 
     again = datamodule(tmp_path, rows_path)
     again.prepare_data()
@@ -473,14 +476,15 @@ def test_a_revision_hard_coding_the_shown_tests_fails_the_gate_on_the_held_back_
     critic = HardCodingCritic()
     stage = ConstitutionStage(CONSTITUTION, Revise(principles="all", candidates=1, fixers=False, workers=1), tmp_path, lambda: critic)
     right_record, wrong_record = stage.run(rows, progress=False)
-    gamed = right_record["steps"][0]["candidates"][0]  # the correctness step
-    assert right_record["tests_held_back"] == [3, 4] and "{1: 2, 3: 4}[x]" in gamed["text"]
-    # were f(5) and f(7) not run, this documented program would beat the correct one by a docstring
-    assert gamed["findings"]["correctness"] == ["a held-back test fails (KeyError)"] and gamed["score"] < right_record["score_before"]
+    assert [s["principle"] for s in right_record["steps"]] == ["documentation"]  # correct: never revised for it
+    gamed = wrong_record["steps"][0]["candidates"][0]  # the correctness step
+    assert wrong_record["tests_held_back"] == [3, 4] and "{1: 2, 3: 4}[x]" in gamed["text"]
+    # were f(5) and f(7) not run, this program would pass every test and replace the wrong one
+    assert gamed["findings"]["correctness"] == ["a held-back test fails (KeyError)"]
+    assert gamed["score"] == wrong_record["score_before"] and gamed["refused"] == "not_better"  # a tie: kept out
     assert right_record["final"] == correct and wrong_record["final"] == wrong  # nothing gamed gets in
-    assert wrong_record["steps"][0]["candidates"][0]["score"] == wrong_record["score_before"]  # a tie: kept out
     revision_prompts = [p for p in critic.prompts if p.endswith("### Revision:\n") and "### Unit tests" in p]
-    assert len(revision_prompts) == 2
+    assert len(revision_prompts) == 1
     assert all("### Unit tests (more are held back):\nassert f(1) == 2\nassert f(3) == 4\n\n" in p for p in revision_prompts)
     assert not any("f(5)" in p or "f(7)" in p or "== 6" in p or "== 8" in p for p in critic.prompts)  # never quoted
 

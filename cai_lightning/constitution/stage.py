@@ -42,6 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+from cai_lightning.constitution import guards
 from cai_lightning.constitution.checks import (
     Finding, UnitTests, check_many, fix_many, parse_code, split_tests, summary_docstring,
 )
@@ -54,7 +55,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 7  # bump when what a chunk file holds, or how it is computed, changes (7: names and operators decided by the judge)
+STAGE_FORMAT = 8  # bump when what a chunk file holds, or how it is computed, changes (8: the guards, behaviour runs)
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -75,8 +76,12 @@ class Revise:
             answer the prompt and revises its answer (the Constitutional-AI way).
         rounds: Critique → revision rounds per row. Each round revises the response the previous one
             ended with: its accepted candidate, or the same response when none was accepted.
-        principles: ``sample`` draws one principle per round (seeded); ``all`` goes through every
-            principle in turn in each round.
+        principles: ``sample`` draws one principle per round (seeded) among those the row violates (its
+            check has findings); ``all`` goes through every principle the row violates in turn in each
+            round. A row that violates none is not sent to the critic.
+        open_ended: Also revise under the principles without a check (clarity, efficiency), for every
+            row. Nothing but the critic's word would say such a revision is better: it is kept only when
+            its behaviour is proven unchanged and its findings fewer, like any other.
         candidates: Revisions the critic proposes per step (0: no critic at all, fixers only).
         fixers: Also propose the response as fixed automatically (ruff's safe fixes and formatter, and a
             docstring from the instruction for the entry point), behaviour unchanged.
@@ -108,6 +113,7 @@ class Revise:
     response_source: Literal["dataset", "model"] = "dataset"
     rounds: int = 1
     principles: Literal["sample", "all"] = "sample"
+    open_ended: bool = False
     candidates: int = 2
     fixers: bool = True
     splits: tuple[str, ...] = ("train",)
@@ -251,9 +257,12 @@ class ConstitutionStage:
             print(f"Constitution stage: reusing all {len(chunks)} chunks in {self.folder}")
         elif done:
             print(f"Constitution stage: resuming, {len(done)} of {len(chunks)} chunks already done in {self.folder}")
+        # rows done, rows/min and the ETA, moved on within a chunk as its phases finish (a chunk of a 0.5B
+        # critic on a CPU is minutes): the rate is of rows finished, so the ETA is too
         bar = tqdm(
             total=len(rows), initial=sum(len(chunks[i]) for i in done), unit="row", desc="constitution",
-            disable=not progress, dynamic_ncols=True,
+            disable=not progress, dynamic_ncols=True, bar_format="{l_bar}{bar}| {n:.1f}/{total} rows "
+            "[{elapsed}<{remaining}, {rate_fmt}]", unit_scale=False,
         )
         self.chunks_revised = []
         pending = [index for index in range(len(chunks)) if index not in done]
@@ -265,12 +274,18 @@ class ConstitutionStage:
                         held_elsewhere.append(index)
                         continue
                     result = self._read(index)  # finished by another process since this one looked
+                    shown = [0.0]  # of this chunk's rows, on the bar already
+
+                    def advance(fraction: float, size: int = len(chunks[index])) -> None:
+                        bar.update(fraction * size - shown[0])
+                        shown[0] = fraction * size
+
                     if result is None or len(result) != len(chunks[index]):
-                        result = self._revise_chunk(index, chunks[index])
+                        result = self._revise_chunk(index, chunks[index], advance)
                         self._write(index, result)
                         self.chunks_revised.append(index)
                 done[index] = result
-                bar.update(len(chunks[index]))
+                advance(1.0)
             if held_elsewhere and not wait:
                 print(f"Constitution stage: {len(held_elsewhere)} chunk(s) are being revised by another process; waiting for them")
             pending = held_elsewhere
@@ -278,6 +293,7 @@ class ConstitutionStage:
         results: list[dict] = [{}] * len(rows)
         for position, record in zip(order, (record for index in range(len(chunks)) for record in done[index])):
             results[position] = record
+        write_revisions(self.folder / "revisions.jsonl", rows, results)
         if self._critic is not None and self._critic.prompts_truncated:
             log.warning(
                 "constitution stage: %d prompt(s) were longer than the critic's context and lost their beginning",
@@ -327,12 +343,18 @@ class ConstitutionStage:
         digest = hashlib.sha256(json.dumps([self.settings.seed, chunk, *parts]).encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
-    def _principle_for(self, row_number: int, step: int) -> Principle:
+    def _principle_for(self, row_number: int, step: int, findings: Mapping[str, list]) -> Principle | None:
+        """The principle a row is revised under at ``step``, among those it violates (its check has
+        findings; one without a check only with ``open_ended``); None: the row sits this step out."""
         principles = self.constitution.principles
+        violated = [p for p in principles if (findings.get(p.check) if p.check else self.settings.open_ended)]
         if self.settings.principles == "all":
-            return principles[step % len(principles)]
+            principle = principles[step % len(principles)]
+            return principle if principle in violated else None
+        if not violated:
+            return None
         rng = random.Random(f"{self.settings.seed}:{row_number}:{step}")  # str seeds are stable across runs
-        return rng.choice(principles)
+        return rng.choice(violated)
 
     def _generate(self, prompts: list[str], max_new_tokens: int, n: int, seed: int) -> list[list[str]]:
         s = self.settings
@@ -341,19 +363,27 @@ class ConstitutionStage:
             top_k=s.top_k, top_p=s.top_p, seed=seed,
         )
 
-    def _revise_chunk(self, chunk: int, rows: list[dict]) -> list[dict]:
+    def _revise_chunk(self, chunk: int, rows: list[dict], advance: Callable[[float], None] = lambda fraction: None) -> list[dict]:
         """Provenance of each row of one chunk::
 
             {"original": response before revision, "response_source": "dataset" | "model",
              "tests_held_back": [lines of the row's tests held back from the critic],
+             "correctness_basis": "tests" | "executed" | "parsed",
+             "behaviour_before": how the response ran (guards.Behaviour.to_dict()),
              "findings_before": {check: [finding, ...]}, "score_before": float,
              "steps": [{"round", "principle", "critique",
-                        "candidates": [{"source": "critic" | "fixer", "text", "findings", "score"}],
+                        "candidates": [{"source": "critic" | "fixer", "text", "findings", "score",
+                                        "refused": why a guard refused it (guards.GUARDS, or "worse",
+                                                   "deletion", "not_better") or null,
+                                        "behaviour": how it behaved against the response}],
                         "accepted": index into candidates, or null}],
              "final": the training target, "findings_after", "score_after", "changed": bool}
+
+        ``advance(fraction)`` is told how much of the chunk is done as its phases finish (a progress bar).
         """
         s = self.settings
         first_row = chunk * s.batch_size
+        workers = s.workers or os.cpu_count() or 1
         if s.response_source == "model":
             prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
             answers = self._generate(prompts, s.revision_tokens, 1, self._seed(chunk, "response"))
@@ -361,22 +391,31 @@ class ConstitutionStage:
         else:
             responses = [r["output"] for r in rows]
         tests = [split_tests(r["tests"], r.get("task_id") or r["instruction"], s.seed, r.get("entry_point") or "") for r in rows]
-        findings = self._check(responses, tests)
+        inputs = [guards.inputs_for(text, r["input"]) for text, r in zip(responses, rows)]
+        behaviours = guards.observe(responses, inputs, workers)
+        findings = self._with_execution(self._check(responses, tests), behaviours, tests)
         scores = [score(f, self.weights) for f in findings]
         records = [
             {"original": text, "response_source": s.response_source, "tests_held_back": sorted(t.held_back),
+             "correctness_basis": _basis(t, b), "behaviour_before": b.to_dict(),
              "findings_before": _strings(f), "score_before": sc, "steps": []}
-            for text, t, f, sc in zip(responses, tests, findings, scores)
+            for text, t, b, f, sc in zip(responses, tests, behaviours, findings, scores)
         ]
         steps_per_round = len(self.constitution.principles) if s.principles == "all" else 1
-        for step in range(s.rounds * steps_per_round):
-            active = [i for i in range(len(rows)) if scores[i] < self.max_score]
+        steps = s.rounds * steps_per_round
+        advance(0.1)
+        for step in range(steps):
+            principles = {
+                i: principle for i in range(len(rows))
+                if (principle := self._principle_for(first_row + i, step, findings[i])) is not None
+            }
+            active = list(principles)
             if not active:
-                break
-            principles = {i: self._principle_for(first_row + i, step) for i in active}
+                continue
 
             critiques = {i: "" for i in active}
-            proposals: dict[int, list[tuple[str, str]]] = {i: [] for i in active}  # row → [(source, text)]
+            # row → [(source, code, the critic's whole reply or None)]
+            proposals: dict[int, list[tuple[str, str, str | None]]] = {i: [] for i in active}
             if s.candidates:
                 prompts = [
                     critique_prompt(
@@ -395,34 +434,93 @@ class ConstitutionStage:
                 ]
                 revisions = self._generate(prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"))
                 for i, outs in zip(active, revisions):
-                    proposals[i] += [("critic", extract_code(text)) for text in outs]
+                    proposals[i] += [("critic", extract_code(text), text) for text in outs]
+                advance(0.1 + 0.9 * (step + 0.7) / steps)
             if s.fixers:
                 fixed = fix_many([responses[i] for i in active], [_docstring_targets(rows[i], responses[i]) for i in active])
                 for i, text in zip(active, fixed):
                     if text != responses[i]:
-                        proposals[i].append(("fixer", text))
+                        proposals[i].append(("fixer", text, None))
 
-            flat = [(i, source, text) for i in active for source, text in proposals[i]]
-            checked = self._check([text for _, _, text in flat], [tests[i] for i, _, _ in flat])
+            flat = [(i, source, text, reply) for i in active for source, text, reply in proposals[i]]
+            refused = [guards.static_refusal(responses[i], text, reply) for i, _, text, reply in flat]
+            runnable = [k for k, reason in enumerate(refused) if reason is None]
+            ran = dict(zip(runnable, guards.observe([flat[k][2] for k in runnable], [inputs[flat[k][0]] for k in runnable], workers)))
+            checked = self._with_execution(
+                self._check([text for _, _, text, _ in flat], [tests[i] for i, _, _, _ in flat]),
+                [ran.get(k) for k in range(len(flat))], [tests[i] for i, _, _, _ in flat],
+            )
             candidates: dict[int, list[dict]] = {i: [] for i in active}
-            candidate_findings: dict[int, list[dict]] = {i: [] for i in active}
-            for (i, source, text), f in zip(flat, checked):
-                candidates[i].append({"source": source, "text": text, "findings": _strings(f), "score": score(f, self.weights)})
-                candidate_findings[i].append(f)
+            evidence: dict[int, list[tuple[dict, guards.Behaviour | None]]] = {i: [] for i in active}
+            for k, ((i, source, text, _), f) in enumerate(zip(flat, checked)):
+                verdict, detail = ("", "") if k not in ran else guards.compare(
+                    behaviours[i], ran[k], may_fix=principles[i].check == "correctness"
+                )
+                reason = refused[k] or _refusal(responses[i], text, source, verdict, findings[i], f)
+                candidates[i].append({
+                    "source": source, "text": text, "findings": _strings(f), "score": score(f, self.weights),
+                    "refused": reason, "behaviour": f"{verdict}: {detail}" if detail else verdict,
+                })
+                evidence[i].append((f, ran.get(k)))
             for i in active:
-                # the gate: the best candidate (the first of equals) replaces the response only if strictly better
-                best = max(range(len(candidates[i])), key=lambda j: candidates[i][j]["score"], default=None)
-                accepted = best if best is not None and candidates[i][best]["score"] > scores[i] else None
+                # the gate: among the candidates no guard refused, the best (a tie goes to the fixer, whose
+                # candidate keeps behaviour by construction) replaces the response only if strictly better
+                for candidate in candidates[i]:
+                    if candidate["refused"] is None and candidate["score"] <= scores[i]:
+                        candidate["refused"] = "not_better"
+                eligible = [j for j, c in enumerate(candidates[i]) if c["refused"] is None]
+                accepted = max(eligible, key=lambda j: (candidates[i][j]["score"], candidates[i][j]["source"] == "fixer", -j), default=None)
                 if accepted is not None:
-                    responses[i], findings[i] = candidates[i][accepted]["text"], candidate_findings[i][accepted]
-                    scores[i] = candidates[i][accepted]["score"]
+                    responses[i], scores[i] = candidates[i][accepted]["text"], candidates[i][accepted]["score"]
+                    findings[i], behaviours[i] = evidence[i][accepted]
                 records[i]["steps"].append(
                     {"round": step // steps_per_round, "principle": principles[i].name, "critique": critiques[i],
                      "candidates": candidates[i], "accepted": accepted}
                 )
+            advance(0.1 + 0.9 * (step + 1) / steps)
         for record, text, f, sc in zip(records, responses, findings, scores):
             record.update(final=text, findings_after=_strings(f), score_after=sc, changed=text != record["original"])
         return records
+
+    def _with_execution(
+        self, found: list[dict[str, list[Finding]]], behaviours: Sequence[guards.Behaviour | None], tests: Sequence[UnitTests]
+    ) -> list[dict[str, list[Finding]]]:
+        """``correctness`` of a row without unit tests means more than "parses": how running it failed
+        (:func:`guards.execution_findings`) joins its findings, so the critique quotes it and a revision
+        that no longer fails scores higher. A row with tests is judged by its tests alone."""
+        if "correctness" not in self.weights:
+            return found
+        for f, behaviour, t in zip(found, behaviours, tests):
+            if behaviour is not None and not t.source.strip():
+                f["correctness"] = [*f["correctness"], *guards.execution_findings(behaviour)]
+        return found
+
+
+def write_revisions(path: Path, rows: Sequence[dict], provenance: Sequence[dict]) -> None:
+    """Every accepted revision, one JSON line per changed row, for a person (or an audit) to read: the
+    row (its position, instruction and input), ``original`` and ``revision`` (the final response), and
+    per accepted step its principle, source, behaviour verdict and findings before → after."""
+    lines = []
+    for position, (row, record) in enumerate(zip(rows, provenance)):
+        if not record.get("changed"):
+            continue
+        steps, findings = [], record["findings_before"]
+        for step in record["steps"]:
+            if step["accepted"] is None:
+                continue
+            chosen = step["candidates"][step["accepted"]]
+            steps.append({"principle": step["principle"], "source": chosen["source"], "behaviour": chosen.get("behaviour", ""),
+                          "findings_before": findings, "findings_after": chosen["findings"]})
+            findings = chosen["findings"]
+        lines.append(json.dumps({
+            "row": position, "instruction": row["instruction"], "input": row["input"], "original": record["original"],
+            "revision": record["final"], "principle": ", ".join(s["principle"] for s in steps),
+            "source": ", ".join(dict.fromkeys(s["source"] for s in steps)), "correctness_basis": record.get("correctness_basis"),
+            "guards": steps,
+        }))
+    staging = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
+    staging.write_text("".join(line + "\n" for line in lines))
+    os.replace(staging, path)
 
 
 def _write_atomic(path: Path, data: object) -> None:
@@ -467,6 +565,38 @@ def _strings(findings: dict[str, list[Finding]]) -> dict[str, list[str]]:
 def _own(findings: dict[str, list[Finding]], principle: Principle) -> list[Finding]:
     """The findings a principle's critique prompt quotes: those of its own check."""
     return findings.get(principle.check, []) if principle.check else []
+
+
+def _refusal(
+    original: str, text: str, source: str, verdict: str, before: Mapping[str, list], after: Mapping[str, list]
+) -> str | None:
+    """Why the gate refuses a candidate that passed the static guards, from how it behaved against the
+    response (:func:`guards.compare`) and its findings against the response's; None: it may compete on
+    score. A fixer's candidate keeps behaviour by construction, so it needs no behaviour to compare."""
+    if verdict == "changed":
+        return "behaviour_changed"
+    if verdict == "unverified" and source != "fixer" and not guards.documented_only(original, text):
+        return "unverified"
+    if any(after.get(check) and not before.get(check) for check in MUST_NOT_REGRESS):
+        return "worse"
+    fixed_must = any(before.get(check) and not after.get(check) for check in MUST_NOT_REGRESS)
+    if guards.code_size(text) < guards.code_size(original) and verdict != "fixed" and not fixed_must:
+        return "deletion"  # fewer findings from less code is not progress
+    return None
+
+
+MUST_NOT_REGRESS = ("correctness", "safety")
+"""Checks a kept revision may never start failing, whatever else it improves."""
+
+
+def _basis(tests: UnitTests, behaviour: guards.Behaviour) -> str:
+    """What ``correctness`` meant for a row: its unit ``tests`` ran, the code was ``executed`` (its run
+    or a probe said something), or it was only ``parsed`` (every run ended unknown)."""
+    if tests.source.strip():
+        return "tests"
+    if behaviour.script in ("clean", "failed") or any(v.startswith("=") for v in behaviour.probes.values()):
+        return "executed"
+    return "parsed"
 
 
 def _docstring_targets(row: dict, code: str) -> dict[str, str]:
@@ -514,6 +644,9 @@ def same_program(a: str, b: str) -> bool:
         return False
 
 
+REFUSALS = (*guards.GUARDS, "worse", "deletion", "not_better")
+"""Why the gate refused a candidate (see :func:`_refusal`; ``not_better``: its score is not strictly higher)."""
+
 PAIR_SKIPS = ("unchanged", "chosen_fails_must_pass", "formatting_only")
 """Why a revised row gives no preference pair (see :func:`pair_skip`)."""
 
@@ -539,14 +672,16 @@ def verified_pairs(record: dict, must_pass: Sequence[str]) -> list[tuple[str, st
     score, the first of equals) against the best failing one (the nearest miss: the hardest negative).
     Steps with an empty candidate on either side, candidates that are :func:`same_program`, and a pair
     already given by an earlier step or by the revision pair (``final``, ``original``) give none. Without
-    ``must_pass`` checks there is no verdict to separate candidates by: no pairs."""
-    if not must_pass:
+    ``must_pass`` checks there is no verdict to separate candidates by: no pairs; nor for a row whose
+    correctness was only parsed (every run of it ended unknown). The chosen side is never a candidate a
+    guard refused (a changed behaviour, lost code)."""
+    if not must_pass or record.get("correctness_basis") == "parsed":
         return []
     pairs: list[tuple[str, str]] = []
     seen = {(record["final"], record["original"])}
     for step in record["steps"]:
         candidates = [c for c in step["candidates"] if c["text"].strip()]
-        passing = [c for c in candidates if not failing_must_pass(c["findings"], must_pass)]
+        passing = [c for c in candidates if not failing_must_pass(c["findings"], must_pass) and c.get("refused") in (None, "not_better")]
         failing = [c for c in candidates if failing_must_pass(c["findings"], must_pass)]
         if not passing or not failing:
             continue
@@ -600,12 +735,16 @@ def summarize(
         if p.check
     }
     skips = Counter(pair_skip(r, must_pass) for r in provenance)
+    refused = Counter(c.get("refused") for r in provenance for step in r["steps"] for c in step["candidates"])
+    refused.pop(None, None)
     return {
         "rows": len(provenance),
         "rows_reviewed": sum(bool(r["steps"]) for r in provenance),
         "rows_changed": sum(r["changed"] for r in provenance),
         "proposed": dict(proposed),
         "accepted": dict(accepted),
+        "refused": {reason: refused[reason] for reason in REFUSALS if refused[reason]},
+        "correctness_basis": dict(Counter(r.get("correctness_basis", "tests") for r in provenance)),
         "violations": violations,
         "mean_score_before": round(sum(r["score_before"] for r in provenance) / max(len(provenance), 1), 4),
         "mean_score_after": round(sum(r["score_after"] for r in provenance) / max(len(provenance), 1), 4),
@@ -630,6 +769,11 @@ def format_summary(summary: dict) -> str:
         f"and {summary['rows_changed']} changed",
         "  revisions proposed / accepted: "
         + ", ".join(f"{source} {proposed.get(source, 0)} / {accepted.get(source, 0)}" for source in ("critic", "fixer")),
+        "  refused by the gate: " + (", ".join(f"{reason} {n}" for reason, n in summary.get("refused", {}).items()) or "none"),
+        "  correctness meant: " + ", ".join(
+            f"{label} for {summary.get('correctness_basis', {}).get(basis, 0)} row(s)"
+            for basis, label in (("tests", "unit tests run"), ("executed", "the program executed"), ("parsed", "parsed only"))
+        ),
         f"  mean score: {summary['mean_score_before']} -> {summary['mean_score_after']}",
         "  rows violating each principle, before -> after:",
     ]
@@ -653,7 +797,7 @@ def format_summary(summary: dict) -> str:
     if "verified_pairs" in summary:  # absent from manifests written before they were counted
         used = summary.get("verified_pairs_used")
         lines.append(
-            f"  execution-verified pairs (a candidate passing the must-pass checks against one failing them): "
+            f"  execution-verified pairs (a candidate passing the must-pass checks, run, against one failing them): "
             f"{summary['verified_pairs']}"
             + ("" if used is None else ", in the preference split" if used else "; data.revise.verified_pairs: true adds them")
         )

@@ -465,6 +465,10 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         metrics["constitution/dropped"] = summary["dropped"]
         for reason, count in summary["pairs_skipped"].items():
             metrics[f"constitution/pairs_skipped/{reason}"] = count
+        for reason, count in summary.get("refused", {}).items():
+            metrics[f"constitution/refused/{reason}"] = count
+        for basis, count in summary.get("correctness_basis", {}).items():
+            metrics[f"constitution/correctness_basis/{basis}"] = count
         for split, checked in summary["checked_splits"].items():
             for name, count in checked["violations"].items():
                 metrics[f"constitution/eval_violations/{split}/{name}"] = count

@@ -170,6 +170,8 @@ class Result:
     ``MESSAGE_CHARS``) with the failing line where known; ``stdout`` / ``stderr`` are the program's, at most
     ``Limits.output_bytes`` bytes each, decoded as UTF-8, plus a note when more was dropped (a failed
     test's traceback from the judge follows the program's stderr).
+    ``tests_stdout`` is what the tests printed (in the judge, from the values it holds; at most
+    ``Limits.output_bytes``).
     ``tests_line`` is the line (1-based) of the tests whose top-level statement was running when the run
     failed: 0 when it passed or the failure did not come from the tests (the program's own top level, a
     timeout, a resource limit). Callers that hide some tests map it to a statement rather than parse
@@ -183,38 +185,55 @@ class Result:
     stderr: str
     duration_s: float
     tests_line: int = 0
+    tests_stdout: str = ""
 
     @property
     def passed(self) -> bool:
         return self.status == "passed"
 
 
-def run(program: str, tests: str = "", *, limits: Limits = Limits(), entry_point: str = "") -> Result:
+@dataclass(frozen=True)
+class Job:
+    """One program to run with :func:`run_many`; the fields are :func:`run`'s arguments."""
+
+    program: str
+    tests: str = ""
+    entry_point: str = ""
+    stdin: str = ""
+    setup: str = ""
+
+
+def run(
+    program: str, tests: str = "", *, limits: Limits = Limits(), entry_point: str = "", stdin: str = "", setup: str = "",
+) -> Result:
     """Run ``program`` in a sandboxed process and ``tests`` (assert statements) in the judge's, against it.
 
     ``entry_point``: the name the task asks the program to define (a function, a class). The tests get it
     from the program even when it is a builtin's name (``sum``), and a program without it fails with a
     ``NameError``; other names that a builtin has are the judge's own. Empty: no such name.
+    ``stdin``: what the program reads from standard input (``input()`` raises EOFError past its end).
+    ``setup``: Python run in the program's namespace before it (data a task defines), as line numbers
+    and messages name ``<setup>``.
 
     Never raises for bad input (not a str, null bytes, over ``MAX_SOURCE_CHARS`` characters): that is an
     ``"error"`` result with error_type ``"BadInput"``; a process that cannot be started is an ``"error"``
     with ``"SandboxError"``.
     """
-    problem = _input_problem(program, tests)
+    problem = _input_problem(program, tests, stdin, setup)
     if problem is not None:
         return _error_result("BadInput", problem)
     if not isinstance(entry_point, str) or not (entry_point == "" or entry_point.isidentifier()):
         return _error_result("BadInput", f"the entry point must be a Python name, got {entry_point!r}")
-    return _execute(program, tests, limits, entry_point)[0]
+    return _execute(Job(program, tests, entry_point, stdin, setup), limits)[0]
 
 
 def run_many(
-    jobs: Sequence[tuple[str, str] | tuple[str, str, str]], *, limits: Limits = Limits(), workers: int | None = None,
+    jobs: Sequence[Job | tuple[str, str] | tuple[str, str, str]], *, limits: Limits = Limits(), workers: int | None = None,
     progress: str | None = None,
 ) -> list[Result]:
-    """Run many ``(program, tests)`` or ``(program, tests, entry_point)`` jobs (see :func:`run`), at most
-    ``workers`` at once (default: one per CPU core). Results come back in input order; a job of another
-    shape gives a ``"BadInput"`` result. With
+    """Run many jobs (:class:`Job`, or ``(program, tests)`` / ``(program, tests, entry_point)`` tuples; see
+    :func:`run`), at most ``workers`` at once (default: one per CPU core). Results come back in input
+    order; a job of another shape gives a ``"BadInput"`` result. With
     ``progress``, a progress bar of that title counts the programs run. Raises ValueError for ``workers < 1``."""
     workers = (os.cpu_count() or 1) if workers is None else workers
     if workers < 1:
@@ -223,10 +242,12 @@ def run_many(
     if not jobs:
         return []
 
-    def one(job: tuple) -> Result:
-        if not isinstance(job, (tuple, list)) or len(job) not in (2, 3):
-            return _error_result("BadInput", f"a job must be (program, tests[, entry_point]), got {type(job).__name__}")
-        return run(*job[:2], limits=limits, entry_point=job[2] if len(job) == 3 else "")
+    def one(job: Job | tuple) -> Result:
+        if isinstance(job, (tuple, list)) and len(job) in (2, 3):
+            job = Job(*job)
+        if not isinstance(job, Job):
+            return _error_result("BadInput", f"a job must be a Job or (program, tests[, entry_point]), got {type(job).__name__}")
+        return run(job.program, job.tests, limits=limits, entry_point=job.entry_point, stdin=job.stdin, setup=job.setup)
 
     # Threads only wait on pipes; the work happens in the children.
     with ThreadPoolExecutor(max_workers=min(workers, len(jobs)), thread_name_prefix="sandbox") as pool:
@@ -252,7 +273,7 @@ def quiet_syntax_warnings():
 def isolation_report(limits: Limits = Limits()) -> dict[str, str]:
     """Which isolation layers the program's process gets on this machine: layer name → ``"on: ..."`` or
     ``"off: why"``. Runs one empty program. Raises RuntimeError when even that does not pass."""
-    result, layers = _execute("", "", limits)
+    result, layers = _execute(Job(""), limits)
     if not result.passed or not layers:
         raise RuntimeError(
             f"the sandbox could not run an empty program: {result.status} {result.error_type}: {result.message}"
@@ -264,9 +285,9 @@ def isolation_report(limits: Limits = Limits()) -> dict[str, str]:
 # Launching the two children and reading the verdict.
 
 
-def _input_problem(program: object, tests: object) -> str | None:
-    """Why ``(program, tests)`` cannot be run, or None."""
-    for name, value in (("program", program), ("tests", tests)):
+def _input_problem(program: object, tests: object, stdin: object = "", setup: object = "") -> str | None:
+    """Why ``(program, tests)`` (with that ``stdin`` and ``setup``) cannot be run, or None."""
+    for name, value in (("program", program), ("tests", tests), ("stdin", stdin), ("setup", setup)):
         if not isinstance(value, str):
             return f"the {name} must be a str, got {type(value).__name__}"
         if "\x00" in value:
@@ -385,7 +406,7 @@ def _child_env(workdir: str) -> dict[str, str]:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": workdir, "TMPDIR": workdir}
 
 
-def _execute(program: str, tests: str, limits: Limits, entry_point: str = "") -> tuple[Result, dict[str, str] | None]:
+def _execute(job: Job, limits: Limits) -> tuple[Result, dict[str, str] | None]:
     """Run one job; the result, and the isolation layers the program's process reported."""
     _sweep_once()
     workdir = workdirs.make_workdir()
@@ -402,11 +423,11 @@ def _execute(program: str, tests: str, limits: Limits, entry_point: str = "") ->
         }}
         try:
             judge = _Child("cai_lightning.sandbox.judge", _JUDGE_MODULES, {
-                **common, "tests": tests, "entry_point": entry_point, "read_fd": to_judge_r, "write_fd": to_program_w, "report_fd": report_w,
+                **common, "tests": job.tests, "entry_point": job.entry_point, "read_fd": to_judge_r, "write_fd": to_program_w, "report_fd": report_w,
             }, (to_judge_r, to_program_w, report_w), workdir)
             children.append(judge)
             prog = _Child("cai_lightning.sandbox.program", _PROGRAM_MODULES, {
-                **common, "program": program, "read_fd": to_program_r, "write_fd": to_judge_w,
+                **common, "program": job.program, "stdin": job.stdin, "setup": job.setup, "read_fd": to_program_r, "write_fd": to_judge_w,
                 "workdir": workdir, "uid_base": SANDBOX_UID_BASE, "keep_fds": [to_program_r, to_judge_w],
             }, (to_program_r, to_judge_w), workdir)
             children.append(prog)
@@ -436,21 +457,21 @@ def _execute(program: str, tests: str, limits: Limits, entry_point: str = "") ->
     finally:
         os.close(report_r)
         workdirs.remove_tree(workdir)
-    out, err, judge_err, report = captures
+    out, err, judge_err, judge_out, report = captures
     verdict = _read_report(report)
     status, error_type, message, tests_line = _verdict(verdict, prog, judge, timed_out, limits)
     stderr = err.text() + (judge_err.text() if status != "passed" and judge_err.total else "")
-    result = Result(status, error_type or None, message[:MESSAGE_CHARS], out.text(), stderr, duration, tests_line)
+    result = Result(status, error_type or None, message[:MESSAGE_CHARS], out.text(), stderr, duration, tests_line, judge_out.text())
     return result, (verdict or {}).get("layers")
 
 
 def _collect(judge: _Child, prog: _Child, report_fd: int, limits: Limits, start: float):
     """Drain both children's output and the judge's report until both have exited and their pipes are
     closed. Once the judge is done the program sees its channel closed and exits, or is killed
-    ``_ANSWER_GRACE_S`` later; both are killed at the wall-clock limit. Returns the captures (program stdout, stderr, judge stderr, report) and
+    ``_ANSWER_GRACE_S`` later; both are killed at the wall-clock limit. Returns the captures (program stdout, stderr, judge stderr, judge stdout, report) and
     whether it timed out."""
     out, err = _Capture(limits.output_bytes), _Capture(limits.output_bytes)
-    judge_err, judge_out, report = _Capture(limits.output_bytes), _Capture(0), _Capture(_REPORT_BYTES)
+    judge_err, judge_out, report = _Capture(limits.output_bytes), _Capture(limits.output_bytes), _Capture(_REPORT_BYTES)
     captures = {
         prog.proc.stdout.fileno(): out, prog.proc.stderr.fileno(): err, judge.proc.stderr.fileno(): judge_err,
         judge.proc.stdout.fileno(): judge_out, report_fd: report,
@@ -503,7 +524,7 @@ def _collect(judge: _Child, prog: _Child, report_fd: int, limits: Limits, start:
         finally:
             for fd in pidfds:
                 os.close(fd)
-    return (out, err, judge_err, report), timed_out
+    return (out, err, judge_err, judge_out, report), timed_out
 
 
 def _pidfd(pid: int) -> int | None:

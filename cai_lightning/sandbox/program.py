@@ -168,12 +168,18 @@ def main(config: dict) -> None:
         message = f"sandbox setup failed: {type(exc).__name__}: {exc}"[:MESSAGE_CHARS]
         end.send(("failed", "error", "SandboxError", message, layers))
         os._exit(0)
-    program = config["program"]
+    program, stdin, setup = config["program"], config.get("stdin", ""), config.get("setup", "")
     del config
     sys.modules["__main__"] = sys.modules["__sandbox__"] = module
     sys.argv = ["__sandbox__"]
+    if stdin:
+        import io
+
+        sys.stdin = io.StringIO(stdin)
     reserve = bytearray(1 << 20)  # freed on failure, so that telling of a MemoryError has room
     try:
+        if setup:
+            exec(compile(setup, "<setup>", "exec", dont_inherit=True), namespace)
         exec(compile(program, "<program>", "exec", dont_inherit=True), namespace)
     except BaseException as exc:
         del reserve
