@@ -113,6 +113,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "repaired": verdicts.get("better_defect_rows", 0), "audit_entries": verdicts.get("revisions", []),
         }
         table.append(row)
+        if not args.smoke:  # after each critic: a long run that is stopped keeps what it measured
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(table, indent=1))
+        print_table(table, rows, planted)
+    return table
+
+
+def print_table(table: list[dict], rows: list[dict], planted: int) -> None:
     print(f"{len(rows)} rows ({planted} with a planted defect), {os.cpu_count()} CPU cores")
     header = f"{'critic':30s} {'proposed/accepted':>18s} {'better':>6s} {'same':>5s} {'harmful':>7s} {'unknown':>7s} {'repaired':>9s} {'s/row':>6s}"
     print(header)
@@ -122,11 +130,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         print(f"{row['critic']:30s} {p.get('critic', 0):>8d}/{a.get('critic', 0):<3d}({a.get('fixer', 0):>3d}) "
               f"{t.get('better', 0):>6d} {t.get('unchanged', 0):>5d} {t.get('harmful', 0):>7d} {t.get('unknown', 0):>7d} "
               f"{row['repaired']:>4d}/{row['planted']:<4d} {row['seconds_per_row']:6.1f}")
-    if not args.smoke:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(table, indent=1))
-        print(f"written to {args.out}")
-    return table
+        print(f"{'':30s} refused: " + (", ".join(f"{k} {v}" for k, v in row["refused"].items()) or "none"))
 
 
 if __name__ == "__main__":

@@ -119,3 +119,11 @@ def test_another_language_is_left_alone_and_input_field_data_is_run(tmp_path):
     [documentation] = [s for s in data_record["steps"] if s["principle"] == "documentation"]
     critic_candidate = documentation["candidates"][0]
     assert critic_candidate["refused"] == "behaviour_changed"
+
+
+def test_code_that_does_not_parse_is_revised_for_correctness_whatever_else_it_violates(tmp_path):
+    broken = "def is_even(n)\n    return n % 2 == 0\n"
+    fixed = "def is_even(n):\n    return n % 2 == 0\n"
+    _, [record], _ = run(tmp_path, [row("Check whether a number is even.", broken)], {"correctness": [fenced(fixed)]},
+                         principles="sample")
+    assert [s["principle"] for s in record["steps"]] == ["correctness"] and record["final"] == fixed

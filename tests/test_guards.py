@@ -53,6 +53,8 @@ def test_inputs_come_from_the_codes_own_calls_and_the_input_field():
     script = "a = int(input())\nb = int(input())\nprint(a + b)\n"
     assert inputs_for(script, "3\n4") == Inputs(stdin="3\n4")
     assert inputs_for(script, "") == Inputs()
+    free_text = "words = text.split()\nprint(len(words))\n"  # `text` comes from the field, as scraped rows have it
+    assert inputs_for(free_text, "The quick brown fox") == Inputs(open_names=True)
 
 
 def behaviour(script="clean", error="", stdout="", **probes):
@@ -84,12 +86,15 @@ def test_observe_runs_the_script_and_the_probes_in_the_sandbox():
     script = "name = input()\nprint('hello ' + name)\n"
     numpy = "import numpy as np\n\n\ndef mean(xs):\n    return float(np.mean(xs))\n"
     objects = "class Box:\n    pass\n\n\ndef make(n):\n    return [Box()] * n\n\n\nmake(2)\n"
-    codes = [FACTORIAL, recursing, script, numpy, objects]
+    typo = "n = 3\nprint(m)\n"
+    codes = [FACTORIAL, recursing, script, numpy, objects, typo, typo]
     seen = observe(codes, [inputs_for(FACTORIAL, ""), inputs_for(recursing, ""), inputs_for(script, "Ada"),
-                           inputs_for(numpy, "[1, 2]"), inputs_for(objects, "")], workers=2)
+                           inputs_for(numpy, "[1, 2]"), inputs_for(objects, ""), inputs_for(typo, ""),
+                           inputs_for(typo, "m is the count")], workers=2)
     assert (seen[0].script, seen[0].stdout, seen[0].probes) == ("clean", "120\n", {"factorial(5)": "= 120"})
     assert (seen[1].script, seen[1].error, seen[1].probes) == ("failed", "RecursionError", {"factorial(5)": "! RecursionError"})
     assert (seen[2].script, seen[2].stdout) == ("clean", "hello Ada\n")
     assert (seen[3].script, seen[3].error) == ("unknown", "ModuleNotFoundError")
     assert seen[4].probes == {"make(2)": "= [<object>, <object>]"}  # the judge renders; the program's repr is not asked
+    assert (seen[5].script, seen[6].script) == ("failed", "unknown")  # a typo; a name the field may define
     assert compare(seen[1], seen[0], may_fix=True)[0] == "fixed"

@@ -14,8 +14,9 @@ emptied program has no findings at all. So a revision is compared with the respo
     changed_signature: its parameters       A difference is allowed only under the correctness principle,
     dropped_statements: the top-level         where the original failed (an exception, a parse error) and the
       statements a script runs                revision does not. A missing third-party module, ``input()`` at
-                                              the end of its input, or a name defined nowhere make the run
-                                              *unknown*: compared as it ended, never counted as a failure.
+                                              the end of its input, or a name the ``input`` field may define
+                                              make the run *unknown*: compared as it ended, never counted as
+                                              a failure.
 
 When nothing could be compared (unknown runs, no probes), only a revision that is the original with
 docstrings added or changed is accepted (``unverified`` otherwise). Nothing here executes code in this
@@ -40,10 +41,11 @@ GUARDS = (
 """Why a guard refused a candidate, in the order they are tried (counted in the stage's summary)."""
 
 BEHAVIOUR_LIMITS = sandbox.Limits(timeout_s=5, cpu_s=3, memory_mb=512)
-UNKNOWN_ERRORS = frozenset({"ModuleNotFoundError", "ImportError", "EOFError", "NameError"})
+UNKNOWN_ERRORS = frozenset({"ModuleNotFoundError", "ImportError", "EOFError"})
 """How a run may end without saying the code is broken: a third-party module the sandbox lacks, ``input()``
-with no input left, a name the row's ``input`` field (or a notebook before it) defines. A run ending so is
-*unknown*; only another run ending the same way compares equal to it."""
+with no input left; and a ``NameError`` when the row's ``input`` field may define the name (it holds
+something that is neither assignments, nor the script's stdin, nor a literal to call with). A run ending
+so is *unknown*; only another run ending the same way compares equal to it."""
 MAX_PROBES = 8  # calls per code; each is a line of the judge's output
 
 _FENCE_OPENED = re.compile(r"```[A-Za-z]*[ \t]*\n")
@@ -190,11 +192,13 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
 @dataclass(frozen=True)
 class Inputs:
     """What a row's code is run on: ``setup`` (the ``input`` field's assignments, run first), ``stdin``
-    (the field when it is stdin-shaped and the code reads input), and probe ``calls``."""
+    (the field when it is stdin-shaped and the code reads input), and probe ``calls``; ``open_names``:
+    the field holds something else, which may define names the code uses (a ``NameError`` is unknown)."""
 
     setup: str = ""
     stdin: str = ""
     calls: tuple[str, ...] = ()
+    open_names: bool = False
 
 
 def inputs_for(code: str, row_input: str) -> Inputs:
@@ -209,9 +213,10 @@ def inputs_for(code: str, row_input: str) -> Inputs:
     setup = row_input.strip() + "\n" if field_tree is not None and _only_assignments(field_tree) else ""
     stdin = row_input if row_input.strip() and not setup and _reads_input(tree) else ""
     calls = _example_calls(tree, functions)
-    if field_tree is not None and not setup and _literal(row_input):
-        calls += [f"{name}({row_input.strip()})" for name, args in functions.items() if _positional(args) == 1]
-    return Inputs(setup, stdin, tuple(dict.fromkeys(calls))[:MAX_PROBES])
+    field_calls = [f"{name}({row_input.strip()})" for name, args in functions.items() if _positional(args) == 1] \
+        if field_tree is not None and not setup and _literal(row_input) else []
+    open_names = bool(row_input.strip()) and not (setup or stdin or field_calls)
+    return Inputs(setup, stdin, tuple(dict.fromkeys(calls + field_calls))[:MAX_PROBES], open_names)
 
 
 def _reads_input(node: ast.AST) -> bool:
@@ -262,9 +267,9 @@ def _example_calls(tree: ast.Module, functions: dict[str, ast.arguments]) -> lis
 class Behaviour:
     """How a code behaved on its row's :class:`Inputs`.
 
-    ``script``: ``clean`` (ran to its end), ``failed`` (an exception: ``error``, ``message``, ``line``),
-    ``unknown`` (ended by one of :data:`UNKNOWN_ERRORS`, or a timeout / resource limit) or ``broken``
-    (does not parse); ``stdout``: what the script printed. ``probes``: ``call -> outcome``, the outcome
+    ``script``: ``clean`` (ran to its end), ``failed`` (an exception, or no end within the time limit:
+    ``error``, ``message``), ``unknown`` (ended by one of :data:`UNKNOWN_ERRORS`, or a resource limit or
+    crash) or ``broken`` (does not parse); ``stdout``: what the script printed. ``probes``: ``call -> outcome``, the outcome
     ``"= <value>"`` (rendered by the judge from plain values; an object of the program is ``<object>``),
     ``"! <exception class>"``, or absent when the probe run did not get that far.
     """
@@ -338,17 +343,19 @@ def observe(codes: Sequence[str], inputs: Sequence[Inputs], workers: int = 1,
     results = sandbox.run_many([job for job in jobs if job is not None], limits=limits, workers=workers)
     it = iter(results)
     filled = [next(it) if job is not None else None for job in jobs]
-    return [_behaviour(code, script, probes) for code, script, probes in zip(codes, filled[0::2], filled[1::2])]
+    return [
+        _behaviour(code, script, probes, given.open_names)
+        for code, script, probes, given in zip(codes, filled[0::2], filled[1::2], inputs)
+    ]
 
 
-def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None) -> Behaviour:
+def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None, open_names: bool = False) -> Behaviour:
+    unknown = UNKNOWN_ERRORS | {"SandboxError", "BadInput"} | ({"NameError"} if open_names else set())
     if _parse(code) is None:
         state = "broken"
     elif script.status == "passed":
         state = "clean"
-    elif script.status == "timeout" or (
-        script.status in ("error", "failed") and script.error_type not in UNKNOWN_ERRORS | {"SandboxError", "BadInput"}
-    ):
+    elif script.status == "timeout" or (script.status in ("error", "failed") and script.error_type not in unknown):
         state = "failed"  # an exception, a top-level assert, a script that never ends
     else:
         state = "unknown"  # an unknown error, a resource limit, a crash

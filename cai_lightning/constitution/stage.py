@@ -343,11 +343,15 @@ class ConstitutionStage:
         digest = hashlib.sha256(json.dumps([self.settings.seed, chunk, *parts]).encode()).digest()
         return int.from_bytes(digest[:4], "little")
 
-    def _principle_for(self, row_number: int, step: int, findings: Mapping[str, list]) -> Principle | None:
+    def _principle_for(self, row_number: int, step: int, findings: Mapping[str, list], parses: bool = True) -> Principle | None:
         """The principle a row is revised under at ``step``, among those it violates (its check has
-        findings; one without a check only with ``open_ended``); None: the row sits this step out."""
+        findings; one without a check only with ``open_ended``); None: the row sits this step out. Code
+        that does not parse is a finding of every check, but repairing it is correctness's business: the
+        only principle it violates, when the constitution has one."""
         principles = self.constitution.principles
         violated = [p for p in principles if (findings.get(p.check) if p.check else self.settings.open_ended)]
+        if not parses and any(p.check == "correctness" for p in violated):
+            violated = [p for p in violated if p.check == "correctness"]
         if self.settings.principles == "all":
             principle = principles[step % len(principles)]
             return principle if principle in violated else None
@@ -407,7 +411,7 @@ class ConstitutionStage:
         for step in range(steps):
             principles = {
                 i: principle for i in range(len(rows))
-                if (principle := self._principle_for(first_row + i, step, findings[i])) is not None
+                if (principle := self._principle_for(first_row + i, step, findings[i], behaviours[i].script != "broken")) is not None
             }
             active = list(principles)
             if not active:
