@@ -127,3 +127,14 @@ def test_code_that_does_not_parse_is_revised_for_correctness_whatever_else_it_vi
     _, [record], _ = run(tmp_path, [row("Check whether a number is even.", broken)], {"correctness": [fenced(fixed)]},
                          principles="sample")
     assert [s["principle"] for s in record["steps"]] == ["correctness"] and record["final"] == fixed
+
+
+def test_a_class_without_example_calls_takes_only_a_docstring_from_the_critic(tmp_path):
+    account = "class Account:\n    def __init__(self):\n        self.balance = 0\n\n    def deposit(self, amount):\n        self.balance += amount\n"
+    broken = account.replace("self.balance += amount", '"""Add to the balance."""\n        self.balance -= amount')
+    documented = account.replace("def deposit(self, amount):\n", 'def deposit(self, amount):\n        """Add to the balance."""\n')
+    _, [record], _ = run(tmp_path, [row("Write an Account class with deposit.", account)],
+                         {"documentation": [fenced(broken), fenced(documented)]}, fixers=False)
+    first, second = record["steps"][0]["candidates"]
+    assert record["behaviour_before"]["runs"] is False  # defines a class, runs nothing: a clean run shows nothing
+    assert first["refused"] == "unverified" and second["refused"] is None and record["final"] == documented

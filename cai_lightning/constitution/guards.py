@@ -280,10 +280,11 @@ class Behaviour:
     line: int = 0
     stdout: str = ""
     probes: dict[str, str] = field(default_factory=dict)
+    runs: bool = True  # the script does more than define things (a clean run of definitions shows nothing)
 
     def to_dict(self) -> dict:
         return {"script": self.script, "error": self.error, "message": self.message, "stdout": self.stdout[:2000],
-                "probes": dict(self.probes)}
+                "probes": dict(self.probes), "runs": self.runs}
 
 
 # Runs in the judge: renders a probe's result from the plain values it holds; a program's object is not
@@ -365,7 +366,9 @@ def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None,
         if sep:
             seen[call] = sep.strip() + " " + outcome
     error = "" if state == "clean" else script.error_type or script.status
-    return Behaviour(state, error, "" if state == "clean" else script.message, 0, script.stdout, seen)
+    tree = _parse(code)
+    runs = tree is None or bool(script_statements(tree)) or state != "clean"
+    return Behaviour(state, error, "" if state == "clean" else script.message, 0, script.stdout, seen, runs)
 
 
 def compare(before: Behaviour, after: Behaviour, may_fix: bool) -> tuple[str, str]:
@@ -374,7 +377,8 @@ def compare(before: Behaviour, after: Behaviour, may_fix: bool) -> tuple[str, st
     ``("changed", what)``, or ``("unverified", "")`` when nothing could be compared."""
     fixed: list[str] = []
     ended_alike = (after.script, after.error, after.stdout) == (before.script, before.error, before.stdout)
-    compared = before.script != "unknown" or not ended_alike  # two runs stopped alike, unknown: no evidence
+    # no evidence: two runs stopped alike, unknown; or two clean runs of nothing but definitions
+    compared = (before.script != "unknown" or not ended_alike) and (before.runs or after.runs or not ended_alike)
     if before.script == "clean" and not ended_alike:
         return "changed", "the script prints something else" if after.script == "clean" else _ending(after, "the script")
     if before.script in ("failed", "broken") and not ended_alike:

@@ -769,7 +769,7 @@ def format_summary(summary: dict) -> str:
     printed when present: the rows ``on_failure`` dropped or kept, and the checked splits' violations."""
     proposed, accepted = summary["proposed"], summary["accepted"]
     lines = [
-        f"  rows: {summary['rows']}, of which {summary['rows_reviewed']} reviewed (the others pass every check) "
+        f"  rows: {summary['rows']}, of which {summary['rows_reviewed']} reviewed (the others violate no principle) "
         f"and {summary['rows_changed']} changed",
         "  revisions proposed / accepted: "
         + ", ".join(f"{source} {proposed.get(source, 0)} / {accepted.get(source, 0)}" for source in ("critic", "fixer")),
