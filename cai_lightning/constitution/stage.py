@@ -460,7 +460,7 @@ class ConstitutionStage:
                 verdict, detail = ("", "") if k not in ran else guards.compare(
                     behaviours[i], ran[k], may_fix=principles[i].check == "correctness"
                 )
-                reason = refused[k] or _refusal(responses[i], text, source, verdict, findings[i], f)
+                reason = refused[k] or _refusal(responses[i], text, source, verdict, findings[i], f, bool(tests[i].source.strip()))
                 candidates[i].append({
                     "source": source, "text": text, "findings": _strings(f), "score": score(f, self.weights),
                     "refused": reason, "behaviour": f"{verdict}: {detail}" if detail else verdict,
@@ -572,14 +572,16 @@ def _own(findings: dict[str, list[Finding]], principle: Principle) -> list[Findi
 
 
 def _refusal(
-    original: str, text: str, source: str, verdict: str, before: Mapping[str, list], after: Mapping[str, list]
+    original: str, text: str, source: str, verdict: str, before: Mapping[str, list], after: Mapping[str, list],
+    tested: bool = False,
 ) -> str | None:
     """Why the gate refuses a candidate that passed the static guards, from how it behaved against the
     response (:func:`guards.compare`) and its findings against the response's; None: it may compete on
-    score. A fixer's candidate keeps behaviour by construction, so it needs no behaviour to compare."""
+    score. A fixer's candidate keeps behaviour by construction, and a row's unit tests are evidence of
+    their own (its correctness findings), so neither needs a behaviour run to compare."""
     if verdict == "changed":
         return "behaviour_changed"
-    if verdict == "unverified" and source != "fixer" and not guards.documented_only(original, text):
+    if verdict == "unverified" and source != "fixer" and not tested and not guards.documented_only(original, text):
         return "unverified"
     if any(after.get(check) and not before.get(check) for check in MUST_NOT_REGRESS):
         return "worse"
