@@ -32,7 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from cai_lightning import sandbox
-from cai_lightning.constitution.checks import Finding
+from cai_lightning.constitution.checks import Finding, parse_code
 
 GUARDS = (
     "empty", "cut_off", "trivial", "language", "dropped_name", "changed_signature", "dropped_statements",
@@ -89,8 +89,7 @@ def static_refusal(original: str, revision: str, reply: str | None = None) -> st
 
 def _parse(code: str) -> ast.Module | None:
     try:
-        with sandbox.quiet_syntax_warnings():
-            return ast.parse(code)
+        return parse_code(code)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return None
 
@@ -352,7 +351,8 @@ def observe(codes: Sequence[str], inputs: Sequence[Inputs], workers: int = 1,
 
 def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None, open_names: bool = False) -> Behaviour:
     unknown = UNKNOWN_ERRORS | {"SandboxError", "BadInput"} | ({"NameError"} if open_names else set())
-    if _parse(code) is None:
+    tree = _parse(code)
+    if tree is None:
         state = "broken"
     elif script.status == "passed":
         state = "clean"
@@ -366,7 +366,6 @@ def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None,
         if sep:
             seen[call] = sep.strip() + " " + outcome
     error = "" if state == "clean" else script.error_type or script.status
-    tree = _parse(code)
     runs = tree is None or bool(script_statements(tree)) or state != "clean"
     return Behaviour(state, error, "" if state == "clean" else script.message, 0, script.stdout, seen, runs)
 

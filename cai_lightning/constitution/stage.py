@@ -522,15 +522,18 @@ def write_revisions(path: Path, rows: Sequence[dict], provenance: Sequence[dict]
             "source": ", ".join(dict.fromkeys(s["source"] for s in steps)), "correctness_basis": record.get("correctness_basis"),
             "guards": steps,
         }))
-    staging = path.with_name(f".{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")
-    staging.write_text("".join(line + "\n" for line in lines))
-    os.replace(staging, path)
+    _write_text_atomic(path, "".join(line + "\n" for line in lines))
 
 
 def _write_atomic(path: Path, data: object) -> None:
-    """``data`` as JSON at ``path``, complete or not at all (a kill mid-write leaves a ``.*.tmp`` file)."""
+    """``data`` as JSON at ``path``, complete or not at all."""
+    _write_text_atomic(path, json.dumps(data))
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    """``text`` at ``path``, complete or not at all (a kill mid-write leaves a ``.*.tmp`` file)."""
     staging = path.with_name(f".{path.stem}.{socket.gethostname()}-{os.getpid()}.tmp")
-    staging.write_text(json.dumps(data))
+    staging.write_text(text)
     os.replace(staging, path)
 
 
