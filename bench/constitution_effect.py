@@ -2,7 +2,7 @@
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
         [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5] [--humaneval-limit 164]
-        [--device cpu|cuda] [--smoke]
+        [--device cpu|cuda] [--stage-only] [--smoke]
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
 the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
@@ -27,6 +27,10 @@ HumanEval (the first ``--humaneval-limit`` problems), each with a 95% bootstrap 
 each fine-tuned arm's pass@1 difference from ``sft-corrupted`` with a paired bootstrap interval.
 Data-level figures: what the stage did with each kind of corruption (repaired by the critic / by the
 fixer, dropped, still failing) and its summary.
+
+``--stage-only`` runs the constitution stage of the constitution arms and reports only the data-level figures
+(no training, no scoring): with ``--config configs/coder-critic.yaml``, what the coder critic repairs. It
+writes ``<out>/stage-<arm>.json``.
 
 Each arm writes ``<out>/<arm>/result.json`` when done and is skipped on a re-run: run it in the
 background (``nohup python bench/constitution_effect.py > effect.log 2>&1 &``) and re-run after a kill.
@@ -209,6 +213,25 @@ def run_arm(arm: str, config: Path, out: Path) -> dict:
     return result
 
 
+def run_stage_only(arm: str, config: Path, out: Path) -> dict:
+    """The constitution stage of an arm, through its DataModule as ``fit`` builds it (the same cached
+    stage), without a model or a trainer: its data-level figures."""
+    from jsonargparse import ArgumentParser
+
+    from cai_lightning.data.datamodule import CodeInstructionDataModule
+
+    settings = yaml.safe_load(config.read_text())
+    data = settings["data"].get("init_args", settings["data"])
+    data.setdefault("tokenizer", (settings.get("model") or {}).get("pretrained"))  # the CLI's link, by hand
+    parser = ArgumentParser()
+    parser.add_class_arguments(CodeInstructionDataModule, "data")
+    datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    start = time.perf_counter()
+    datamodule.prepare_data()
+    datamodule.setup()
+    return {"arm": arm, "stage_seconds": round(time.perf_counter() - start, 1), "stage": stage_figures(datamodule, out)}
+
+
 def stage_figures(datamodule, out: Path) -> dict:
     """What the constitution stage did with each corrupted row, by kind of corruption, and its summary."""
     from cai_lightning.constitution.stage import failing_must_pass
@@ -305,6 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the config's")
     parser.add_argument("--cache-dir", default=None, help="default: the config's data.cache_dir")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--stage-only", action="store_true", help="the constitution arms' stage only: data-level figures")
     parser.add_argument("--smoke", action="store_true", help="seconds: tiny random model, 2 steps, 4 tasks")
     args = parser.parse_args(argv)
     args.override = {}
@@ -321,6 +345,16 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = Counter(entry["kind"] for entry in corruption["log"])
     print(f"corrupted {corruption['corrupted']} of {corruption['train_rows']} training outputs: {dict(kinds)}", flush=True)
 
+    if args.stage_only:
+        figures = {}
+        for arm in [a for a in args.arms if a in ("sft-constitution", NO_CRITIC_ARM)]:
+            print(f"\n===== {arm}: the constitution stage only =====", flush=True)
+            figures[arm] = run_stage_only(arm, arm_config(base, arm, args, out), out)
+            (out / f"stage-{arm}.json").write_text(json.dumps(figures[arm], indent=1))
+            print(f"{arm}: {figures[arm]['stage_seconds']:.0f} s; what the stage did with each corrupted training row, by kind:")
+            for kind, counts in figures[arm]["stage"]["by_kind"].items():
+                print(f"  {kind:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        return figures
     for arm in args.arms:
         done = out / arm / "result.json"
         if done.exists():

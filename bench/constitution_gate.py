@@ -1,13 +1,14 @@
 """The constitution on realistic untested data: what each critic's revisions do to the rows the gate keeps.
 
     python bench/constitution_gate.py [--critics random smollm2-135m-instruct qwen2.5-coder-0.5b-instruct]
-        [--rows N] [--candidates 2] [--rounds 1] [--principles sample] [--out bench/results/constitution_gate.json]
+        [--rows N] [--candidates 2] [--generated-tests 2] [--rounds 1] [--principles sample]
+        [--out bench/results/constitution_gate.json]
         [--smoke]
 
 The rows are ``bench/data/scraped_rows.jsonl`` (hand-written in the seed's ``instruction / input / output``
 schema, no unit tests, 30 of 81 with a planted defect); each critic revises them with the stage as a user
-runs it (``data.revise``: one round, two candidates plus the fixer, the default constitution), from an
-empty stage folder. Then ``bench/audit_revisions.py`` (which imports nothing of the constitution) judges
+runs it (``data.revise``: one round, two candidates plus the fixer, two generated-test and solution samples
+for the agreed tests, the default constitution), from an empty stage folder. Then ``bench/audit_revisions.py`` (which imports nothing of the constitution) judges
 every kept revision against the hand-written labels, through the sandbox: ``better`` (a planted defect
 repaired, nothing lost), ``unchanged`` (behaviour kept: a docstring, a style fix), ``harmful`` (a check the
 original passed now fails, a name lost, code emptied), ``unknown`` (nothing to run: a missing third-party
@@ -74,6 +75,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--critics", nargs="+", default=list(CRITICS))
     parser.add_argument("--rows", type=int, default=None, help="the first N rows (default: all)")
     parser.add_argument("--candidates", type=int, default=2)
+    parser.add_argument("--generated-tests", type=int, default=2, help="data.revise.generated_tests (0: off)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--principles", choices=("sample", "all"), default="sample")
     parser.add_argument("--critique-tokens", type=int, default=96)
@@ -94,6 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             continue
         settings = Revise(
             rounds=args.rounds, principles=args.principles, candidates=args.candidates, fixers=True,
+            generated_tests=args.generated_tests,
             critique_tokens=args.critique_tokens, revision_tokens=args.revision_tokens, device="cpu",
         )
         with tempfile.TemporaryDirectory(prefix="cai-gate-") as folder:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row = {
             "critic": name, "rows": len(rows), "planted": planted, "seconds_per_row": seconds / len(rows),
             "proposed": summary["proposed"], "accepted": summary["accepted"], "refused": summary["refused"],
-            "correctness_basis": summary["correctness_basis"], "audit": totals,
+            "correctness_basis": summary["correctness_basis"], "agreed_tests": summary["agreed_tests"], "audit": totals,
             "repaired": verdicts.get("better_defect_rows", 0), "audit_entries": verdicts.get("revisions", []),
         }
         table.append(row)
@@ -131,6 +134,8 @@ def print_table(table: list[dict], rows: list[dict], planted: int) -> None:
               f"{t.get('better', 0):>6d} {t.get('unchanged', 0):>5d} {t.get('harmful', 0):>7d} {t.get('unknown', 0):>7d} "
               f"{row['repaired']:>4d}/{row['planted']:<4d} {row['seconds_per_row']:6.1f}")
         print(f"{'':30s} refused: " + (", ".join(f"{k} {v}" for k, v in row["refused"].items()) or "none"))
+        agreed = row.get("agreed_tests", {})
+        print(f"{'':30s} agreed generated tests for {agreed.get('rows', 0)} row(s), missed by the original in {agreed.get('missed', 0)}")
 
 
 if __name__ == "__main__":

@@ -221,3 +221,14 @@ def test_train_throughput_times_a_compiled_row_when_asked(workdir, capsys):
     assert eager["padding"] == compiled["padding"] and compiled["target_tokens_per_s"] > 0
     assert compiled["spec_share"] == pytest.approx(compiled["flops_per_s"] / 1e12)  # MFU over the nominal 1 TFLOP/s
     assert "% of 1 |" in capsys.readouterr().out
+
+
+def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_path, capsys):
+    bench = _load("constitution_effect")
+    figures = bench.main(["--smoke", "--stage-only", "--arms", "sft-no-critic", "--out", str(tmp_path / "effect")])
+    assert list(figures) == ["sft-no-critic"]
+    by_kind = figures["sft-no-critic"]["stage"]["by_kind"]
+    corrupted = json.loads((tmp_path / "effect" / "corruption.json").read_text())
+    assert sum(sum(counts.values()) for counts in by_kind.values()) == len(corrupted)  # every corrupted row accounted for
+    assert json.loads((tmp_path / "effect" / "stage-sft-no-critic.json").read_text())["stage"]["by_kind"] == by_kind
+    assert not (tmp_path / "effect" / "runs").exists()  # nothing trained

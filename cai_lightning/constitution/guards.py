@@ -11,12 +11,15 @@ emptied program has no findings at all. So a revision is compared with the respo
     language: the original is not Python      result (rendered from the plain values the judge holds, never
     dropped_name: a top-level function,       by the program) must stay the same
       class, method or name is gone
-    changed_signature: its parameters       A difference is allowed only under the correctness principle,
-    dropped_statements: the top-level         where the original failed (an exception, a parse error) and the
-      statements a script runs                revision does not. A missing third-party module, ``input()`` at
-                                              the end of its input, or a name the ``input`` field may define
-                                              make the run *unknown*: compared as it ended, never counted as
-                                              a failure.
+    changed_signature: its parameters       the agreed tests (when generated): calls whose correct result
+    dropped_statements: the top-level         independent solutions agree on; a revision keeps those the
+      statements a script runs                original passed
+                                            A difference is allowed only under the correctness principle,
+                                              where the original failed (an exception, a parse error, an
+                                              agreed test) and the revision does not. A missing third-party
+                                              module, ``input()`` at the end of its input, or a name the
+                                              ``input`` field may define make the run *unknown*: compared as
+                                              it ended, never counted as a failure.
 
 When nothing could be compared (unknown runs, no probes), only a revision that is the original with
 docstrings added or changed is accepted (``unverified`` otherwise). Nothing here executes code in this
@@ -26,10 +29,11 @@ process: behaviour is observed through :mod:`cai_lightning.sandbox`.
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 
 from cai_lightning import sandbox
 from cai_lightning.constitution.checks import Finding, parse_code
@@ -192,12 +196,21 @@ def _without_docstrings(tree: ast.Module) -> ast.Module:
 class Inputs:
     """What a row's code is run on: ``setup`` (the ``input`` field's assignments, run first), ``stdin``
     (the field when it is stdin-shaped and the code reads input), and probe ``calls``; ``open_names``:
-    the field holds something else, which may define names the code uses (a ``NameError`` is unknown)."""
+    the field holds something else, which may define names the code uses (a ``NameError`` is unknown);
+    ``expected``: ``(call, outcome)`` pairs a correct code gives (generated tests that independent
+    solutions agree on, :mod:`cai_lightning.constitution.generated_tests`), their calls among ``calls``."""
 
     setup: str = ""
     stdin: str = ""
     calls: tuple[str, ...] = ()
     open_names: bool = False
+    expected: tuple[tuple[str, str], ...] = ()
+
+    def with_expected(self, expected: Mapping[str, str]) -> Inputs:
+        """These inputs, probing also the calls of ``expected`` (call -> outcome), which they record."""
+        if not expected:
+            return self
+        return replace(self, calls=tuple(dict.fromkeys([*self.calls, *expected])), expected=tuple(expected.items()))
 
 
 def inputs_for(code: str, row_input: str) -> Inputs:
@@ -286,10 +299,11 @@ class Behaviour:
                 "probes": dict(self.probes), "runs": self.runs}
 
 
-# Runs in the judge: renders a probe's result from the plain values it holds; a program's object is not
-# asked for its repr (its address would differ from run to run, and it is the program's to choose).
-_SHOW = '''\
 def _cai_show(value, depth=0):
+    """A probe's result as text, from plain values only. Runs in the judge (its source is sent there by
+    :func:`probe_tests`), and here on the literals a generated test expects: the same text for the same
+    value. A program's object is not asked for its repr (its address would differ from run to run, and
+    it is the program's to choose)."""
     kind = type(value)
     if kind in (int, float, complex, bool, str, bytes, type(None)):
         return repr(value)
@@ -303,7 +317,18 @@ def _cai_show(value, depth=0):
     if kind is dict:
         return "{" + ", ".join(f"{_cai_show(k, depth + 1)}: {_cai_show(v, depth + 1)}" for k, v in value.items()) + "}"
     return "<object>"
-'''
+
+
+_SHOW = inspect.getsource(_cai_show)
+
+
+def shown(literal: str) -> str | None:
+    """The probe outcome (``"= <value>"``) a call gives when it returns the value of ``literal``, read
+    with :func:`ast.literal_eval` (nothing is executed); None when it is not a literal."""
+    try:
+        return "= " + _cai_show(ast.literal_eval(literal.strip()))
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
 
 
 def probe_tests(calls: Sequence[str]) -> str:
@@ -349,6 +374,28 @@ def observe(codes: Sequence[str], inputs: Sequence[Inputs], workers: int = 1,
     ]
 
 
+def outcomes(result: sandbox.Result | None) -> dict[str, str]:
+    """``call -> outcome`` from a probe run's output (:func:`probe_tests`); the calls it did not reach are absent."""
+    seen = {}
+    for line in (result.tests_stdout if result is not None else "").splitlines():
+        call, sep, outcome = line.partition(" = ") if " = " in line else line.partition(" ! ")
+        if sep:
+            seen[call] = sep.strip() + " " + outcome
+    return seen
+
+
+def probe(codes: Sequence[str], calls: Sequence[Sequence[str]], setups: Sequence[str], workers: int = 1,
+          limits: sandbox.Limits = BEHAVIOUR_LIMITS) -> list[dict[str, str]]:
+    """The outcome of each of ``calls[k]`` on the definitions of ``codes[k]`` (:func:`library`), after
+    ``setups[k]``: one sandbox run per code, in one batch."""
+    todo = [k for k, wanted in enumerate(calls) if wanted]
+    results = sandbox.run_many(
+        [sandbox.Job(library(codes[k]), probe_tests(calls[k]), setup=setups[k]) for k in todo], limits=limits, workers=workers,
+    )
+    found = dict(zip(todo, map(outcomes, results)))
+    return [found.get(k, {}) for k in range(len(codes))]
+
+
 def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None, open_names: bool = False) -> Behaviour:
     unknown = UNKNOWN_ERRORS | {"SandboxError", "BadInput"} | ({"NameError"} if open_names else set())
     tree = _parse(code)
@@ -360,25 +407,37 @@ def _behaviour(code: str, script: sandbox.Result, probes: sandbox.Result | None,
         state = "failed"  # an exception, a top-level assert, a script that never ends
     else:
         state = "unknown"  # an unknown error, a resource limit, a crash
-    seen = {}
-    for line in (probes.tests_stdout if probes is not None else "").splitlines():
-        call, sep, outcome = line.partition(" = ") if " = " in line else line.partition(" ! ")
-        if sep:
-            seen[call] = sep.strip() + " " + outcome
+    seen = outcomes(probes)
     error = "" if state == "clean" else script.error_type or script.status
     runs = tree is None or bool(script_statements(tree)) or state != "clean"
     return Behaviour(state, error, "" if state == "clean" else script.message, 0, script.stdout, seen, runs)
 
 
-def compare(before: Behaviour, after: Behaviour, may_fix: bool) -> tuple[str, str]:
+def compare(
+    before: Behaviour, after: Behaviour, may_fix: bool, expected: Sequence[tuple[str, str]] = ()
+) -> tuple[str, str]:
     """How ``after`` (a revision) behaves against ``before`` (the code it would replace): ``("same", "")``,
     ``("fixed", what)`` (it no longer fails where ``before`` failed, allowed only when ``may_fix``),
-    ``("changed", what)``, or ``("unverified", "")`` when nothing could be compared."""
+    ``("changed", what)``, or ``("unverified", "")`` when nothing could be compared.
+
+    ``expected``: agreed generated tests (``(call, outcome)``). A revision must keep every one ``before``
+    passed; when ``before`` missed one and ``after`` passes them all (and ``may_fix``), the functions
+    shown wrong may return other values elsewhere too, and the script may print something else."""
     fixed: list[str] = []
+    wrong: set[str] = set()  # functions an agreed test showed wrong, and the revision fixed
+    for call, want, got in missed(after, expected):
+        if call in before.probes and not missed(before, [(call, want)]):
+            return "changed", f"{call} {_said(got)} where it passed the agreed test ({want[2:]})"
+    was_missed = missed(before, expected)
+    if was_missed and may_fix and not missed(after, expected) and all(call in after.probes for call, _ in expected):
+        wrong = {_callee_of(call) for call, _, _ in was_missed}
+        fixed.append("passes the agreed generated tests it failed (" + ", ".join(call for call, _, _ in was_missed) + ")")
     ended_alike = (after.script, after.error, after.stdout) == (before.script, before.error, before.stdout)
     # no evidence: two runs stopped alike, unknown; or two clean runs of nothing but definitions
-    compared = (before.script != "unknown" or not ended_alike) and (before.runs or after.runs or not ended_alike)
-    if before.script == "clean" and not ended_alike:
+    compared = any(call in after.probes for call, _ in expected) or ((before.script != "unknown" or not ended_alike) and (before.runs or after.runs or not ended_alike))
+    if before.script == "clean" and not ended_alike and wrong and after.script == "clean":
+        fixed.append("the script prints what the fixed code returns")
+    elif before.script == "clean" and not ended_alike:
         return "changed", "the script prints something else" if after.script == "clean" else _ending(after, "the script")
     if before.script in ("failed", "broken") and not ended_alike:
         if not (after.script == "clean" and may_fix):
@@ -388,7 +447,7 @@ def compare(before: Behaviour, after: Behaviour, may_fix: bool) -> tuple[str, st
         return "changed", f"{_ending(after, 'the script')} where the original ended unknown ({before.error})"
     for call, old in before.probes.items():
         new = after.probes.get(call)
-        if new is None:
+        if new is None or _callee_of(call) in wrong:
             continue
         compared = True
         if old.startswith("=") and new != old:
@@ -408,10 +467,14 @@ def _ending(behaviour: Behaviour, subject: str) -> str:
     return f"{subject} {behaviour.script} ({behaviour.error}: {behaviour.message[:120]})"
 
 
-def execution_findings(behaviour: Behaviour) -> list[Finding]:
+def execution_findings(behaviour: Behaviour, expected: Sequence[tuple[str, str]] = ()) -> list[Finding]:
     """``correctness`` findings of a run, for a row without unit tests: the exception that ended the
-    script, and each probe that raised. An unknown run (a missing module, no input left) finds nothing."""
-    found = []
+    script, each probe that raised, and each ``expected`` outcome (an agreed generated test) the code
+    does not give. An unknown run (a missing module, no input left) finds nothing."""
+    found = [
+        Finding("correctness", f"{call} {_said(got)}, but the generated tests that independent solutions agree on expect {want[2:]}")
+        for call, want, got in missed(behaviour, expected)
+    ]
     if behaviour.script == "failed":
         found.append(Finding("correctness", f"running the program fails: {behaviour.error}: {behaviour.message}"[:300]))
     found += [
@@ -419,6 +482,45 @@ def execution_findings(behaviour: Behaviour) -> list[Finding]:
         for call, outcome in behaviour.probes.items() if outcome.startswith("!")
     ]
     return found
+
+
+def missed(behaviour: Behaviour, expected: Sequence[tuple[str, str]]) -> list[tuple[str, str, str]]:
+    """``(call, expected, got)`` for each expected outcome the behaviour's probes reached and missed (a
+    number equal to the one expected, ``250`` for ``250.0``, is no miss: an ``assert ==`` passes)."""
+    return [
+        (call, want, behaviour.probes[call]) for call, want in expected
+        if call in behaviour.probes and not _equal_outcomes(behaviour.probes[call], want)
+    ]
+
+
+def _equal_outcomes(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    if not (a.startswith("= ") and b.startswith("= ")):
+        return False
+    x, y = (_number(text[2:]) for text in (a, b))
+    return x is not None and y is not None and x == y
+
+
+def _number(text: str) -> int | float | None:
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        return None
+    return value if type(value) in (int, float) else None
+
+
+def _said(outcome: str) -> str:
+    return f"raises {outcome[2:]}" if outcome.startswith("!") else f"returns {outcome[2:]}"
+
+
+def _callee_of(call: str) -> str:
+    """The function a probe calls (``sum_to_n(10)`` -> ``sum_to_n``), "" for another expression."""
+    try:
+        node = ast.parse(call, mode="eval").body
+    except SyntaxError:
+        return ""
+    return node.func.id if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) else ""
 
 
 def code_size(code: str) -> int:

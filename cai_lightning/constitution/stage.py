@@ -42,7 +42,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from cai_lightning.constitution import guards
+from cai_lightning.constitution import generated_tests, guards
 from cai_lightning.constitution.checks import (
     Finding, UnitTests, check_many, fix_many, parse_code, split_tests, summary_docstring,
 )
@@ -55,7 +55,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 8  # bump when what a chunk file holds, or how it is computed, changes (8: the guards, behaviour runs)
+STAGE_FORMAT = 9  # bump when what a chunk file holds, or how it is computed, changes (9: agreed generated tests)
 MAX_COUNTED_FINDINGS = 99
 
 
@@ -77,12 +77,20 @@ class Revise:
         rounds: Critique → revision rounds per row. Each round revises the response the previous one
             ended with: its accepted candidate, or the same response when none was accepted.
         principles: ``sample`` draws one principle per round (seeded) among those the row violates (its
-            check has findings); ``all`` goes through every principle the row violates in turn in each
-            round. A row that violates none is not sent to the critic.
+            check has findings), among those of ``must_pass`` first when it violates one (a broken or
+            unsafe program is repaired before it is polished); ``all`` goes through every principle the
+            row violates in turn in each round. A row that violates none is not sent to the critic.
         open_ended: Also revise under the principles without a check (clarity, efficiency), for every
             row. Nothing but the critic's word would say such a revision is better: it is kept only when
             its behaviour is proven unchanged and its findings fewer, like any other.
         candidates: Revisions the critic proposes per step (0: no critic at all, fixers only).
+        generated_tests: For a row without unit tests whose code defines functions, the critic also
+            writes this many test replies and as many independent solutions, from the instruction and the
+            functions' signatures only; a call's result is *agreed* when a test expects it and a strict
+            majority of the solutions (at least two) return it, and the code's misses are correctness
+            findings (:mod:`~cai_lightning.constitution.generated_tests`). It lets a fix of code that runs
+            cleanly but wrongly (an off-by-one) be proven. 0: off; else at least 2. Costs about twice
+            the critic's generation.
         fixers: Also propose the response as fixed automatically (ruff's safe fixes and formatter, and a
             docstring from the instruction for the entry point), behaviour unchanged.
         splits: Which splits are revised; the others keep the dataset's output.
@@ -115,6 +123,7 @@ class Revise:
     principles: Literal["sample", "all"] = "sample"
     open_ended: bool = False
     candidates: int = 2
+    generated_tests: int = 0
     fixers: bool = True
     splits: tuple[str, ...] = ("train",)
     batch_size: int = 16
@@ -141,6 +150,12 @@ class Revise:
             raise ConfigError(f"data.revise.candidates must be 0 or more, got {self.candidates}")
         if self.candidates == 0 and not self.fixers:
             raise ConfigError("data.revise.candidates is 0 and data.revise.fixers is false: nothing would propose a revision")
+        if self.generated_tests == 1 or self.generated_tests < 0:
+            raise ConfigError(
+                f"data.revise.generated_tests must be 0 (off) or at least 2 (agreement needs two solutions), got {self.generated_tests}"
+            )
+        if self.generated_tests and self.candidates == 0:
+            raise ConfigError("data.revise.generated_tests needs the critic, but data.revise.candidates is 0")
         if self.candidates == 0 and self.response_source == "model":
             raise ConfigError("data.revise.response_source: model needs the critic, but data.revise.candidates is 0")
         if not self.do_sample and self.candidates > 1:
@@ -355,6 +370,8 @@ class ConstitutionStage:
         if self.settings.principles == "all":
             principle = principles[step % len(principles)]
             return principle if principle in violated else None
+        if any(p.check in self.must_pass for p in violated):
+            violated = [p for p in violated if p.check in self.must_pass]  # repaired before it is polished
         if not violated:
             return None
         rng = random.Random(f"{self.settings.seed}:{row_number}:{step}")  # str seeds are stable across runs
@@ -374,6 +391,7 @@ class ConstitutionStage:
              "tests_held_back": [lines of the row's tests held back from the critic],
              "correctness_basis": "tests" | "executed" | "parsed",
              "behaviour_before": how the response ran (guards.Behaviour.to_dict()),
+             "agreed_tests": {call: expected result} (data.revise.generated_tests), "agreed_tests_missed": int,
              "findings_before": {check: [finding, ...]}, "score_before": float,
              "steps": [{"round", "principle", "critique",
                         "candidates": [{"source": "critic" | "fixer", "text", "findings", "score",
@@ -396,14 +414,19 @@ class ConstitutionStage:
             responses = [r["output"] for r in rows]
         tests = [split_tests(r["tests"], r.get("task_id") or r["instruction"], s.seed, r.get("entry_point") or "") for r in rows]
         inputs = [guards.inputs_for(text, r["input"]) for text, r in zip(responses, rows)]
+        if s.generated_tests:
+            expected = self._agreed_tests(chunk, rows, responses, tests, inputs, workers)
+            inputs = [given.with_expected(agreed) for given, agreed in zip(inputs, expected)]
         behaviours = guards.observe(responses, inputs, workers)
-        findings = self._with_execution(self._check(responses, tests), behaviours, tests)
+        findings = self._with_execution(self._check(responses, tests), behaviours, tests, inputs)
         scores = [score(f, self.weights) for f in findings]
         records = [
             {"original": text, "response_source": s.response_source, "tests_held_back": sorted(t.held_back),
              "correctness_basis": _basis(t, b), "behaviour_before": b.to_dict(),
+             "agreed_tests": {call: outcome[2:] for call, outcome in given.expected},
+             "agreed_tests_missed": len(guards.missed(b, given.expected)),
              "findings_before": _strings(f), "score_before": sc, "steps": []}
-            for text, t, b, f, sc in zip(responses, tests, behaviours, findings, scores)
+            for text, t, b, f, sc, given in zip(responses, tests, behaviours, findings, scores, inputs)
         ]
         steps_per_round = len(self.constitution.principles) if s.principles == "all" else 1
         steps = s.rounds * steps_per_round
@@ -452,13 +475,13 @@ class ConstitutionStage:
             ran = dict(zip(runnable, guards.observe([flat[k][2] for k in runnable], [inputs[flat[k][0]] for k in runnable], workers)))
             checked = self._with_execution(
                 self._check([text for _, _, text, _ in flat], [tests[i] for i, _, _, _ in flat]),
-                [ran.get(k) for k in range(len(flat))], [tests[i] for i, _, _, _ in flat],
+                [ran.get(k) for k in range(len(flat))], [tests[i] for i, _, _, _ in flat], [inputs[i] for i, _, _, _ in flat],
             )
             candidates: dict[int, list[dict]] = {i: [] for i in active}
             evidence: dict[int, list[tuple[dict, guards.Behaviour | None]]] = {i: [] for i in active}
             for k, ((i, source, text, _), f) in enumerate(zip(flat, checked)):
                 verdict, detail = ("", "") if k not in ran else guards.compare(
-                    behaviours[i], ran[k], may_fix=principles[i].check == "correctness"
+                    behaviours[i], ran[k], may_fix=principles[i].check == "correctness", expected=inputs[i].expected
                 )
                 reason = refused[k] or _refusal(responses[i], text, source, verdict, findings[i], f, bool(tests[i].source.strip()))
                 candidates[i].append({
@@ -487,17 +510,43 @@ class ConstitutionStage:
         return records
 
     def _with_execution(
-        self, found: list[dict[str, list[Finding]]], behaviours: Sequence[guards.Behaviour | None], tests: Sequence[UnitTests]
+        self, found: list[dict[str, list[Finding]]], behaviours: Sequence[guards.Behaviour | None], tests: Sequence[UnitTests],
+        inputs: Sequence[guards.Inputs],
     ) -> list[dict[str, list[Finding]]]:
-        """``correctness`` of a row without unit tests means more than "parses": how running it failed
-        (:func:`guards.execution_findings`) joins its findings, so the critique quotes it and a revision
-        that no longer fails scores higher. A row with tests is judged by its tests alone."""
+        """``correctness`` of a row without unit tests means more than "parses": how running it failed,
+        and the agreed generated tests it misses (:func:`guards.execution_findings`), join its findings,
+        so the critique quotes them and a revision that no longer fails scores higher. A row with tests is
+        judged by its tests alone."""
         if "correctness" not in self.weights:
             return found
-        for f, behaviour, t in zip(found, behaviours, tests):
+        for f, behaviour, t, given in zip(found, behaviours, tests, inputs):
             if behaviour is not None and not t.source.strip():
-                f["correctness"] = [*f["correctness"], *guards.execution_findings(behaviour)]
+                f["correctness"] = [*f["correctness"], *guards.execution_findings(behaviour, given.expected)]
         return found
+
+    def _agreed_tests(
+        self, chunk: int, rows: list[dict], responses: list[str], tests: list[UnitTests], inputs: list[guards.Inputs],
+        workers: int,
+    ) -> list[dict[str, str]]:
+        """For each row of a chunk, the agreed generated tests of its response (call -> outcome; see
+        :mod:`~cai_lightning.constitution.generated_tests`): the rows without unit tests whose response
+        defines functions. The critic writes tests and solutions from the instruction and signatures; the
+        solutions run in the sandbox."""
+        n = self.settings.generated_tests
+        heads = {i: generated_tests.signatures(text) for i, text in enumerate(responses) if not tests[i].source.strip()}
+        todo = [i for i, found in heads.items() if found]
+        if not todo:
+            return [{} for _ in rows]
+        asks = [(rows[i]["instruction"], rows[i]["input"], list(heads[i].values())) for i in todo]
+        written = self._generate([generated_tests.tests_prompt(*a) for a in asks], self.settings.critique_tokens, n, self._seed(chunk, "tests"))
+        solved = self._generate([generated_tests.solution_prompt(*a) for a in asks], self.settings.revision_tokens, n, self._seed(chunk, "solutions"))
+        calls = {i: generated_tests.parse_tests(replies, set(heads[i])) for i, replies in zip(todo, written)}
+        runs = [(i, extract_code(reply)) for i, replies in zip(todo, solved) for reply in replies]
+        outcomes = guards.probe([code for _, code in runs], [list(calls[i]) for i, _ in runs], [inputs[i].setup for i, _ in runs], workers)
+        per_row: dict[int, list[dict[str, str]]] = {i: [] for i in todo}
+        for (i, _), seen in zip(runs, outcomes):
+            per_row[i].append(seen)
+        return [generated_tests.agreed(calls[i], per_row[i], n) if i in calls else {} for i in range(len(rows))]
 
 
 def write_revisions(path: Path, rows: Sequence[dict], provenance: Sequence[dict]) -> None:
@@ -754,6 +803,10 @@ def summarize(
         "accepted": dict(accepted),
         "refused": {reason: refused[reason] for reason in REFUSALS if refused[reason]},
         "correctness_basis": dict(Counter(r.get("correctness_basis", "tests") for r in provenance)),
+        "agreed_tests": {
+            "rows": sum(bool(r.get("agreed_tests")) for r in provenance),
+            "missed": sum(bool(r.get("agreed_tests_missed")) for r in provenance),
+        },
         "violations": violations,
         "mean_score_before": round(sum(r["score_before"] for r in provenance) / max(len(provenance), 1), 4),
         "mean_score_after": round(sum(r["score_after"] for r in provenance) / max(len(provenance), 1), 4),
@@ -782,6 +835,10 @@ def format_summary(summary: dict) -> str:
         "  correctness meant: " + ", ".join(
             f"{label} for {summary.get('correctness_basis', {}).get(basis, 0)} row(s)"
             for basis, label in (("tests", "unit tests run"), ("executed", "the program executed"), ("parsed", "parsed only"))
+        ),
+        *(
+            [f"  generated tests: agreed for {agreed['rows']} row(s), of which {agreed['missed']} missed one"]
+            if (agreed := summary.get("agreed_tests", {})).get("rows") else []
         ),
         f"  mean score: {summary['mean_score_before']} -> {summary['mean_score_after']}",
         "  rows violating each principle, before -> after:",
