@@ -79,6 +79,8 @@ def test_a_value_is_agreed_only_when_a_test_expects_it_and_most_solutions_return
 def test_a_clean_but_wrong_function_is_fixed_when_agreed_tests_prove_it(tmp_path):
     stage, record, critic = run(tmp_path, OFF_BY_ONE, [TESTS, TESTS], [SOLUTION, LOOPING], [fenced(FIXED)])
     # the wrong expectation sum_to_n(3) == 7 is no solution's answer: not agreed
+    assert record["generated_tests"]["written"]["sum_to_n(3)"] == ["= 7"]
+    assert [seen["sum_to_n(3)"] for seen in record["generated_tests"]["solutions"]] == ["= 6", "= 6"]
     assert record["agreed_tests"] == {"sum_to_n(10)": "55", "sum_to_n(0)": "0"} and record["agreed_tests_missed"] == 1
     assert "sum_to_n(10) returns 45, but the generated tests that independent solutions agree on expect 55" in "\n".join(
         record["findings_before"]["correctness"])

@@ -392,6 +392,7 @@ class ConstitutionStage:
              "correctness_basis": "tests" | "executed" | "parsed",
              "behaviour_before": how the response ran (guards.Behaviour.to_dict()),
              "agreed_tests": {call: expected result} (data.revise.generated_tests), "agreed_tests_missed": int,
+             "generated_tests": {"written": {call: [results a test expects]}, "solutions": [{call: outcome}]},
              "findings_before": {check: [finding, ...]}, "score_before": float,
              "steps": [{"round", "principle", "critique",
                         "candidates": [{"source": "critic" | "fixer", "text", "findings", "score",
@@ -414,9 +415,10 @@ class ConstitutionStage:
             responses = [r["output"] for r in rows]
         tests = [split_tests(r["tests"], r.get("task_id") or r["instruction"], s.seed, r.get("entry_point") or "") for r in rows]
         inputs = [guards.inputs_for(text, r["input"]) for text, r in zip(responses, rows)]
+        generated = [{} for _ in rows]
         if s.generated_tests:
-            expected = self._agreed_tests(chunk, rows, responses, tests, inputs, workers)
-            inputs = [given.with_expected(agreed) for given, agreed in zip(inputs, expected)]
+            generated = self._generated_tests(chunk, rows, responses, tests, inputs, workers)
+            inputs = [given.with_expected(g["agreed"]) if g else given for given, g in zip(inputs, generated)]
         behaviours = guards.observe(responses, inputs, workers)
         findings = self._with_execution(self._check(responses, tests), behaviours, tests, inputs)
         scores = [score(f, self.weights) for f in findings]
@@ -425,12 +427,14 @@ class ConstitutionStage:
              "correctness_basis": _basis(t, b), "behaviour_before": b.to_dict(),
              "agreed_tests": {call: outcome[2:] for call, outcome in given.expected},
              "agreed_tests_missed": len(guards.missed(b, given.expected)),
+             "generated_tests": {k: v for k, v in g.items() if k != "agreed"},
              "findings_before": _strings(f), "score_before": sc, "steps": []}
-            for text, t, b, f, sc, given in zip(responses, tests, behaviours, findings, scores, inputs)
+            for text, t, b, f, sc, given, g in zip(responses, tests, behaviours, findings, scores, inputs, generated)
         ]
         steps_per_round = len(self.constitution.principles) if s.principles == "all" else 1
         steps = s.rounds * steps_per_round
-        advance(0.1)
+        prepared = 0.5 if s.generated_tests else 0.1  # share of the chunk's time; tests and solutions are generation too
+        advance(prepared)
         for step in range(steps):
             principles = {
                 i: principle for i in range(len(rows))
@@ -462,7 +466,7 @@ class ConstitutionStage:
                 revisions = self._generate(prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"))
                 for i, outs in zip(active, revisions):
                     proposals[i] += [("critic", extract_code(text), text) for text in outs]
-                advance(0.1 + 0.9 * (step + 0.7) / steps)
+                advance(prepared + (1 - prepared) * (step + 0.7) / steps)
             if s.fixers:
                 fixed = fix_many([responses[i] for i in active], [_docstring_targets(rows[i], responses[i]) for i in active])
                 for i, text in zip(active, fixed):
@@ -504,7 +508,7 @@ class ConstitutionStage:
                     {"round": step // steps_per_round, "principle": principles[i].name, "critique": critiques[i],
                      "candidates": candidates[i], "accepted": accepted}
                 )
-            advance(0.1 + 0.9 * (step + 1) / steps)
+            advance(prepared + (1 - prepared) * (step + 1) / steps)
         for record, text, f, sc in zip(records, responses, findings, scores):
             record.update(final=text, findings_after=_strings(f), score_after=sc, changed=text != record["original"])
         return records
@@ -524,14 +528,14 @@ class ConstitutionStage:
                 f["correctness"] = [*f["correctness"], *guards.execution_findings(behaviour, given.expected)]
         return found
 
-    def _agreed_tests(
+    def _generated_tests(
         self, chunk: int, rows: list[dict], responses: list[str], tests: list[UnitTests], inputs: list[guards.Inputs],
         workers: int,
-    ) -> list[dict[str, str]]:
-        """For each row of a chunk, the agreed generated tests of its response (call -> outcome; see
-        :mod:`~cai_lightning.constitution.generated_tests`): the rows without unit tests whose response
-        defines functions. The critic writes tests and solutions from the instruction and signatures; the
-        solutions run in the sandbox."""
+    ) -> list[dict]:
+        """For each row of a chunk, its generated tests (see :mod:`~cai_lightning.constitution.generated_tests`):
+        ``{"agreed": {call: outcome}, "written": {call: [outcomes a test expects]}, "solutions": [{call:
+        outcome}, ...]}`` for a row without unit tests whose response defines functions, else ``{}``. The
+        critic writes tests and solutions from the instruction and signatures; the solutions run in the sandbox."""
         n = self.settings.generated_tests
         heads = {i: generated_tests.signatures(text) for i, text in enumerate(responses) if not tests[i].source.strip()}
         todo = [i for i, found in heads.items() if found]
@@ -546,7 +550,11 @@ class ConstitutionStage:
         per_row: dict[int, list[dict[str, str]]] = {i: [] for i in todo}
         for (i, _), seen in zip(runs, outcomes):
             per_row[i].append(seen)
-        return [generated_tests.agreed(calls[i], per_row[i], n) if i in calls else {} for i in range(len(rows))]
+        return [
+            {"agreed": generated_tests.agreed(calls[i], per_row[i], n), "written": {c: sorted(e) for c, e in calls[i].items()},
+             "solutions": per_row[i]} if i in calls else {}
+            for i in range(len(rows))
+        ]
 
 
 def write_revisions(path: Path, rows: Sequence[dict], provenance: Sequence[dict]) -> None:
