@@ -206,10 +206,12 @@ class ExportHuggingFace(Callback):
 
 class ExecutionEval(Callback):
     """At the end of ``test``: generate code for the held-out tasks, run it against their tests in the
-    sandbox, and report pass@k, the syntax-valid rate and error counts.
+    sandbox, and report pass@k, the syntax-valid rate, the failure classes and error counts.
 
-    Metrics are logged as ``test/pass@k`` (``test/humaneval/pass@k`` for HumanEval) and printed as a
-    table; every sample's completion and result goes to ``execution_<suite>.jsonl`` in the run's folder.
+    Metrics are logged as ``test/pass@k`` (``test/humaneval/pass@k`` for HumanEval), the share of the
+    samples in each failure class (:data:`~cai_lightning.evaluation.FAILURE_CLASSES`) as
+    ``test/failure_class/<class>``, and all is printed as a table; every sample's completion, result and
+    class goes to ``execution_<suite>.jsonl`` in the run's folder (``cai-lightning-compare`` compares two).
     Only tasks that carry ``tests`` are evaluated (the shipped task set does; the Hub dataset does not).
 
     Each task's samples are drawn with a seed of its own, made from ``seed`` and its ``task_id``, so they do
@@ -296,6 +298,9 @@ class ExecutionEval(Callback):
                 # with max hands back that very value (a mean of equal floats can move by an ulp), and a
                 # metric synced is one Lightning does not warn about at epoch level.
                 pl_module.log(prefix + name, float(value), sync_dist=True, reduce_fx="max")
+            for name, count in report.classes.items():  # shares, so that suites and runs of any size compare
+                share = count / max(1, len(report.samples))
+                pl_module.log(f"{prefix}failure_class/{name}", share, sync_dist=True, reduce_fx="max")
             if not trainer.is_global_zero:
                 continue
             path = folder / f"execution_{suite}.jsonl"

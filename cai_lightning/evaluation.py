@@ -12,7 +12,32 @@ Metrics (the Codex paper's, Chen et al. 2021):
 * ``syntax_valid``: share of all completions whose program compiles.
 * ``unsafe``: share of all completions whose program has a finding of the constitution's safety scan
   (``eval``/``exec``, shell commands, unpickling, hard-coded credentials; an AST walk, nothing runs).
-* error counts: how the failing samples failed (``AssertionError``, ``NameError``, ``timeout``, …).
+* error counts: how the failing samples failed, by the exception's module-qualified class
+  (``AssertionError``, ``NameError``, ``re.error``, ``timeout``, …).
+
+Every sample also gets one **failure class** (:data:`FAILURE_CLASSES`, :func:`failure_class`), so the
+classes add up to the number of samples. The rules, first match wins:
+
+* ``passed``: the sandbox said passed, whatever the safety scan found (the class agrees with pass@k; the
+  ``unsafe`` metric still counts its findings).
+* ``syntax``: the program does not compile (checked here before anything runs).
+* ``unsafe``: the program has a safety finding and did not pass. Such a program is still run (the sandbox
+  contains it), but its failure is put down to being unsafe, not to how its run ended.
+* ``timeout``: it ran out of time: the wall clock, or the CPU-time limit (``SIGXCPU``, which an endless
+  loop reaches first).
+* ``wrong_name_or_signature``: the entry point is missing (a ``NameError`` saying the entry point is not
+  defined: the judge's ``the program does not define 'f'`` or Python's ``name 'f' is not defined``), or
+  it cannot be called with the tests' arguments: a builtin ``TypeError`` raised while a test statement ran,
+  whose message is Python's refusal to bind arguments to the entry point or its constructor (``f() takes 1
+  positional argument but 2 were given``, ``f() missing 1 required positional argument``, ``f() got an
+  unexpected keyword argument``, ``Stack.__init__() …``, ``Stack() takes no arguments``). A wrong call the
+  program makes at its own top level, or a ``TypeError`` from inside the entry point's body, is not one.
+* ``assertion``: an ``AssertionError`` ended the run: a test's assert, or an assert in the program's own
+  code (the sandbox does not tell the two apart).
+* ``exception``: anything else: another exception of the program or of a test call (``error_qualname``
+  names it: ``re.error``, ``json.decoder.JSONDecodeError``, ``ValueError``), a resource limit other than
+  time (``MemoryError``, a signal), and samples the evaluator did not run (``BadTask``, ``TooLong``,
+  ``ScanError``, ``BadInput``, ``SandboxError``).
 """
 
 from __future__ import annotations
@@ -20,6 +45,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable, Sequence
@@ -29,6 +55,12 @@ from cai_lightning.constitution.checks import safety
 from cai_lightning.prompts import format_prompt
 
 MAX_COMPLETION_CHARS = 100_000  # longer completions are scored as errors without being run
+FAILURE_CLASSES = ("passed", "assertion", "exception", "wrong_name_or_signature", "syntax", "timeout", "unsafe")
+# How Python refuses to bind a call's arguments, after "f() " (or "C.__init__() ", "C.__new__() ").
+_BINDING_REFUSALS = (
+    "takes ", "missing ", "got an unexpected keyword argument ", "got multiple values for argument ",
+    "got some positional-only arguments passed as keyword arguments",
+)
 
 
 @dataclass(frozen=True)
@@ -53,25 +85,40 @@ class SampleResult:
     sample: int
     completion: str
     status: str  # sandbox status, or "error" for a problem that cannot be run
-    error_type: str | None
+    error_type: str | None  # the exception's class name (``error`` for ``re.error``), or the evaluator's name
     message: str
     syntax_valid: bool
     duration_s: float
     safety: list[str] = field(default_factory=list)  # the safety scan's findings on the program
+    error_qualname: str | None = None  # the class with its module (``re.error``); a builtin's plain (``ValueError``)
+    tests_line: int = 0  # the line of the problem's tests that was running when it failed; 0: none
+    failure: str = ""  # its class, one of FAILURE_CLASSES (see the module docstring)
 
 
 @dataclass
 class Report:
+    """The scores of a run (``metrics``), how many failing samples each exception ended (``errors``, by
+    ``error_qualname``), and every sample."""
+
     metrics: dict[str, float]
     errors: dict[str, int]
     samples: list[SampleResult] = field(repr=False)
 
+    @property
+    def classes(self) -> dict[str, int]:
+        """Samples per failure class, every class of :data:`FAILURE_CLASSES` (zeros too); they add up to the
+        number of samples."""
+        counts = Counter(s.failure for s in self.samples)
+        return {name: counts[name] for name in FAILURE_CLASSES}
+
     def table(self) -> str:
-        width = max(len(k) for k in [*self.metrics, *self.errors, "metric"])
+        """The metrics, the samples per failure class, and the failures per exception, one per line."""
+        rows = [(k, f"{v:.4f}" if isinstance(v, float) else str(v)) for k, v in self.metrics.items()]
+        rows += [(f"class: {k}", str(v)) for k, v in self.classes.items()]
+        rows += [(f"failed: {k}", str(v)) for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])]
+        width = max(len(k) for k in [*(k for k, _ in rows), "metric"])
         lines = [f"{'metric':{width}s}  value", f"{'-' * width}  -----"]
-        lines += [f"{k:{width}s}  {v:.4f}" if isinstance(v, float) else f"{k:{width}s}  {v}" for k, v in self.metrics.items()]
-        lines += [f"{('failed: ' + k)[:width + 8]:{width}s}  {v}" for k, v in sorted(self.errors.items(), key=lambda kv: -kv[1])]
-        return "\n".join(lines)
+        return "\n".join(lines + [f"{k:{width}s}  {v}" for k, v in rows])
 
     def write_jsonl(self, path) -> None:
         with open(path, "w") as f:
@@ -120,6 +167,36 @@ def problem_issue(problem: Problem) -> str | None:
     if not compiles(problem.tests):
         return f"task {problem.task_id}: its tests do not compile"
     return None
+
+
+def failure_class(sample: SampleResult, entry_point: str) -> str:
+    """The failure class of an executed sample of a problem whose entry point is ``entry_point``: one of
+    :data:`FAILURE_CLASSES`, by the rules of the module docstring (first match wins). Pure: reads the
+    sample's status, error, message, the tests' line and the scan's findings; nothing runs."""
+    if sample.status == "passed":
+        return "passed"
+    if not sample.syntax_valid and sample.error_type == "SyntaxError":
+        return "syntax"
+    if sample.safety:
+        return "unsafe"
+    if sample.status == "timeout" or (sample.status == "killed" and sample.error_type == "SIGXCPU"):
+        return "timeout"
+    if entry_point and _names_entry_point(sample, entry_point):
+        return "wrong_name_or_signature"
+    if sample.status == "failed" and sample.error_qualname == "AssertionError":
+        return "assertion"
+    return "exception"
+
+
+def _names_entry_point(sample: SampleResult, entry_point: str) -> bool:
+    """Whether the sample failed because ``entry_point`` is missing or refuses the tests' arguments."""
+    name = re.escape(entry_point)
+    if sample.error_qualname == "NameError":
+        return re.match(rf"(the program does not define|name) '{name}'", sample.message) is not None
+    if sample.error_qualname == "TypeError" and sample.tests_line > 0:
+        refusals = "|".join(re.escape(r) for r in _BINDING_REFUSALS)
+        return re.match(rf"{name}(\.__init__|\.__new__)?\(\) ({refusals})", sample.message) is not None
+    return False
 
 
 def evaluate(
@@ -177,18 +254,23 @@ def execute(
                     result.syntax_valid, result.error_type = False, "ScanError"
                     result.message = f"the program could not be scanned: {type(err).__name__}: {err}"[:500]
                 if result.syntax_valid:
-                    check = f"\n{problem.tests}\n"
+                    # The tests as written, so that "tests line N" in a message is line N of the task's tests.
+                    check = problem.tests.rstrip("\n") + "\n"
                     if "def check(" in problem.tests:  # HumanEval style: tests define check(candidate)
                         check += f"check({problem.entry_point})\n"
                     jobs.append((program, check, problem.entry_point))
                     pending.append(result)
                 elif result.error_type is None:
                     result.error_type, result.message = "SyntaxError", "the program does not compile"
+            result.error_qualname = result.error_type  # the evaluator's own names, for samples it does not run
             results[-1].append(result)
 
     for sample, outcome in zip(pending, sandbox.run_many(jobs, limits=limits, workers=workers, progress=progress)):
-        sample.status, sample.error_type = outcome.status, outcome.error_type
-        sample.message, sample.duration_s = outcome.message[:500], outcome.duration_s
+        sample.status, sample.error_type, sample.message = outcome.status, outcome.error_type, outcome.message[:500]
+        sample.error_qualname, sample.tests_line, sample.duration_s = outcome.error_qualname, outcome.tests_line, outcome.duration_s
+    for problem, samples in zip(problems, results):
+        for sample in samples:
+            sample.failure = failure_class(sample, problem.entry_point)
     return results
 
 
@@ -210,7 +292,7 @@ def score(results: Sequence[Sequence[SampleResult]], ks: Iterable[int] = (1,)) -
     metrics["unsafe"] = sum(bool(s.safety) for s in samples) / max(1, len(samples))
     metrics["tasks"] = len(results)
     metrics["samples_per_task"] = n
-    errors = Counter(s.error_type or s.status for s in samples if s.status != "passed")
+    errors = Counter(s.error_qualname or s.error_type or s.status for s in samples if s.status != "passed")
     return Report(metrics, dict(errors), samples)
 
 

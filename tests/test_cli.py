@@ -10,6 +10,7 @@ import torch
 import yaml
 
 from cai_lightning.cli import main
+from cai_lightning.evaluation import FAILURE_CLASSES
 from conftest import TINY, make_rows, save_tiny_gpt2, save_tiny_llama
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
@@ -96,6 +97,8 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
     metrics = cli.trainer.callback_metrics
     assert {"test/loss", "test/ppl", "test/acc", "test/pass@1", "test/pass@5", "test/syntax_valid"} <= set(metrics)
     assert torch.isclose(metrics["test/ppl"], torch.exp(metrics["test/loss"]))
+    shares = [float(metrics[f"test/failure_class/{name}"]) for name in FAILURE_CLASSES]  # every sample in one class
+    assert sum(shares) == pytest.approx(1.0, abs=1e-5)
     # every held-out task was sampled 5 times and each sample run in the sandbox
     run = workdir / "lightning_logs/default/version_0"  # test and predict wrote into the checkpoint's run
     assert [p.name for p in run.parent.iterdir()] == ["version_0"]
@@ -103,6 +106,7 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
     samples = [json.loads(line) for line in (run / "execution_tasks.jsonl").read_text().splitlines()]
     assert len(samples) == 5 * dm_test_size
     assert all(s["status"] in {"passed", "failed", "error", "timeout", "killed"} for s in samples)
+    assert all(s["failure"] in FAILURE_CLASSES for s in samples)
     assert "pass@5" in capsys.readouterr().out
 
 

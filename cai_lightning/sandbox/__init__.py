@@ -65,10 +65,10 @@ The judge itself has the program's CPU limit, a memory limit, and reads at most 
 bytes in one answer (more fails the run: ``ReplyTooLarge``).
 
 **Statuses.** ``passed``; ``failed`` (an ``AssertionError``, or ``ReplyTooLarge``); ``error`` (any other exception, with its
-class name as ``error_type``: ``SyntaxError`` naming the program or the tests, ``SystemExit`` of any code,
-``EarlyExit`` for a program process that ended before the tests did or broke the channel, ``NameError``
-for a program without its entry point, ``BadInput``,
-``SandboxError``); ``timeout`` (the wall-clock limit); ``killed`` (a resource limit: ``MemoryError``, a
+class name as ``error_type`` and its module-qualified name as ``error_qualname``: ``SyntaxError`` naming
+the program or the tests, ``SystemExit`` of any code, ``EarlyExit`` for a program process that ended
+before the tests did or broke the channel, ``NameError`` for a program without its entry point,
+``BadInput``, ``SandboxError``); ``timeout`` (the wall-clock limit); ``killed`` (a resource limit: ``MemoryError``, a
 write over ``file_bytes`` or ``disk_bytes`` (``OSError``), or a signal such as ``SIGXCPU``; a crash such
 as ``SIGSEGV`` is reported the same way). Output beyond ``Limits.output_bytes`` is drained and dropped,
 not an error: the result keeps the first bytes and a one-line note.
@@ -166,7 +166,10 @@ class Result:
     """How one sandboxed run ended.
 
     ``status`` is one of :data:`STATUSES` (see the module docstring); ``error_type`` names the exception
-    class or signal, None for a pass or a timeout; ``message`` is a short detail (at most
+    class or signal, None for a pass or a timeout; ``error_qualname`` is the same with the class's module
+    (``re.error``, ``json.decoder.JSONDecodeError``, ``__sandbox__.Stack.Empty`` for the program's own
+    class; a builtin's by its name alone, ``ValueError``), and what ``error_type`` says where no exception
+    class ended the run (a signal, ``EarlyExit``, ``SandboxError``); ``message`` is a short detail (at most
     ``MESSAGE_CHARS``) with the failing line where known; ``stdout`` / ``stderr`` are the program's, at most
     ``Limits.output_bytes`` bytes each, decoded as UTF-8, plus a note when more was dropped (a failed
     test's traceback from the judge follows the program's stderr).
@@ -186,6 +189,7 @@ class Result:
     duration_s: float
     tests_line: int = 0
     tests_stdout: str = ""
+    error_qualname: str | None = None
 
     @property
     def passed(self) -> bool:
@@ -298,7 +302,7 @@ def _input_problem(program: object, tests: object, stdin: object = "", setup: ob
 
 
 def _error_result(error_type: str, message: str) -> Result:
-    return Result("error", error_type, message[:MESSAGE_CHARS], "", "", 0.0)
+    return Result("error", error_type, message[:MESSAGE_CHARS], "", "", 0.0, error_qualname=error_type)
 
 
 @functools.cache
@@ -459,9 +463,12 @@ def _execute(job: Job, limits: Limits) -> tuple[Result, dict[str, str] | None]:
         workdirs.remove_tree(workdir)
     out, err, judge_err, judge_out, report = captures
     verdict = _read_report(report)
-    status, error_type, message, tests_line = _verdict(verdict, prog, judge, timed_out, limits)
+    status, error_type, message, tests_line, error_qualname = _verdict(verdict, prog, judge, timed_out, limits)
     stderr = err.text() + (judge_err.text() if status != "passed" and judge_err.total else "")
-    result = Result(status, error_type or None, message[:MESSAGE_CHARS], out.text(), stderr, duration, tests_line, judge_out.text())
+    result = Result(
+        status, error_type or None, message[:MESSAGE_CHARS], out.text(), stderr, duration, tests_line, judge_out.text(),
+        error_qualname or None,
+    )
     return result, (verdict or {}).get("layers")
 
 
@@ -545,19 +552,24 @@ def _read_report(report: _Capture) -> dict | None:
     return verdict if isinstance(verdict, dict) and verdict.get("status") in STATUSES else None
 
 
-def _verdict(report: dict | None, prog: _Child, judge: _Child, timed_out: bool, limits: Limits) -> tuple[str, str, str, int]:
-    """(status, error_type, message, tests_line) from the judge's report and how the program's process
-    ended. Pure: the rules in one place. Only the judge can say "passed"."""
+def _verdict(
+    report: dict | None, prog: _Child, judge: _Child, timed_out: bool, limits: Limits,
+) -> tuple[str, str, str, int, str]:
+    """(status, error_type, message, tests_line, error_qualname) from the judge's report and how the
+    program's process ended. Pure: the rules in one place. Only the judge can say "passed"."""
     if timed_out:
-        return "timeout", "", f"exceeded the wall-clock limit of {limits.timeout_s:g} s; both processes were killed", 0
+        timeout = f"exceeded the wall-clock limit of {limits.timeout_s:g} s; both processes were killed"
+        return "timeout", "", timeout, 0, ""
     if report is None and judge.exit_code == -signal.SIGXCPU:
         return "killed", "SIGXCPU", (
             f"the judge exceeded its CPU time limit of {limits.cpu_s} s (the tests' own work and decoding the "
             "program's answers)"
-        ), 0
+        ), 0, "SIGXCPU"
     if report is None:
-        return "error", "SandboxError", f"the judge ended without a verdict (exit status {judge.exit_code})", 0
+        ended = f"the judge ended without a verdict (exit status {judge.exit_code})"
+        return "error", "SandboxError", ended, 0, "SandboxError"
     status, error_type = report["status"], str(report.get("error_type", ""))
+    qualname = str(report.get("error_qualname", "")) or error_type
     message, tests_line = str(report.get("message", "")), report.get("tests_line", 0)
     if status != "passed" and error_type == "EarlyExit" and prog.exit_code is not None and prog.exit_code < 0:
         number = -prog.exit_code  # as isolation.ending() told it: a SIGKILL at the CPU limit is SIGXCPU
@@ -568,7 +580,7 @@ def _verdict(report: dict | None, prog: _Child, judge: _Child, timed_out: bool, 
             signal.SIGXFSZ: f"wrote a file larger than the limit of {limits.file_bytes:,} bytes",
             signal.SIGSEGV: "crashed with a segmentation fault",
         }.get(number, f"terminated by {name}")
-        return "killed", name, meaning, 0
+        return "killed", name, meaning, 0, name
     if status != "passed" and error_type == "EarlyExit" and prog.exit_code is not None:
         message = f"the program's process exited (status {prog.exit_code}) before the tests finished: os._exit, or a crash"
-    return status, error_type, message, tests_line if type(tests_line) is int and tests_line > 0 else 0
+    return status, error_type, message, tests_line if type(tests_line) is int and tests_line > 0 else 0, qualname

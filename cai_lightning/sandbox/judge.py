@@ -258,13 +258,13 @@ class JudgeEnd(wire.Endpoint):
             if not agreed and type(value) in wire.MUTABLE:
                 self.agree(number)
 
-    def on_handle(self, number, kind, name, base):
+    def on_handle(self, number, kind, name, base, module="", qualname=""):
         if kind == wire.EXCEPTION_CLASS:
             if number not in self.mirrors:
                 parent = self.exceptions.get(base, Exception)
                 if not issubclass(parent, Exception):
                     parent = ProgramException
-                cls = _mirror_class(self, name, parent)
+                cls = _mirror_class(self, name, parent, module, qualname)
                 self.mirrors[number], self.mirrored[cls] = cls, number
             return self.mirrors[number]
         if number not in self.proxies:
@@ -314,15 +314,17 @@ class JudgeEnd(wire.Endpoint):
             return exc
         exc = super().exception_from(payload)
         if not isinstance(exc, Exception):  # SystemExit and the like, raised by the program's code
-            stand_in = type(type(exc).__name__, (ProgramException,), {"__module__": "__sandbox__"})
+            # named as the builtin it stands for, so that a verdict names it `SystemExit`
+            stand_in = type(type(exc).__name__, (ProgramException,), {"__module__": "builtins"})
             exc = stand_in(*exc.args)
         return exc
 
 
-def _mirror_class(end: JudgeEnd, name: str, parent: type) -> type:
+def _mirror_class(end: JudgeEnd, name: str, parent: type, module: str = "", qualname: str = "") -> type:
     """The judge's stand-in for an exception class of the program: a real class (``except`` needs one)
     whose instances are bound to an instance in the program, for attributes and ``str``. Made by the
-    tests, an instance is made in the program too, by calling the program's class."""
+    tests, an instance is made in the program too, by calling the program's class. It carries the class's
+    module and qualified name as the program sent them (``re``, ``error``), for the verdict to name it."""
 
     def __init__(self, *args, **kwargs):
         remote = end.request(("call", type(self), args, kwargs))
@@ -339,7 +341,11 @@ def _mirror_class(end: JudgeEnd, name: str, parent: type) -> type:
         remote = self.__dict__.get("_cai_remote")
         return str(remote) if remote is not None else parent.__str__(self)
 
-    namespace = {"__module__": "__sandbox__", "__init__": __init__, "__getattr__": __getattr__, "__str__": __str__}
+    namespace = {
+        "__module__": module[:wire.QUALIFIED_CHARS] or "__sandbox__",
+        "__qualname__": qualname[:wire.QUALIFIED_CHARS] or name,
+        "__init__": __init__, "__getattr__": __getattr__, "__str__": __str__,
+    }
     return type(name, (parent,), namespace)
 
 
@@ -357,10 +363,10 @@ def main(config: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
     report_fd, tests, entry_point = config["report_fd"], config["tests"], config.get("entry_point") or ""
 
-    def report(status, error_type="", message="", tests_line=0, layers=None):
+    def report(status, error_type="", message="", tests_line=0, layers=None, error_qualname=""):
         data = marshal.dumps({
             "status": status, "error_type": error_type, "message": message[:MESSAGE_CHARS],
-            "tests_line": tests_line, "layers": layers or {},
+            "tests_line": tests_line, "layers": layers or {}, "error_qualname": error_qualname[:wire.QUALIFIED_CHARS],
         })
         while data:
             data = data[os.write(report_fd, data):]
@@ -383,7 +389,7 @@ def main(config: dict) -> None:
             for node in tree.body
         ]
     except SyntaxError as exc:
-        report(*_describe(exc, tests, exc.lineno), tests_line=exc.lineno or 0)
+        report(*_describe(exc, tests, exc.lineno), tests_line=exc.lineno or 0, error_qualname="SyntaxError")
     asked = _names_to_ask(tree.body, [code for _, code in statements], entry_point)
     end = JudgeEnd(config["read_fd"], config["write_fd"])
     try:
@@ -394,8 +400,8 @@ def main(config: dict) -> None:
         report("error", "EarlyExit", f"the program's process ended before it ran ({type(err).__name__}: {err})")
     layers = hello[-1] if type(hello[-1]) is dict else {}
     layers = {str(k): str(v) for k, v in layers.items()}
-    if hello[0] == "failed" and len(hello) == 5 and hello[1] in ("failed", "error", "killed"):
-        report(hello[1], str(hello[2]), str(hello[3]), layers=layers)
+    if hello[0] == "failed" and len(hello) == 6 and hello[1] in ("failed", "error", "killed"):
+        report(hello[1], str(hello[2]), str(hello[3]), layers=layers, error_qualname=str(hello[4]))
     if hello[0] != "ready" or len(hello) != 2:
         report("error", "ProtocolError", "the program's process did not start as the judge expects", layers=layers)
 
@@ -407,7 +413,7 @@ def main(config: dict) -> None:
                 raise wire.WireError("names must be a dict")
             if entry_point in wanted and entry_point not in names:
                 report("error", "NameError", f"the program does not define {entry_point!r}, the name the tests call",
-                       layers=layers)
+                       layers=layers, error_qualname="NameError")
             for name in wanted:  # only the names asked for: the program cannot add one
                 if name in names:
                     namespace[name] = names[name]
@@ -423,7 +429,8 @@ def main(config: dict) -> None:
                 traceback.print_exception(exc, file=sys.stderr)
             except BaseException:
                 pass
-            report(*_describe(exc, tests, line), tests_line=line, layers=layers)
+            report(*_describe(exc, tests, line), tests_line=line, layers=layers,
+                   error_qualname=wire.qualified_name(type(exc)))
     if end.broken is not None:
         report_broken(end.broken_by, 0, layers)
     report("passed", layers=layers)

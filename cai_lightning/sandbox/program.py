@@ -108,10 +108,10 @@ class ProgramEnd(wire.Endpoint):
             self.objects[handle], self.handles[id(value)] = value, handle
         if isinstance(value, type) and issubclass(value, BaseException):
             base = next(c.__name__ for c in value.__mro__ if self.exceptions.get(c.__name__) is c)
-            return wire.handle_bytes(handle, wire.EXCEPTION_CLASS, value.__name__, base)
+            return wire.handle_bytes(handle, wire.EXCEPTION_CLASS, value.__name__, base, *wire.class_names(value))
         return wire.handle_bytes(handle, wire.CLASS if isinstance(value, type) else wire.OBJECT)
 
-    def on_handle(self, number, kind, name, base):
+    def on_handle(self, number, kind, name, base, module="", qualname=""):
         if number not in self.objects:
             raise wire.WireError(f"no object {number}")
         return self.objects[number]
@@ -189,7 +189,7 @@ def main(config: dict) -> None:
             sys.__excepthook__(type(exc), exc, exc.__traceback__)
         except BaseException:
             pass
-        end.send(("failed", status, error_type, message, layers))
+        end.send(("failed", status, error_type, message, wire.qualified_name(type(exc)), layers))
         os._exit(0)
     end.send(("ready", layers))
     try:

@@ -128,7 +128,9 @@ class Endpoint:
         """How a value that is not plain data travels."""
         raise WireError(f"cannot send a {type(value).__name__}")
 
-    def on_handle(self, number: int, kind: bytes, name: str, base: str) -> object:
+    def on_handle(self, number: int, kind: bytes, name: str, base: str, module: str = "", qualname: str = "") -> object:
+        """What a handle received becomes; an exception class's carries its ``__name__``, its nearest builtin
+        base, its ``__module__`` and its ``__qualname__`` (empty for other kinds)."""
         raise WireError("unexpected handle")
 
     def on_judge_object(self, number: int, name: str) -> object:
@@ -370,12 +372,12 @@ class Endpoint:
             return self.on_shared(number, value) if number else value
         if tag == HANDLE:
             number, kind = reader.count(), reader.take(1)
-            name = base = ""
+            name = base = module = qualname = ""
             if kind == EXCEPTION_CLASS:
-                name, base = reader.text(), reader.text()
+                name, base, module, qualname = reader.text(), reader.text(), reader.text(), reader.text()
             elif kind not in (OBJECT, CLASS):
                 raise WireError("a bad handle kind")
-            return self.on_handle(number, kind, name, base)
+            return self.on_handle(number, kind, name, base, module, qualname)
         if tag == JUDGE_OBJECT:
             return self.on_judge_object(reader.count(), reader.text())
         if tag == BUILTIN:
@@ -411,11 +413,14 @@ class _Reader:
             raise WireError("text that is not UTF-8") from err
 
 
-def handle_bytes(number: int, kind: bytes = OBJECT, name: str = "", base: str = "") -> bytes:
-    """A handle as it travels; an exception class carries its name and its nearest builtin base."""
+def handle_bytes(
+    number: int, kind: bytes = OBJECT, name: str = "", base: str = "", module: str = "", qualname: str = "",
+) -> bytes:
+    """A handle as it travels; an exception class carries its name, its nearest builtin base, and its module
+    and qualified name (so that a verdict can name ``json.decoder.JSONDecodeError``, not ``JSONDecodeError``)."""
     out = HANDLE + _U32.pack(number) + kind
     if kind == EXCEPTION_CLASS:
-        out += Endpoint._text(name) + Endpoint._text(base)
+        out += Endpoint._text(name) + Endpoint._text(base) + Endpoint._text(module) + Endpoint._text(qualname)
     return out
 
 
@@ -463,6 +468,31 @@ def replace_contents(target, contents) -> None:
 
 def _refcount(value) -> int:
     return sys.getrefcount(value)
+
+
+QUALIFIED_CHARS = 200  # a class's module and qualified name are the program's to choose: kept short
+
+
+def class_names(cls: type) -> tuple[str, str]:
+    """An exception class's ``__module__`` and ``__qualname__``, at most :data:`QUALIFIED_CHARS` each. Robust
+    to a class whose attributes raise or are not strings (a program's metaclass may make them so): then
+    ``("", its __name__)``, or ``("", "UnknownException")``."""
+    try:
+        return "".join((cls.__module__,))[:QUALIFIED_CHARS], "".join((cls.__qualname__,))[:QUALIFIED_CHARS]
+    except BaseException:
+        pass
+    try:
+        return "", "".join((cls.__name__,))[:QUALIFIED_CHARS]
+    except BaseException:
+        return "", "UnknownException"
+
+
+def qualified_name(cls: type) -> str:
+    """An exception class by module and qualified name (``re.error``, ``json.decoder.JSONDecodeError``,
+    ``__sandbox__.Stack.Empty`` for a class the program defines); a builtin's by its name alone
+    (``ValueError``), as is a class whose module cannot be read."""
+    module, qualname = class_names(cls)
+    return qualname if module in ("builtins", "") else f"{module}.{qualname}"
 
 
 def describe(exc: BaseException, phase: str, source: str, line: int | None, message_chars: int) -> tuple[str, str, str]:
