@@ -98,3 +98,20 @@ def test_observe_runs_the_script_and_the_probes_in_the_sandbox():
     assert seen[4].probes == {"make(2)": "= [<object>, <object>]"}  # the judge renders; the program's repr is not asked
     assert (seen[5].script, seen[6].script) == ("failed", "unknown")  # a typo; a name the field may define
     assert compare(seen[1], seen[0], may_fix=True)[0] == "fixed"
+
+
+def test_the_tests_a_critic_appends_are_left_out_and_a_cut_inside_them_is_no_cut():
+    from cai_lightning.constitution.guards import without_added_tests
+
+    original = "def mean(values):\n    return sum(values) // len(values)\n"
+    fixed = "def mean(values):\n    return sum(values) / len(values)\n"
+    for appended in ("\n# Unit tests\ndef test_mean():\n    assert mean([1, 2]) == 1.5\n\ntest_mean()\n",
+                     "\n\ndef check_mean():\n    assert mean([1, 2]) ==", "\nassert mean([1, 3]) == 2\nprint('ok')\n",
+                     "\n# Test cases:\nprint(mean([1, 2]))\n", "\nclass TestMean(unittest.TestCase):\n    pass\n"):
+        assert without_added_tests(original, fixed + appended) == fixed
+    assert without_added_tests(original, fixed) == fixed
+    assert without_added_tests(original, "assert True\n") == ""  # nothing but tests: an empty candidate
+    script = "def f(x):\n    return x\n\n\nassert f(1) == 1\n"  # the original's own assert is its code
+    assert without_added_tests(script, script.replace("return x", "return x + 0")) == script.replace("return x", "return x + 0")
+    indented = "def f(x):\n    # tests\n    assert x\n    return x\n"  # not at the left margin: the code's own
+    assert without_added_tests("def f(x):\n    return x\n", indented) == indented

@@ -18,7 +18,7 @@ import torch
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
-from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt
+from cai_lightning.constitution.prompts import REPLY_FORMAT, critique_prompt, extract_code, revision_prompt
 from cai_lightning.constitution.stage import (
     ConstitutionStage, Revise, format_summary, pair_skip, same_program, score, verified_pairs,
 )
@@ -67,7 +67,9 @@ def test_prompts_quote_the_findings_and_the_requests():
     assert prompt.endswith(f"### Critique request:\n{CONSTITUTION['style'].critique}\n\n### Critique:\n")
     revision = revision_prompt("Do x.", "y = 1", "import os\n", CONSTITUTION["clarity"], [], "Too terse.")
     assert "### Input:\ny = 1" in revision and "### Automatic check" not in revision  # clarity has no check
-    assert revision.endswith(f"### Critique:\nToo terse.\n\n### Revision request:\n{CONSTITUTION['clarity'].revision}\n\n### Revision:\n")
+    assert revision.endswith(
+        f"### Critique:\nToo terse.\n\n### Revision request:\n{CONSTITUTION['clarity'].revision} {REPLY_FORMAT}\n\n### Revision:\n"
+    )
 
 
 @pytest.mark.parametrize(

@@ -65,6 +65,27 @@ def cut_off(reply: str) -> bool:
     return opened is not None and "```" not in reply[opened.end():]
 
 
+_ADDED_TESTS = re.compile(
+    r"^(def (test|check)\w*\s*\(|class Test\w*\b|assert\b|# *(unit )?tests?( cases?)?( for .*)?:?\s*$)", re.IGNORECASE
+)
+
+
+def without_added_tests(original: str, revision: str) -> str:
+    """``revision`` up to the tests a critic appended to it: from the first top-level line that starts a
+    test function or class, an ``assert`` or a "# Unit tests" comment, and that the original does not
+    have, everything is left out (what follows is the critic's own checking, not the code asked for; a
+    reply cut at the token limit there is complete before it). A line at the left margin begins after the
+    code above it has ended, so what is kept is whole; the guards then judge it like any candidate (a
+    script statement left out with the tests is still a dropped statement)."""
+    have = {line.strip() for line in original.splitlines()}
+    lines = revision.splitlines(keepends=True)
+    for number, line in enumerate(lines):
+        if _ADDED_TESTS.match(line) and line.strip() not in have:
+            kept = "".join(lines[:number]).rstrip()
+            return kept + "\n" if kept else ""
+    return revision
+
+
 def static_refusal(original: str, revision: str, reply: str | None = None) -> str | None:
     """The first static guard that refuses ``revision`` as a replacement for ``original`` (see
     :data:`GUARDS`), or None. ``reply``: the critic's whole reply the revision was extracted from (for

@@ -29,7 +29,7 @@ facts), and the principle's request::
     {critique}                       (the revision prompt goes on from here)
 
     ### Revision request:
-    {principle.revision}
+    {principle.revision} Reply with the whole revised code in one ```python block, without tests or explanations.
 
     ### Revision:
 """
@@ -46,6 +46,9 @@ REVIEW_PREAMBLE = (
     "Critique the response as requested, then revise it."
 )
 MAX_FINDINGS = 10  # quoted per prompt; the rest are summarised as a count
+REPLY_FORMAT = "Reply with the whole revised code in one ```python block, without tests or explanations."
+"""Added to every revision request: a chat model otherwise explains first and appends unit tests of its own,
+and its reply runs into the token limit before its code block closes."""
 
 
 def _sections(
@@ -85,7 +88,7 @@ def revision_prompt(
         [
             *_sections(instruction, input, response, principle, findings, tests),
             f"### Critique:\n{critique.strip()}",
-            f"### Revision request:\n{principle.revision}",
+            f"### Revision request:\n{principle.revision} {REPLY_FORMAT}",
             "### Revision:\n",
         ]
     )

@@ -465,7 +465,11 @@ class ConstitutionStage:
                 ]
                 revisions = self._generate(prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"))
                 for i, outs in zip(active, revisions):
-                    proposals[i] += [("critic", extract_code(text), text) for text in outs]
+                    for text in outs:
+                        # the tests a chat model appends are left out; a reply cut inside them is whole before them
+                        code = extract_code(text)
+                        kept = guards.without_added_tests(responses[i], code)
+                        proposals[i].append(("critic", kept, text if kept == code else None))
                 advance(prepared + (1 - prepared) * (step + 0.7) / steps)
             if s.fixers:
                 fixed = fix_many([responses[i] for i in active], [_docstring_targets(rows[i], responses[i]) for i in active])
