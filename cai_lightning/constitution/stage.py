@@ -55,7 +55,7 @@ from cai_lightning.prompts import format_prompt
 
 log = logging.getLogger(__name__)
 
-STAGE_FORMAT = 9  # bump when what a chunk file holds, or how it is computed, changes (9: agreed generated tests)
+STAGE_FORMAT = 9  # bump when what a chunk file holds, or how it is computed, changes (9: agreed tests, reply format)
 MAX_COUNTED_FINDINGS = 99
 
 
