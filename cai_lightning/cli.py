@@ -95,14 +95,24 @@ class CAILightningCLI(LightningCLI):
         return getattr(logger, "init_args", None)
 
     def _last_checkpoint(self, trainer) -> Path:
-        """The newest ``<save_dir>/<name>/version_*/checkpoints/last.ckpt`` of the configured logger."""
+        """The newest ``<save_dir>/<name>/version_*/checkpoints/last.ckpt`` of the configured logger.
+
+        The shipped configs save ``last.ckpt`` as a link to the checkpoint it names (``save_last: link``), which
+        Lightning makes anew at every validation: the link's own time (``lstat``) says which run was written
+        last, where the target's would say which run last improved. The path returned is the link's, so the
+        command writes into the run folder holding it. A link whose checkpoint was deleted is a user error."""
         init = self._logger_args(trainer)
         root = Path(getattr(init, "save_dir", None) or trainer.default_root_dir or ".")
         name = getattr(init, "name", "lightning_logs")
         runs = root / name if name else root
-        found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(runs.glob("version_*/checkpoints/last.ckpt"), key=lambda p: p.lstat().st_mtime)
         if not found:
             raise UserError(f"--ckpt_path last: no last.ckpt under {runs}/version_*/checkpoints/; train first")
+        if not found[-1].exists():
+            raise UserError(
+                f"--ckpt_path last: {found[-1]} links to {found[-1].readlink()}, which is gone; "
+                "give the checkpoint to use with --ckpt_path PATH"
+            )
         return found[-1]
 
     def _log_into_the_checkpoints_run(self, trainer, ckpt: Path) -> None:

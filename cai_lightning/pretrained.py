@@ -245,13 +245,15 @@ def _gguf_file(name_or_path: str, flag: str, cache_dir: str | Path | None = None
 
 
 def _checkpoint_file(name_or_path: str, flag: str) -> Path | None:
-    """The Lightning checkpoint a ``.ckpt`` path names, else ``None``."""
+    """The Lightning checkpoint a ``.ckpt`` path names, as an absolute path, else ``None``. A link
+    (``last.ckpt`` under ``save_last: link``) keeps its own name: the converted folder is named after
+    what the user gave, and keyed by the content it reads through the link."""
     path = Path(name_or_path).expanduser()
     if path.suffix != ".ckpt":
         return None
     if not path.is_file():
         raise ConfigError(_no_such_path(name_or_path, flag))
-    return path.resolve()
+    return Path(os.path.abspath(path))
 
 
 def _hub_id_or_folder(name_or_path: str, flag: str) -> str:

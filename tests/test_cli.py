@@ -110,6 +110,19 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
     assert "pass@5" in capsys.readouterr().out
 
 
+@pytest.mark.slow
+def test_last_ckpt_is_a_link_to_the_best_checkpoint_not_a_second_copy(workdir, rows_file):
+    cli = main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=2", "--data.constitution=null")])
+    folder = workdir / "lightning_logs/default/version_0/checkpoints"
+    [best] = [p for p in folder.iterdir() if not p.is_symlink()]  # one full checkpoint written...
+    last = folder / "last.ckpt"
+    assert last.is_symlink() and last.resolve() == best.resolve()  # ...and last.ckpt a link to it
+    assert Path(cli.trainer.checkpoint_callback.best_model_path).resolve() == best.resolve()
+    cli = main(["validate", *_fit_args(rows_file, "--data.constitution=null"), "--ckpt_path=last"])
+    assert workdir / cli.trainer.ckpt_path == last  # `last` still finds it, and the command writes into its run
+    assert sorted(p.name for p in (workdir / "lightning_logs/default").iterdir()) == ["version_0"]
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
