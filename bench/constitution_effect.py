@@ -43,8 +43,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
-import statistics
 import sys
 import time
 from collections import Counter, defaultdict
@@ -52,11 +50,12 @@ from pathlib import Path
 
 import yaml
 
+from cai_lightning.compare import interval, paired
+
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("base", "sft-clean", "sft-corrupted", "sft-constitution", "sft-no-critic", "sft-constitution-dpo")
 DPO_ARM = "sft-constitution-dpo"
 NO_CRITIC_ARM = "sft-no-critic"
-BOOTSTRAP = 2000  # resamples of the tasks for each interval
 
 
 # ------------------------------------------------------------------------------------------------- data
@@ -166,19 +165,6 @@ def per_task(samples: list[dict], ks: list[int]) -> dict[str, dict[str, float]]:
         scores[task]["syntax_valid"] = sum(s["syntax_valid"] for s in items) / n
         scores[task]["unsafe"] = sum(bool(s.get("safety")) for s in items) / n
     return scores
-
-
-def interval(values: list[float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean and 95% bootstrap interval (percentile) of the mean, resampling the tasks."""
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(BOOTSTRAP))
-    return statistics.fmean(values), means[int(0.025 * BOOTSTRAP)], means[int(0.975 * BOOTSTRAP) - 1]
-
-
-def paired(a: dict[str, float], b: dict[str, float], seed: int = 0) -> tuple[float, float, float]:
-    """Mean difference ``a - b`` over the tasks both have, with its paired 95% bootstrap interval."""
-    diffs = [a[t] - b[t] for t in sorted(a.keys() & b.keys())]
-    return interval(diffs, seed)
 
 
 # ------------------------------------------------------------------------------------------------- arms
