@@ -130,3 +130,5 @@ def test_compare_keeps_the_other_functions_and_needs_every_agreed_test():
 def test_generated_tests_need_two_solutions(samples):
     with pytest.raises(ConfigError, match="generated_tests"):
         Revise(generated_tests=samples)
+    with pytest.raises(ConfigError, match="do_sample"):
+        Revise(generated_tests=2, do_sample=False, candidates=1)

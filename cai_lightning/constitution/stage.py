@@ -89,7 +89,7 @@ class Revise:
             functions' signatures only; a call's result is *agreed* when a test expects it and a strict
             majority of the solutions (at least two) return it, and the code's misses are correctness
             findings (:mod:`~cai_lightning.constitution.generated_tests`). It lets a fix of code that runs
-            cleanly but wrongly (an off-by-one) be proven. 0: off; else at least 2. Costs about twice
+            cleanly but wrongly (an off-by-one) be proven. 0: off; else at least 2, sampled. Costs about twice
             the critic's generation.
         fixers: Also propose the response as fixed automatically (ruff's safe fixes and formatter, and a
             docstring from the instruction for the entry point), behaviour unchanged.
@@ -153,6 +153,11 @@ class Revise:
         if self.generated_tests == 1 or self.generated_tests < 0:
             raise ConfigError(
                 f"data.revise.generated_tests must be 0 (off) or at least 2 (agreement needs two solutions), got {self.generated_tests}"
+            )
+        if self.generated_tests and not self.do_sample:
+            raise ConfigError(
+                "data.revise.generated_tests needs data.revise.do_sample: true: greedy decoding would write the same "
+                "solution each time, and a solution agreeing with itself is no agreement"
             )
         if self.generated_tests and self.candidates == 0:
             raise ConfigError("data.revise.generated_tests needs the critic, but data.revise.candidates is 0")
