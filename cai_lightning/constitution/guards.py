@@ -266,12 +266,19 @@ def _only_assignments(tree: ast.Module) -> bool:
     )
 
 
-def _literal(text: str) -> bool:
+_NOT_LITERAL = object()
+
+
+def _literal_value(text: str) -> object:
+    """The value of ``text`` read with :func:`ast.literal_eval` (nothing is executed), or :data:`_NOT_LITERAL`."""
     try:
-        ast.literal_eval(text.strip())
+        return ast.literal_eval(text.strip())
     except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return False
-    return True
+        return _NOT_LITERAL
+
+
+def _literal(text: str) -> bool:
+    return _literal_value(text) is not _NOT_LITERAL
 
 
 def _positional(args: ast.arguments) -> int:
@@ -346,10 +353,8 @@ _SHOW = inspect.getsource(_cai_show)
 def shown(literal: str) -> str | None:
     """The probe outcome (``"= <value>"``) a call gives when it returns the value of ``literal``, read
     with :func:`ast.literal_eval` (nothing is executed); None when it is not a literal."""
-    try:
-        return "= " + _cai_show(ast.literal_eval(literal.strip()))
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+    value = _literal_value(literal)
+    return None if value is _NOT_LITERAL else "= " + _cai_show(value)
 
 
 def probe_tests(calls: Sequence[str]) -> str:
@@ -524,10 +529,7 @@ def _equal_outcomes(a: str, b: str) -> bool:
 
 
 def _number(text: str) -> int | float | None:
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
+    value = _literal_value(text)
     return value if type(value) in (int, float) else None
 
 
