@@ -81,6 +81,17 @@ def write_sources(out: Path, data: dict, fraction: float, seed: int, every: int 
     return {"rows": len(rows), "train_rows": len(train), "corrupted": len(log), "log": log}
 
 
+def split_settings(data: dict) -> dict:
+    """``val_fraction``, ``test_fraction`` and ``split_seed`` of a config's ``data`` section, the DataModule's
+    defaults where the config leaves them out (as a config that lists only what differs does)."""
+    import inspect
+
+    from cai_lightning.data.datamodule import CodeInstructionDataModule
+
+    defaults = inspect.signature(CodeInstructionDataModule).parameters
+    return {name: data.get(name, defaults[name].default) for name in ("val_fraction", "test_fraction", "split_seed")}
+
+
 # ------------------------------------------------------------------------------------------------- config
 def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Path:
     """The config of one arm: the base config with the arm's data, logger folder and evaluation settings."""
@@ -326,8 +337,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     out = Path(args.out)
     base = yaml.safe_load(Path(args.config).read_text())
+    split = split_settings(base["data"])
     # --smoke: a quarter of the tasks, so that its constitution stage checks ~110 rows, not 440
-    corruption = write_sources(out, base["data"], args.fraction, args.seed, every=4 if args.smoke else 1)
+    corruption = write_sources(out, split, args.fraction, args.seed, every=4 if args.smoke else 1)
     kinds = Counter(entry["kind"] for entry in corruption["log"])
     print(f"corrupted {corruption['corrupted']} of {corruption['train_rows']} training outputs: {dict(kinds)}", flush=True)
 
