@@ -23,6 +23,22 @@ stop early, so every generation runs to its token limit in both rows alike. Each
 empty cache folder. ``speedup`` is rows/s over the seed's way. With ``--repeats`` above 1 the two rows
 run in turn, repeatedly, and each reports its median time and its range (a shared VM drifts by 10-15%).
 ``--smoke`` runs both rows on 2 rows with a few tokens per generation, in seconds (CI); its figures mean nothing.
+
+Evaluation's generation (``ExecutionEval``), with ``--eval MODEL`` (``tiny``: a random 2-layer GPT-2; or a
+pretrained name such as ``smollm2-135m-instruct``, prompted through its chat template as
+``configs/smollm2.yaml`` does), on the first ``--tasks`` tasks of the shipped test split, ``--samples`` per task
+sampled at temperature 0.8 (the configs' settings), ``--eval-tokens`` at most, bf16 autocast on a CPU with
+native bf16 (as ``bf16-mixed`` runs it):
+
+  one task at a time            one ``generate`` call per task, every reply to its EOS or the token limit
+                                (evaluation's path before batching)
+  batched                       ``--eval-batch`` tasks per call, of similar prompt length, each reply
+                                ending at its fenced block's closing fence (``extract_code``)
+
+Both draw each task's samples from the task's own seed; ``same code`` is the share of samples whose scored
+code (``extract_code``) is the same in both rows (below 1 only by rounding: padding in a batch, bf16).
+
+    python bench/constitution_throughput.py --eval smollm2-135m-instruct [--tasks 16] [--samples 5]
 """
 
 from __future__ import annotations
@@ -87,6 +103,69 @@ def time_stage(critic: Critic | OneAtATime, rows: list[dict], settings: Revise) 
         return time.perf_counter() - start, summarize(provenance, stage.constitution)
 
 
+def eval_throughput(args: argparse.Namespace) -> list[dict]:
+    """Evaluation's samples/s, one task at a time against batched: see the module docstring."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from cai_lightning.callbacks import ExecutionEval
+    from cai_lightning.constitution.prompts import extract_code
+    from cai_lightning.data.records import split_of
+    from cai_lightning.data.tokenization import load_pretrained_tokenizer
+    from cai_lightning.devices import cpu_supports_bf16
+    from cai_lightning.evaluation import Problem
+    from cai_lightning.model import CodeLM, Generation
+    from cai_lightning.prompts import styled_prompt
+
+    rows = [json.loads(line) for path in builtin_files() for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if split_of({**r, "input": r.get("input", "")}, 0.1, 0.1, 0) == "test"][: args.tasks]
+    if args.eval == "tiny":
+        tokenizer = train_bpe_tokenizer((format_prompt(r["instruction"], r.get("input", "")) + r["output"] for r in rows), 2048)
+        module, style = CodeLM(n_layer=2, n_head=2, n_embd=128, n_positions=512), "alpaca"
+    else:
+        tokenizer, module, style = load_pretrained_tokenizer(args.eval), CodeLM(pretrained=args.eval), "chat"
+    module.connect(tokenizer)
+    module.configure_model()
+    module.eval()
+    problems = [
+        Problem(r["task_id"], styled_prompt(style, tokenizer, r["instruction"], r.get("input", "")), r["entry_point"], r["tests"])
+        for r in rows
+    ]
+    bf16 = args.device == "cpu" and cpu_supports_bf16()
+    autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if bf16 else nullcontext
+    trainer = SimpleNamespace(is_global_zero=False, strategy=None, precision_plugin=SimpleNamespace(forward_context=autocast))
+    sampling = Generation(num_beams=1, num_return_sequences=args.samples, do_sample=True, temperature=0.8, top_p=0.95,
+                          max_new_tokens=args.eval_tokens)
+    contenders = (
+        ("one task at a time", ExecutionEval(sampling, batch_size=1, extract_code=False)),
+        (f"batched ({args.eval_batch} tasks)", ExecutionEval(sampling, batch_size=args.eval_batch, extract_code=True)),
+    )
+    print(f"evaluation: {len(problems)} test tasks x {args.samples} samples of <= {args.eval_tokens} tokens, "
+          f"{args.eval}, {torch.get_num_threads()} CPU threads, {'bf16 autocast' if bf16 else 'fp32'}")
+    print(f"{'':30s} {'seconds':>8s} {'samples/s':>9s} {'speedup':>8s}  same code  tokens/sample  range (s)")
+    times: dict[str, list[float]] = {label: [] for label, _ in contenders}
+    outputs = {}
+    for _ in range(args.repeats):
+        for label, evaluator in contenders:
+            start = time.perf_counter()
+            outputs[label] = evaluator._generate(trainer, module, problems, "tasks")
+            times[label].append(time.perf_counter() - start)
+    reference = [extract_code(c) for outs in outputs[contenders[0][0]] for c in outs]
+    baseline, table = None, []
+    for label, _ in contenders:
+        seconds = statistics.median(times[label])
+        completions = [c for outs in outputs[label] for c in outs]
+        rate = len(completions) / seconds
+        baseline = baseline or rate
+        same = sum(extract_code(c) == r for c, r in zip(completions, reference)) / len(completions)
+        tokens = statistics.mean(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions)
+        print(f"{label:30s} {seconds:8.1f} {rate:9.2f} {rate / baseline:7.2f}x  {same:9.2f}  {tokens:13.0f}  "
+              f"{min(times[label]):.1f}-{max(times[label]):.1f}")
+        table.append({"setup": label, "seconds": seconds, "samples_per_s": rate, "speedup": rate / baseline,
+                      "same_code": same, "tokens_per_sample": tokens})
+    return table
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=64, help="rows of the shipped task set")
@@ -97,11 +176,26 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--revision-tokens", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, in turn; the median is reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the critic runs")
+    parser.add_argument("--eval", default=None, help="time evaluation's generation with this model (tiny or a name)")
+    parser.add_argument("--tasks", type=int, default=16, help="--eval: tasks of the shipped test split")
+    parser.add_argument("--samples", type=int, default=5, help="--eval: samples per task")
+    parser.add_argument("--eval-tokens", type=int, default=256, help="--eval: new tokens per sample at most")
+    parser.add_argument("--eval-batch", type=int, default=8, help="--eval: tasks per generate call, batched")
+    parser.add_argument("--out", default=None, help="write the table here as JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: 2 rows, 1 candidate, a few tokens (CI)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.rows, args.model, args.batch_size, args.candidates, args.repeats = 2, "tiny", 2, 1, 1
         args.critique_tokens, args.revision_tokens = 4, 8
+        args.tasks, args.samples, args.eval_tokens, args.eval_batch = 3, 2, 6, 2
+        if args.eval:
+            args.eval = "tiny"
+    if args.eval:
+        table = eval_throughput(args)
+        if args.out:
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(table, indent=1))
+        return table
 
     rows = load_rows(args.rows)
     critic = build_critic(args.model, rows, args.device)
@@ -135,6 +229,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{summary['rows_changed']:8d}  {min(times[label]):.1f}-{max(times[label]):.1f}"
         )
         table.append({"setup": label, "seconds": seconds, "rows_per_s": rate, "speedup": rate / baseline, **summary})
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(table, indent=1))
     return table
 
 

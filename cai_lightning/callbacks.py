@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from cai_lightning import evaluation, sandbox
 from cai_lightning.constitution.prompts import extract_code
 from cai_lightning.devices import weights_sharded as _sharded
+from cai_lightning.errors import ConfigError
 from cai_lightning.model import Generation
 
 
@@ -217,8 +218,10 @@ class ExecutionEval(Callback):
     file given as ``data.test_source`` is the test split, so this scores every task in it; a HumanEval task
     keeps its ``preamble``, which the completion is run after.
 
-    Each task's samples are drawn with a seed of its own, made from ``seed`` and its ``task_id``, so they do
-    not depend on which tasks run beside it, in what order, on which rank or with what ``limit``. Under DDP
+    Tasks are generated for in batches (``batch_size``), with a progress bar and its ETA. Each task's samples
+    are drawn from a generator of its own, seeded from ``seed`` and its ``task_id``, so they do not depend on
+    which tasks run beside it, in what order, on which rank or with what ``limit`` (up to rounding, see
+    ``batch_size``). Under DDP
     and FSDP every rank generates and executes every ``world_size``-th task; the results are gathered and rank 0
     writes, logs and prints the one report, the same as a single process draws.
 
@@ -239,7 +242,12 @@ class ExecutionEval(Callback):
         seed: Seed for sampling, so a re-run draws the same samples.
         extract_code: Score the code of each completion (its first fenced block, else the text before any
             ``### `` header), not the raw text: for models that answer in markdown, such as an instruct
-            model before fine-tuning. Off, a fenced answer does not compile and fails.
+            model before fine-tuning. Off, a fenced answer does not compile and fails. On, a sample stops
+            at the closing fence of its first fenced block (what would follow is not scored).
+        batch_size: Tasks generated for at once, each with its ``n`` samples (8 tasks x 5 samples: batches of
+            40 sequences, of prompts of similar length). A task's samples are drawn from a generator seeded by
+            its own seed, so batching does not change what is drawn; the logits of a left-padded prompt can
+            differ from its unpadded ones by rounding (more so in bf16), which can change a draw now and then.
     """
 
     def __init__(
@@ -256,7 +264,10 @@ class ExecutionEval(Callback):
         workers: int | None = None,
         seed: int = 1234,
         extract_code: bool = False,
+        batch_size: int = 8,
     ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"ExecutionEval batch_size must be at least 1, got {batch_size}")
         self.generation = generation
         self.ks = ks
         self.humaneval = humaneval
@@ -266,6 +277,7 @@ class ExecutionEval(Callback):
         self.workers = workers
         self.seed = seed
         self.extract_code = extract_code
+        self.batch_size = batch_size
         self.reports: dict[str, evaluation.Report] = {}  # suite → last report (on every rank), for callers and tests
 
     def _suites(self, trainer: pl.Trainer) -> dict[str, list[evaluation.Problem]]:
@@ -320,12 +332,23 @@ class ExecutionEval(Callback):
     def _generate(
         self, trainer: pl.Trainer, pl_module, problems: list[evaluation.Problem], suite: str
     ) -> list[list[str]]:
-        """``n`` completions per problem, each problem's drawn in one batch under its own seed."""
-        out: list[list[str]] = []
-        with _full_weights(trainer), trainer.precision_plugin.forward_context():
-            for problem in tqdm(problems, desc=f"generating for {suite}", unit="task", disable=not trainer.is_global_zero):
-                torch.manual_seed(self._task_seed(problem.task_id))
-                out.extend(pl_module.complete([problem.prompt], self.generation))
+        """``n`` completions per problem, in problem order: ``batch_size`` problems per ``generate`` call, of
+        similar prompt length (so that a batch pads little), each problem's samples drawn under its own seed.
+        With ``extract_code``, a sample ends at its fenced block's closing fence (only that block is scored)."""
+        out: list[list[str]] = [[] for _ in problems]
+        lengths = [len(pl_module.tokenizer(p.prompt, add_special_tokens=False)["input_ids"]) for p in problems]
+        order = sorted(range(len(problems)), key=lambda i: lengths[i])
+        batches = [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        bar = tqdm(total=len(problems), desc=f"generating for {suite}", unit="task", disable=not trainer.is_global_zero)
+        with bar, _full_weights(trainer), trainer.precision_plugin.forward_context():
+            for batch in batches:
+                completions = pl_module.complete(
+                    [problems[i].prompt for i in batch], self.generation,
+                    seeds=[self._task_seed(problems[i].task_id) for i in batch], stop_after_code_block=self.extract_code,
+                )
+                for i, samples in zip(batch, completions):
+                    out[i] = samples
+                bar.update(len(batch))
         return out
 
     def _task_seed(self, task_id: str) -> int:

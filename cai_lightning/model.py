@@ -8,7 +8,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -22,9 +22,11 @@ from transformers import (
     AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
+    LogitsProcessorList,
     PretrainedConfig,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    StoppingCriteriaList,
 )
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -33,6 +35,7 @@ from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import IGNORE_INDEX, decode_completions, tokenizer_fingerprint
 from cai_lightning.devices import freed_memory_kept
 from cai_lightning.errors import ConfigError
+from cai_lightning.generation import FencedBlockEnd, TopKTopPSampler, generators
 from cai_lightning.pretrained import resolve_pretrained
 
 
@@ -555,12 +558,20 @@ class CodeLM(pl.LightningModule):
     # ---------------------------------------------------------------- generation
     @torch.inference_mode()
     def generate(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation: Generation | None = None
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, generation: Generation | None = None,
+        seeds: Sequence[int] | None = None, stop_after_code_block: bool = False,
     ) -> list[list[str]]:
         """Completions for left-padded prompts ``(B, T)``, with ``generation`` or the model's own settings.
 
         Returns, per prompt, ``num_return_sequences`` completions (best first for beam search): the
         generated text only, prompt stripped, cut at the first EOS.
+
+        Sampling without beams draws with :class:`~cai_lightning.generation.TopKTopPSampler` (temperature,
+        ``top_p`` and the model's generation-config ``top_k``: the distribution ``generate(do_sample=True)``
+        draws from); with ``seeds``, one per prompt, each prompt's samples come from a generator of its own, so
+        they do not depend on the other prompts of the batch (up to the rounding that padding brings to the
+        logits). ``stop_after_code_block`` (greedy or sampling) ends a sequence once it holds a closed fenced
+        Python block (:class:`~cai_lightning.generation.FencedBlockEnd`): for callers that score that block only.
         """
         g = generation or self.generation
         prompt_len = input_ids.size(1)
@@ -568,29 +579,46 @@ class CodeLM(pl.LightningModule):
         positions = context_length(self.model.config)
         if positions is not None:  # the position table (or RoPE's trained range) bounds prompt + completion
             new_tokens = min(new_tokens, positions - prompt_len)
+        n = g.num_return_sequences
         if new_tokens < 1:
-            return [[""] * g.num_return_sequences for _ in range(input_ids.size(0))]
-        out = self.model.generate(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
+            return [[""] * n for _ in range(input_ids.size(0))]
+        settings = dict(
             max_new_tokens=new_tokens,
-            num_beams=g.num_beams,
-            num_return_sequences=g.num_return_sequences,
             no_repeat_ngram_size=g.no_repeat_ngram_size,
-            length_penalty=g.length_penalty,
-            early_stopping=g.early_stopping if g.num_beams > 1 else False,  # a beam-search-only flag
-            do_sample=g.do_sample,
-            **({"temperature": g.temperature, "top_p": g.top_p} if g.do_sample else {}),
             pad_token_id=self.tokenizer.pad_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
-        )  # (B * num_return_sequences, T + new)
-        return decode_completions(self.tokenizer, out[:, prompt_len:].tolist(), g.num_return_sequences)
+        )
+        if g.num_beams > 1:  # beam search (beam sampling with do_sample): transformers' own
+            out = self.model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, num_beams=g.num_beams, num_return_sequences=n,
+                length_penalty=g.length_penalty, early_stopping=g.early_stopping, do_sample=g.do_sample,
+                **({"temperature": g.temperature, "top_p": g.top_p} if g.do_sample else {}), **settings,
+            )  # (B * n, T + new)
+            return decode_completions(self.tokenizer, out[:, prompt_len:].tolist(), n)
+        processors = []
+        if g.do_sample:  # drawn by the sampler, whose pick greedy decoding then takes
+            top_k = self.model.generation_config.top_k or 0
+            draws = generators(seeds) if seeds is not None else None
+            processors.append(TopKTopPSampler(g.temperature, top_k, g.top_p, draws, rows_per_generator=n))
+        stops = [FencedBlockEnd(self.tokenizer, prompt_len)] if stop_after_code_block else []
+        out = self.model.generate(
+            input_ids=input_ids.repeat_interleave(n, dim=0), attention_mask=attention_mask.repeat_interleave(n, dim=0),
+            num_beams=1, do_sample=False, top_k=None, top_p=None, temperature=None,
+            logits_processor=LogitsProcessorList(processors), stopping_criteria=StoppingCriteriaList(stops), **settings,
+        )  # (B * n, T + new)
+        return decode_completions(self.tokenizer, out[:, prompt_len:].tolist(), n)
 
-    def complete(self, prompts: list[str], generation: Generation | None = None) -> list[list[str]]:
+    def complete(
+        self, prompts: list[str], generation: Generation | None = None, seeds: Sequence[int] | None = None,
+        stop_after_code_block: bool = False,
+    ) -> list[list[str]]:
         """Completions for prompt texts (already formatted with the template); see :meth:`generate`."""
         encoded = [{"input_ids": self.tokenizer(p, add_special_tokens=False)["input_ids"]} for p in prompts]
         batch = PadCollator(self.tokenizer.pad_token_id)(encoded)  # left-padded: no labels
-        return self.generate(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), generation)
+        return self.generate(
+            batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), generation, seeds,
+            stop_after_code_block,
+        )
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> list[dict]:
         completions = self.generate(batch["input_ids"], batch["attention_mask"])

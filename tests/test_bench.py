@@ -232,3 +232,13 @@ def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_pa
     assert sum(sum(counts.values()) for counts in by_kind.values()) == len(corrupted)  # every corrupted row accounted for
     assert json.loads((tmp_path / "effect" / "stage-sft-no-critic.json").read_text())["stage"]["by_kind"] == by_kind
     assert not (tmp_path / "effect" / "runs").exists()  # nothing trained
+
+
+def test_constitution_throughput_times_evaluation_one_task_at_a_time_against_batched(tmp_path, capsys):
+    bench = _load("constitution_throughput")
+    out = tmp_path / "eval.json"
+    rows = bench.main(["--smoke", "--eval", "tiny", "--out", str(out)])
+    assert [row["setup"] for row in rows] == ["one task at a time", "batched (2 tasks)"]
+    assert rows[0]["speedup"] == 1.0 and all(row["samples_per_s"] > 0 for row in rows)
+    assert rows[0]["same_code"] == 1.0 and 0 <= rows[1]["same_code"] <= 1  # the first row is the reference
+    assert json.loads(out.read_text()) == rows and "samples/s" in capsys.readouterr().out

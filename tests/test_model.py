@@ -365,6 +365,67 @@ def test_generation_returns_completions_only_and_left_padding_does_not_change_th
     assert all("### Instruction" not in text for completions in together for text in completions)  # prompt stripped
 
 
+def test_seeded_samples_of_a_prompt_do_not_depend_on_the_prompts_beside_it(tokenizer):
+    sampling = Generation(num_beams=1, num_return_sequences=3, do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=10)
+    module = _module(tokenizer, generation=sampling)
+    module.eval()
+    prompts = [format_prompt("Write a function add_1(x) that returns x plus 1."), format_prompt("Add.", "x = 3"),
+               format_prompt("Reverse a string.")]
+    together = module.complete(prompts, seeds=[11, 22, 33])
+    alone = [module.complete([p], seeds=[seed])[0] for p, seed in zip(prompts, (11, 22, 33))]
+    reordered = module.complete(prompts[::-1], seeds=[33, 22, 11])[::-1]
+    assert together == alone == reordered and all(len(c) == 3 for c in together)
+    assert len({c for completions in together for c in completions}) > 3  # samples, not one greedy reply
+    assert module.complete(prompts[:1], seeds=[12]) != together[:1]  # another seed, other samples
+
+
+def _script_replies(module, text):
+    """Make the model write ``text`` token by token (greedy), whatever it is asked: a hook on the LM head
+    favours the next of ``text``'s tokens at each forward pass (the first pass reads the prompt)."""
+    target = module.tokenizer(text, add_special_tokens=False)["input_ids"]
+    step = [0]
+
+    def favour(_module, _input, logits):
+        bias = torch.zeros(logits.size(-1))
+        bias[target[min(step[0], len(target) - 1)]] = 1e4
+        step[0] += 1
+        return logits + bias
+
+    module.model.lm_head.register_forward_hook(favour)
+    return step
+
+
+def test_a_reply_can_stop_at_the_end_of_its_fenced_code_block(tokenizer):
+    from cai_lightning.constitution.prompts import extract_code
+
+    reply = "Here:\n```python\nx = 1\n```\nThat sets x to 1, and more words follow"
+    greedy = Generation(num_beams=1, max_new_tokens=40)
+    module = _module(tokenizer, generation=greedy)
+    module.eval()
+    _script_replies(module, reply)
+    [[whole]] = module.complete([format_prompt("Set x.")])
+    module = _module(tokenizer, generation=greedy)
+    module.eval()
+    step = _script_replies(module, reply)
+    [[stopped]] = module.complete([format_prompt("Set x.")], stop_after_code_block=True)
+    assert stopped == "Here:\n```python\nx = 1\n```" and whole.startswith(stopped + "\nThat sets x")
+    assert step[0] < len(module.tokenizer(reply, add_special_tokens=False)["input_ids"])  # fewer forward passes
+    assert extract_code(stopped) == extract_code(whole) == "x = 1\n"
+
+
+def test_fenced_block_end_marks_only_rows_with_a_closed_block(tokenizer):
+    from cai_lightning.generation import FencedBlockEnd
+
+    prompt = tokenizer("### Instruction:\nSet x.\n", add_special_tokens=False)["input_ids"]
+    replies = ["```python\nx = 1\n```", "```python\nx = 1\n", "no code at all ```", "```py\ny = 2\n``` and on"]
+    rows = [prompt + tokenizer(r, add_special_tokens=False)["input_ids"] for r in replies]
+    width = max(map(len, rows))
+    ids = torch.tensor([row + [tokenizer.pad_token_id] * (width - len(row)) for row in rows])
+    stop = FencedBlockEnd(tokenizer, len(prompt))
+    assert stop(ids, None).tolist() == [True, False, False, True]
+    assert stop(ids[:, : len(prompt)], None).tolist() == [True, False, False, True]  # finished stays finished
+
+
 def _spy_on_generate(module):
     calls = []
     original = module.model.generate
@@ -507,3 +568,27 @@ def test_checkpoint_of_another_network_is_refused(tokenizer):
     with pytest.raises(ConfigError, match="another network .* " + difference):
         wider.on_load_checkpoint(saved)
     _module(tokenizer).on_load_checkpoint(saved)  # the same network loads
+
+
+def test_evaluation_generates_in_batches_the_samples_it_drew_task_by_task(tokenizer):
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from cai_lightning.callbacks import ExecutionEval
+    from cai_lightning.evaluation import Problem
+
+    module = _module(tokenizer)
+    module.eval()
+    instructions = ["Add.", "Write a function add_1(x) that returns x plus 1.", "Reverse a string.", "Sort a list of numbers.", "Sum."]
+    problems = [Problem(f"t{i}", format_prompt(text), "f", "assert f(1) == 2") for i, text in enumerate(instructions)]
+    trainer = SimpleNamespace(
+        is_global_zero=True, strategy=None, precision_plugin=SimpleNamespace(forward_context=nullcontext),
+    )
+    sampling = Generation(num_beams=1, num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=8)
+    one_by_one = ExecutionEval(sampling, batch_size=1)._generate(trainer, module, problems, "tasks")
+    batched = ExecutionEval(sampling, batch_size=3)._generate(trainer, module, problems, "tasks")
+    assert batched == one_by_one and [len(c) for c in batched] == [2] * 5  # in task order, each task's own draws
+    reseeded = ExecutionEval(sampling, batch_size=3, seed=99)._generate(trainer, module, problems, "tasks")
+    assert reseeded != batched
+    with pytest.raises(ConfigError, match="batch_size"):
+        ExecutionEval(sampling, batch_size=0)

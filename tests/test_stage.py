@@ -127,6 +127,16 @@ def test_each_principle_in_turn_quotes_its_own_findings(tmp_path):
     assert [s["principle"] for s in provenance[0]["steps"]] == ["correctness", "style", "documentation", "clarity", "efficiency"]
 
 
+def test_repair_sends_only_rows_failing_a_must_pass_principle_and_only_under_those(tmp_path):
+    broken = "def add(a, b):\n    return a - b\n"  # undocumented and wrong: correctness, documentation
+    rows = [{**ROW, "output": UNDOCUMENTED, "task_id": "works"}, {**ROW, "output": broken, "task_id": "broken"}]
+    provenance, critic = run_stage(tmp_path, rows, [UNDOCUMENTED], principles="repair", fixers=True)
+    works, fixed = provenance
+    assert works["findings_before"]["documentation"] and works["steps"] == [] and works["final"] == UNDOCUMENTED
+    assert [s["principle"] for s in fixed["steps"]] == ["correctness"] and fixed["final"] == UNDOCUMENTED
+    assert len(critic.prompts) == 2  # one critique and one revision, for the broken row alone
+
+
 def test_model_responses_are_answered_then_revised(tmp_path):
     provenance, critic = run_stage(tmp_path, [{**ROW, "output": CLEAN}], [UNDOCUMENTED], response_source="model", principles="sample")
     record = provenance[0]
@@ -426,7 +436,7 @@ def test_two_processes_on_one_cache_revise_each_chunk_once_and_build_the_same_da
 def test_sampler_draws_from_the_distribution_transformers_samples_from():
     from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
-    from cai_lightning.constitution.critic import TopKTopPSampler
+    from cai_lightning.generation import TopKTopPSampler
 
     logits = torch.tensor([[2.0, 1.5, 1.0, 0.2, -1.0, 0.9, -3.0, 0.0]]).repeat(40_000, 1)
     ids = torch.zeros(40_000, 1, dtype=torch.long)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AttentionInterface, LogitsProcessor, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import AttentionInterface, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -28,6 +28,7 @@ from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import decode_completions
 from cai_lightning.devices import inference_dtype, resolve_device
 from cai_lightning.errors import ConfigError
+from cai_lightning.generation import TopKTopPSampler
 from cai_lightning.pretrained import model_identity, resolve_pretrained
 from cai_lightning.prompts import chat_prompt
 
@@ -323,35 +324,6 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
 
 AttentionInterface.register(DECODE_ATTENTION, decode_attention)
 AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
-
-
-class TopKTopPSampler(LogitsProcessor):
-    """Temperature, top-k and top-p (nucleus) sampling, drawn among the ``top_k`` best tokens only.
-
-    ``generate(do_sample=True)`` sorts the whole vocabulary for top-p and draws with ``torch.multinomial``
-    over all of it: on a CPU that is ~2 ms of a ~7 ms decoding step of the offline critic at batch 32,
-    more than its two attention layers. The same distribution is drawn here from the ``top_k`` best
-    logits alone. The result is a score row that is ``-inf`` everywhere but at the drawn token, so
-    ``generate`` is run greedy (``do_sample=False``) and its argmax takes the draw; processors the model's
-    generation config adds (repetition penalty, banned words, ...) run before this one.
-
-    Args:
-        temperature: Divides the logits.
-        top_k: How many of the best tokens can be drawn; 0 for the whole vocabulary.
-        top_p: The smallest set of best tokens whose probability reaches ``top_p`` is kept.
-    """
-
-    def __init__(self, temperature: float, top_k: int, top_p: float) -> None:
-        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        k = min(self.top_k or scores.size(-1), scores.size(-1))
-        best, tokens = scores.topk(k, dim=-1)  # (B, k), best first
-        probs = (best / self.temperature).softmax(-1)
-        # a token is kept if the tokens better than it hold less than top_p: the best one always is
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0)
-        drawn = tokens.gather(-1, torch.multinomial(probs, 1))  # multinomial renormalises
-        return torch.full_like(scores, float("-inf")).scatter_(-1, drawn, 0.0)
 
 
 def critic_identity(name_or_path: str | None, seed: int, vocab_size: int) -> dict:
