@@ -2,7 +2,7 @@
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
         [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5] [--humaneval-limit 164]
-        [--device cpu|cuda] [--stage-only] [--smoke]
+        [--device cpu|cuda] [--stage-only] [--set SECTION.KEY=VALUE ...] [--smoke]
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
 the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
@@ -326,12 +326,19 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--cache-dir", default=None, help="default: the config's data.cache_dir")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--stage-only", action="store_true", help="the constitution arms' stage only: data-level figures")
+    parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="config keys for every arm, e.g. data.revise.principles=repair (values read as YAML)")
     parser.add_argument("--smoke", action="store_true", help="seconds: tiny random model, 2 steps, 4 tasks")
     args = parser.parse_args(argv)
     args.override = {}
     if args.smoke:
         args.config = str(ROOT / "configs" / "default.yaml") if args.config.endswith("smollm2.yaml") else args.config
         args.override = dict(SMOKE)
+    for setting in args.set:
+        key, equals, value = setting.partition("=")
+        if not equals or "." not in key:
+            parser.error(f"--set {setting!r}: expected SECTION.KEY=VALUE, e.g. data.revise.principles=repair")
+        args.override[key] = yaml.safe_load(value)
         args.max_steps, args.samples, args.humaneval_limit, args.task_limit, args.eval_tokens = 2, 2, 0, 4, 8
         args.dpo_steps = 2
 

@@ -79,7 +79,9 @@ class Revise:
         principles: ``sample`` draws one principle per round (seeded) among those the row violates (its
             check has findings), among those of ``must_pass`` first when it violates one (a broken or
             unsafe program is repaired before it is polished); ``all`` goes through every principle the
-            row violates in turn in each round. A row that violates none is not sent to the critic.
+            row violates in turn in each round; ``repair`` draws only among the ``must_pass`` principles
+            the row violates: a row that passes them is left as it is (no critic, no fixer), so a
+            slow critic's time goes to broken and unsafe rows only. A row that violates none is not sent to the critic.
         open_ended: Also revise under the principles without a check (clarity, efficiency), for every
             row. Nothing but the critic's word would say such a revision is better: it is kept only when
             its behaviour is proven unchanged and its findings fewer, like any other.
@@ -120,7 +122,7 @@ class Revise:
     critic: str | None = None
     response_source: Literal["dataset", "model"] = "dataset"
     rounds: int = 1
-    principles: Literal["sample", "all"] = "sample"
+    principles: Literal["sample", "all", "repair"] = "sample"
     open_ended: bool = False
     candidates: int = 2
     generated_tests: int = 0
@@ -375,7 +377,7 @@ class ConstitutionStage:
         if self.settings.principles == "all":
             principle = principles[step % len(principles)]
             return principle if principle in violated else None
-        if any(p.check in self.must_pass for p in violated):
+        if self.settings.principles == "repair" or any(p.check in self.must_pass for p in violated):
             violated = [p for p in violated if p.check in self.must_pass]  # repaired before it is polished
         if not violated:
             return None
