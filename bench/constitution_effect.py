@@ -1,7 +1,7 @@
 """Does the constitution make better data, and does better data make a better model? Six arms, one run.
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
-        [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5] [--humaneval-limit 164]
+        [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5 | --greedy] [--humaneval-limit 164]
         [--device cpu|cuda] [--stage-only] [--set SECTION.KEY=VALUE ...] [--smoke]
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
@@ -21,7 +21,8 @@ corrupted: every arm is scored on the same clean held-out tasks.
   sft-constitution-dpo  sft-constitution's export, then DPO (``cai_lightning.dpo``) on the stage's preference
                      pairs for ``--dpo-steps`` more optimizer steps: RL-CAI's second half (needs sft-constitution)
 
-Model-level figures (``test`` with ``ExecutionEval``, ``--samples`` per task at temperature 0.8): pass@1,
+Model-level figures (``test`` with ``ExecutionEval``, ``--samples`` per task at temperature 0.8, or one
+greedy sample with ``--greedy``): pass@1,
 pass@5, syntax-valid and unsafe shares (samples with a safety finding), on the held-out tasks and on
 HumanEval (the first ``--humaneval-limit`` problems), each with a 95% bootstrap interval over tasks, and
 each fine-tuned arm's pass@1 difference from ``sft-corrupted`` with a paired bootstrap interval.
@@ -120,6 +121,9 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
             init["humaneval_limit"] = args.humaneval_limit or None
             init["generation"]["num_return_sequences"] = args.samples
             init["ks"] = [k for k in (1, 5) if k <= args.samples]
+            if args.greedy:  # one greedy sample per task: no sampling noise between arms
+                init["generation"].update(num_beams=1, do_sample=False, num_return_sequences=1)
+                init["ks"] = [1]
             if args.eval_tokens:
                 init["generation"]["max_new_tokens"] = args.eval_tokens
             init["extract_code"] = True  # the base model answers in markdown
@@ -319,6 +323,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--dpo-lr", type=float, default=5e-6, help=f"{DPO_ARM}'s DPO learning rate")
     parser.add_argument("--dpo-sft-weight", type=float, default=0.0, help=f"{DPO_ARM}'s SFT term (model.sft_weight)")
     parser.add_argument("--samples", type=int, default=5, help="samples per task (n of pass@k)")
+    parser.add_argument("--greedy", action="store_true", help="one greedy sample per task instead (pass@1 only)")
     parser.add_argument("--humaneval-limit", type=int, default=164, help="HumanEval problems scored; 0: none")
     parser.add_argument("--eval-tokens", type=int, default=None, help="new tokens per sample (default: the config's)")
     parser.add_argument("--task-limit", type=int, default=None, help="held-out tasks scored (default: all)")
