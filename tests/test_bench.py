@@ -234,6 +234,21 @@ def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_pa
     assert not (tmp_path / "effect" / "runs").exists()  # nothing trained
 
 
+def test_constitution_effect_sets_config_keys_of_every_arm(tmp_path):
+    bench = _load("constitution_effect")
+    args = bench.argparse.Namespace(max_steps=2, epochs=1, device=None, cache_dir=None, humaneval_limit=0, task_limit=4,
+                                    samples=1, greedy=True, eval_tokens=None,
+                                    override={"data.revise.principles": "repair", "data.revise.batch_size": 64})
+    base = yaml.safe_load((BENCH.parent / "configs" / "coder-critic.yaml").read_text())
+    config = yaml.safe_load(bench.arm_config(base, "sft-constitution", args, tmp_path).read_text())
+    assert config["data"]["revise"]["principles"] == "repair" and config["data"]["revise"]["batch_size"] == 64
+    assert config["data"]["revise"]["critic"] == "qwen2.5-coder-0.5b-instruct"  # the rest of the section kept
+    [evaluation] = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ExecutionEval")]
+    assert evaluation["ks"] == [1] and evaluation["generation"]["do_sample"] is False  # --greedy
+    with pytest.raises(SystemExit):
+        bench.main(["--smoke", "--set", "principles=repair"])  # no section: refused before any work
+
+
 def test_constitution_throughput_times_evaluation_one_task_at_a_time_against_batched(tmp_path, capsys):
     bench = _load("constitution_throughput")
     out = tmp_path / "eval.json"
