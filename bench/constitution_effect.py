@@ -310,7 +310,8 @@ SMOKE = {  # a tiny random GPT-2 from configs/default.yaml, a few steps, fixers 
 }
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line, with ``--smoke``'s sizes and ``--set``'s config keys (``override``) applied."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(ROOT / "configs" / "smollm2.yaml"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "constitution_effect"))
@@ -339,14 +340,18 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.config = str(ROOT / "configs" / "default.yaml") if args.config.endswith("smollm2.yaml") else args.config
         args.override = dict(SMOKE)
+        args.max_steps, args.samples, args.humaneval_limit, args.task_limit, args.eval_tokens = 2, 2, 0, 4, 8
+        args.dpo_steps = 2
     for setting in args.set:
         key, equals, value = setting.partition("=")
         if not equals or "." not in key:
             parser.error(f"--set {setting!r}: expected SECTION.KEY=VALUE, e.g. data.revise.principles=repair")
         args.override[key] = yaml.safe_load(value)
-        args.max_steps, args.samples, args.humaneval_limit, args.task_limit, args.eval_tokens = 2, 2, 0, 4, 8
-        args.dpo_steps = 2
+    return args
 
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse(argv)
     out = Path(args.out)
     base = yaml.safe_load(Path(args.config).read_text())
     split = split_settings(base["data"])

@@ -236,9 +236,9 @@ def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_pa
 
 def test_constitution_effect_sets_config_keys_of_every_arm(tmp_path):
     bench = _load("constitution_effect")
-    args = bench.argparse.Namespace(max_steps=2, epochs=1, device=None, cache_dir=None, humaneval_limit=0, task_limit=4,
-                                    samples=1, greedy=True, eval_tokens=None,
-                                    override={"data.revise.principles": "repair", "data.revise.batch_size": 64})
+    args = bench.parse(["--max-steps", "24", "--greedy", "--set", "data.revise.principles=repair", "data.revise.batch_size=64"])
+    assert (args.max_steps, args.samples, args.humaneval_limit, args.task_limit) == (24, 5, 164, None)  # not --smoke's
+    assert args.override == {"data.revise.principles": "repair", "data.revise.batch_size": 64}
     base = yaml.safe_load((BENCH.parent / "configs" / "coder-critic.yaml").read_text())
     config = yaml.safe_load(bench.arm_config(base, "sft-constitution", args, tmp_path).read_text())
     assert config["data"]["revise"]["principles"] == "repair" and config["data"]["revise"]["batch_size"] == 64
