@@ -60,8 +60,13 @@ from cai_lightning.data.tokenization import train_bpe_tokenizer
 from cai_lightning.prompts import format_prompt
 
 
+def shipped_rows() -> list[dict]:
+    """The shipped task set, every row of its four files."""
+    return [json.loads(line) for path in builtin_files() for line in Path(path).read_text().splitlines() if line.strip()]
+
+
 def load_rows(n: int) -> list[dict]:
-    rows = [json.loads(line) for path in builtin_files() for line in Path(path).read_text().splitlines() if line.strip()]
+    rows = shipped_rows()
     return rows[:: max(1, len(rows) // n)][:n]  # spread over the four task files
 
 
@@ -117,8 +122,7 @@ def eval_throughput(args: argparse.Namespace) -> list[dict]:
     from cai_lightning.model import CodeLM, Generation
     from cai_lightning.prompts import styled_prompt
 
-    rows = [json.loads(line) for path in builtin_files() for line in Path(path).read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if split_of({**r, "input": r.get("input", "")}, 0.1, 0.1, 0) == "test"][: args.tasks]
+    rows = [r for r in shipped_rows() if split_of({**r, "input": r.get("input", "")}, 0.1, 0.1, 0) == "test"][: args.tasks]
     if args.eval == "tiny":
         tokenizer = train_bpe_tokenizer((format_prompt(r["instruction"], r.get("input", "")) + r["output"] for r in rows), 2048)
         module, style = CodeLM(n_layer=2, n_head=2, n_embd=128, n_positions=512), "alpaca"

@@ -16,9 +16,10 @@ from typing import Sequence
 import torch
 from transformers import LogitsProcessor, PreTrainedTokenizerBase, StoppingCriteria
 
-# A reply's first fenced Python block, closed: what ``extract_code`` takes when the reply has one
-# (``constitution.prompts._FENCE`` without its ``\Z`` alternative, which reads an unclosed block to the end).
-FENCED_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n.*?```", re.DOTALL)
+# How a fenced Python block opens in a reply; ``constitution.prompts.extract_code`` reads code from the first one.
+FENCE_OPENING = r"```(?:python|py)?[ \t]*\n"
+# A reply's first fenced Python block, closed: what ``extract_code`` takes when the reply has one.
+FENCED_BLOCK = re.compile(FENCE_OPENING + r".*?```", re.DOTALL)
 
 
 class TopKTopPSampler(LogitsProcessor):

@@ -40,6 +40,7 @@ import re
 
 from cai_lightning.constitution.checks import Finding, UnitTests
 from cai_lightning.constitution.principles import Principle
+from cai_lightning.generation import FENCE_OPENING
 
 REVIEW_PREAMBLE = (
     "Below is an instruction that describes a task, and a response to review. "
@@ -94,7 +95,7 @@ def revision_prompt(
     )
 
 
-_FENCE = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+_FENCE = re.compile(FENCE_OPENING + r"(.*?)(?:```|\Z)", re.DOTALL)  # an unclosed block: to the end
 
 
 def extract_code(completion: str) -> str:
