@@ -12,7 +12,7 @@ process. Seed ``s`` sets ``seed_everything`` (initial weights, dropout masks) an
 Within a seed the arms run in a rotated order, so a noisy neighbour on a shared machine falls on all arms
 alike over the seeds. Beam-searched samples are left out of the runs (the same cost for every arm).
 
-Studies (issue 14):
+Studies:
 
   dropout   attention dropout 0.2 (the unfused math path) against 0 (the fused kernel, the default), with the
             same residual dropout, for the same epochs; and the default given more epochs, about as many as
