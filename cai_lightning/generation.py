@@ -6,15 +6,32 @@ the sample callback) and the constitution's critic.
   each prompt's samples depend on its own seed only, not on which prompts share its batch.
 * :class:`FencedBlockEnd` stops a sequence once its reply holds a whole fenced code block: when only that
   block is scored, what a model writes after it is decoding time spent for nothing.
+* :func:`decode` is the batched decoding loop of the constitution's critic (and of evaluation's sampling):
+  prompts encoded in groups of similar length, a prompt that begins with one of the previous call's prompts
+  encoded only from where they part (:class:`PromptCache`), one preallocated KV cache for the decoding steps
+  read by :func:`decode_attention`, each sequence ending at EOS or at its stop criterion, and the finished
+  sequences dropped from the batch as they accumulate.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
-from typing import Sequence
+import time
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Callable, Sequence
 
 import torch
-from transformers import LogitsProcessor, PreTrainedTokenizerBase, StoppingCriteria
+from transformers import (
+    AttentionInterface, DynamicCache, LogitsProcessor, PreTrainedModel, PreTrainedTokenizerBase, StaticCache,
+    StoppingCriteria,
+)
+from transformers.cache_utils import StaticLayer
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 # How a fenced Python block opens in a reply; ``constitution.prompts.extract_code`` reads code from the first one.
 FENCE_OPENING = r"```(?:python|py)?[ \t]*\n"
@@ -49,12 +66,24 @@ class TopKTopPSampler(LogitsProcessor):
         self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
         self.generators, self.rows_per_generator = generators, rows_per_generator
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def _kept(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The tokens that can be drawn, best first, and their probabilities (not renormalised), ``(B, k)`` each."""
         k = min(self.top_k or scores.size(-1), scores.size(-1))
         best, tokens = scores.topk(k, dim=-1)  # (B, k), best first
-        probs = (best / self.temperature).softmax(-1)
+        probs = (best.float() / self.temperature).softmax(-1)
         # a token is kept if the tokens better than it hold less than top_p: the best one always is
-        probs = probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0)
+        return probs.masked_fill(probs.cumsum(-1) - probs >= self.top_p, 0.0), tokens
+
+    def draw(self, scores: torch.Tensor, row_generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """The next token of each row, ``(B,)``, row ``i`` drawn with ``row_generators[i]`` (for :func:`decode`,
+        whose rows each have their own generator)."""
+        probs, tokens = self._kept(scores)
+        probs = probs.cpu()
+        picks = torch.cat([torch.multinomial(probs[i], 1, generator=g) for i, g in enumerate(row_generators)])
+        return tokens.gather(-1, picks.to(tokens.device)[:, None]).squeeze(-1)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        probs, tokens = self._kept(scores)
         if self.generators is None:
             picks = torch.multinomial(probs, 1)  # multinomial renormalises
         else:
@@ -93,6 +122,451 @@ class FencedBlockEnd(StoppingCriteria):
             self.done = torch.zeros(input_ids.size(0), dtype=torch.bool)
         new = input_ids[:, self.prompt_length :].tolist()
         for row in (~self.done).nonzero().flatten().tolist():
-            text = self.tokenizer.decode(new[row], skip_special_tokens=True)
-            self.done[row] = FENCED_BLOCK.search(text) is not None
+            self.done[row] = self.is_complete(new[row])
         return self.done.to(input_ids.device)
+
+    def is_complete(self, new_ids: Sequence[int]) -> bool:
+        """Whether a reply (its new ids) holds a closed fenced Python block."""
+        return FENCED_BLOCK.search(self.tokenizer.decode(new_ids, skip_special_tokens=True)) is not None
+
+    def may_complete(self, vocab_size: int) -> torch.Tensor:
+        """``(vocab_size,)`` bool: the tokens holding a backtick, the only ones whose arrival can close a block
+        (:func:`decode` asks :meth:`is_complete` after those only)."""
+        if getattr(self, "_may_complete", None) is None or self._may_complete.numel() != vocab_size:
+            pieces = self.tokenizer.convert_ids_to_tokens(list(range(min(vocab_size, len(self.tokenizer)))))
+            marks = [piece is not None and "`" in piece for piece in pieces]
+            self._may_complete = torch.tensor(marks + [False] * (vocab_size - len(marks)), dtype=torch.bool)
+        return self._may_complete
+
+
+# ------------------------------------------------------------------------------------------------- decoding
+DECODE_ATTENTION = "cai_lightning_decode"  # registered with transformers below
+
+
+@dataclass(frozen=True)
+class _Decoding:
+    """What :func:`decode_attention` knows of the generation it serves.
+
+    n: samples per prompt (the cache's rows are each prompt's ``n`` copies in a row).
+    prompts: per layer, the prompts' keys and values (one copy per prompt, ``(B, H, P, D)``), for
+        attending each prompt once for its ``n`` samples; ``None`` where that is not done (``n == 1``).
+    prompt_mask: the prompts' padding as an additive mask, ``(B, 1, 1, P)``.
+    no_prompt: ``(B * n, 1, 1, 1)``, true for the samples of a prompt that is all padding there (a
+        one-token prompt among longer ones).
+    fold_groups: With grouped-query attention, attend a key/value head's query heads as its queries;
+        false: cut the cache only and leave the rest to transformers' SDPA (the critic's ``transformers``
+        decoder, as it was before :func:`decode`).
+    row_prompt, row_sample: ``(R,)`` each, set by :func:`decode` whose cache holds the generated tokens
+        only: each row's prompt (an index into ``prompts``) and which of its ``n`` samples the row is.
+        Rows that have ended leave the batch, so a prompt may have fewer than ``n`` rows left.
+    """
+
+    n: int
+    prompts: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    prompt_mask: torch.Tensor | None = None
+    no_prompt: torch.Tensor | None = None
+    fold_groups: bool = True
+    row_prompt: torch.Tensor | None = None
+    row_sample: torch.Tensor | None = None
+
+    @classmethod
+    def of(cls, cache, prompt_mask: torch.Tensor, n: int) -> _Decoding:
+        """From the static cache just filled with the prompts (before its rows are repeated), for the
+        critic's ``transformers`` decoder (``fold_groups`` false)."""
+        width = prompt_mask.size(1)
+        keys = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in cache.layers]
+        decoding = cls.of_prompts(keys, prompt_mask, n)
+        return cls(decoding.n, decoding.prompts, decoding.prompt_mask, decoding.no_prompt, fold_groups=False)
+
+    @classmethod
+    def of_prompts(cls, prompts: list[tuple[torch.Tensor, torch.Tensor]], prompt_mask: torch.Tensor, n: int) -> _Decoding:
+        """From each layer's prompt keys and values, ``(B, H, P, D)`` with ``prompt_mask`` ``(B, P)`` true where real."""
+        keys = prompts[0][0]
+        if n == 1 or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+            return cls(n)
+        width, real = prompt_mask.size(1), prompt_mask.bool().to(keys.device)
+        mask = torch.zeros(real.size(0), 1, 1, width, dtype=keys.dtype, device=keys.device)
+        mask.masked_fill_(~real[:, None, None, :], float("-inf"))
+        prompts = [(k.contiguous(), v.contiguous()) for k, v in prompts]
+        return cls(n, prompts, mask, ~real.any(-1).repeat_interleave(n)[:, None, None, None])
+
+
+_DECODING: ContextVar[_Decoding | None] = ContextVar("cai_lightning_decoding", default=None)
+
+
+def _attends_by_decode_attention(model: PreTrainedModel) -> bool:
+    """Whether :func:`_decoding_with` can have ``model`` decode with :func:`decode_attention` (it runs
+    transformers' SDPA, and its attention can be switched)."""
+    return model.config._attn_implementation == "sdpa" and model._can_set_attn_implementation()
+
+
+@contextmanager
+def _decoding_with(model: PreTrainedModel, decoding: _Decoding | None):
+    """Decode with :func:`decode_attention` for the duration, where the model runs transformers' SDPA."""
+    previous = model.config._attn_implementation
+    if decoding is None or not _attends_by_decode_attention(model):
+        yield
+        return
+    token = _DECODING.set(decoding)
+    model.set_attn_implementation(DECODE_ATTENTION)
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(previous)
+        _DECODING.reset(token)
+
+
+def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
+    """transformers' SDPA, for decoding steps on the CPU from a preallocated (static) KV cache, reading
+    only what the cache holds.
+
+    A static cache is allocated for the prompt and every new token, and SDPA attends over all of it,
+    masking the unfilled tail; on a CPU, where a decoding step of a small model is bound by reading the
+    cache, that is up to twice the reads needed. Here the keys and values are cut where the cache's
+    filling ends. With grouped-query attention the query heads that share a key/value head are attended as
+    that head's queries, where transformers' SDPA (given a mask) copies every key/value head once per query
+    head, the whole cache at every step (SmolLM2-135M, batch 16, 700 cached tokens, 2 cores: most of a
+    278 ms step). With ``n`` samples per prompt, the prompt's keys and values (the same ``n``
+    times over) are moreover attended once per prompt with the ``n`` queries stacked, the generated
+    tokens per sample, and the two partial results merged by their log-sum-exp, as flash attention merges
+    blocks. Measured on 2 cores (offline critic, batch 16): response generation 2.72 -> 2.14 s, two
+    revisions per row 5.27 -> 4.61 s over cutting alone. Anything else (a query of more than one token, no
+    boolean mask, soft-capping, training) is transformers' SDPA unchanged.
+    """
+    decoding = _DECODING.get()
+    if (
+        decoding is None or query.size(2) != 1 or attention_mask is None or attention_mask.dtype != torch.bool
+        or module.training or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
+    ):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    rows, heads, _, dim = query.shape
+    kv_heads = key.size(1)
+    groups = heads // kv_heads  # query heads per key/value head (grouped-query attention)
+    mask = attention_mask.expand(rows, 1, 1, -1)  # True: attend
+    end = int(mask[0, 0, 0].nonzero()[-1]) + 1  # where the filling ends: generated tokens are attended by every row
+    if not decoding.fold_groups and (decoding.prompts is None or groups > 1):  # cut only
+        return sdpa_attention_forward(
+            module, query, key[:, :, :end], value[:, :, :end], mask[..., :end], dropout=dropout, scaling=scaling, **kwargs
+        )
+    scaling = dim**-0.5 if scaling is None else scaling
+    # a key/value head's query heads stacked as that head's queries: (B, KV, G, D) against (B, KV, L, D), where
+    # transformers' SDPA would copy each key/value head G times over (with a mask it does not ask SDPA for GQA)
+    grouped = query.reshape(rows, kv_heads, groups, dim)
+    if decoding.row_prompt is not None:
+        return _split_attention(decoding, module.layer_idx, grouped, key[:, :, :end], value[:, :, :end], mask[..., :end], scaling)
+    if decoding.prompts is None:
+        out = torch.nn.functional.scaled_dot_product_attention(
+            grouped, key[:, :, :end], value[:, :, :end], attn_mask=mask[..., :end], scale=scaling
+        )
+        return out.reshape(rows, heads, 1, dim).transpose(1, 2), None
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # also returns the log-sum-exp
+    prompt_keys, prompt_values = decoding.prompts[module.layer_idx]
+    width, n = prompt_keys.size(2), decoding.n
+    # the prompt: each prompt's n samples' queries stacked, (P, KV, G * n, D), against its keys (P, KV, W, D), once
+    stacked = query.reshape(rows // n, n, kv_heads, groups, dim).permute(0, 2, 3, 1, 4).reshape(rows // n, kv_heads, groups * n, dim)
+    on_prompt, lse_prompt = flash(stacked, prompt_keys, prompt_values, attn_mask=decoding.prompt_mask, scale=scaling)
+    on_prompt = on_prompt.view(rows // n, kv_heads, groups, n, dim).permute(0, 3, 1, 2, 4).reshape(rows, heads, 1, dim)
+    lse_prompt = lse_prompt.view(rows // n, kv_heads, groups, n).permute(0, 3, 1, 2).reshape(rows, heads, 1, 1)
+    # the generated tokens, per sample
+    generated_mask = torch.zeros(rows, 1, 1, end - width, dtype=query.dtype, device=query.device)
+    generated_mask.masked_fill_(~mask[..., width:end], float("-inf"))
+    on_generated, lse_generated = flash(
+        grouped, key[:, :, width:end], value[:, :, width:end], attn_mask=generated_mask, scale=scaling
+    )
+    on_generated, lse_generated = on_generated.reshape(rows, heads, 1, dim), lse_generated.reshape(rows, heads, 1, 1)
+    # the softmax over both parts is each part's softmax weighted by its share of the total mass; a
+    # prompt that is all padding has none (the kernel reports 0 for a row it masks whole, not -inf)
+    lse_prompt = lse_prompt.masked_fill(decoding.no_prompt, float("-inf"))
+    share = torch.sigmoid(lse_prompt - lse_generated).to(query.dtype)  # the kernel's lse is fp32
+    out = on_generated + (on_prompt - on_generated) * share
+    return out.transpose(1, 2), None
+
+
+def _split_attention(decoding: _Decoding, layer: int, grouped, key, value, mask, scaling: float):
+    """Attention of one decoding step when the cache holds the generated tokens only (:func:`decode`): each
+    prompt's keys and values, once, against the stacked queries of its samples still in the batch, and each
+    row's generated tokens; the two merged by their log-sum-exp. ``grouped``: ``(R, KV, G, D)``."""
+    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # also returns the log-sum-exp
+    rows, kv_heads, groups, dim = grouped.shape
+    prompt_keys, prompt_values = decoding.prompts[layer]
+    prompts, n = prompt_keys.size(0), decoding.n
+    where = (decoding.row_prompt, decoding.row_sample)
+    if n == 1 and rows == prompts:  # one sample a prompt, none gone: the rows are the prompts
+        stacked = grouped
+    else:  # (P, n, KV, G, D), a prompt's samples side by side (zeros where one has left), as (P, KV, n * G, D)
+        stacked = grouped.new_zeros(prompts, n, kv_heads, groups, dim).index_put_(where, grouped)
+        stacked = stacked.permute(0, 2, 1, 3, 4).reshape(prompts, kv_heads, n * groups, dim)
+    on_prompt, lse_prompt = flash(stacked, prompt_keys, prompt_values, attn_mask=decoding.prompt_mask, scale=scaling)
+    if not (n == 1 and rows == prompts):
+        on_prompt = on_prompt.view(prompts, kv_heads, n, groups, dim).permute(0, 2, 1, 3, 4)[where]
+        lse_prompt = lse_prompt.view(prompts, kv_heads, n, groups).permute(0, 2, 1, 3)[where]
+    generated_mask = torch.zeros(mask.shape, dtype=grouped.dtype, device=grouped.device).masked_fill_(~mask, float("-inf"))
+    on_generated, lse_generated = flash(grouped, key, value, attn_mask=generated_mask, scale=scaling)
+    share = torch.sigmoid(lse_prompt - lse_generated).unsqueeze(-1).to(grouped.dtype)  # the kernel's lse is fp32
+    out = on_generated + (on_prompt - on_generated) * share  # (R, KV, G, D)
+    return out.reshape(rows, kv_heads * groups, 1, dim).transpose(1, 2), None
+
+
+AttentionInterface.register(DECODE_ATTENTION, decode_attention)
+AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+
+
+# ------------------------------------------------------------------------------------------------- the loop
+_SEED_BITS = (1 << 63) - 1
+
+
+def row_generators(seeds: Sequence[int], n: int) -> list[torch.Generator]:
+    """One CPU generator per sample: ``n`` per prompt, sample ``j`` of the prompt seeded ``seed`` from
+    ``(seed, j)`` alone, so that what a sample draws depends on nothing else in its batch, not even on
+    which samples :func:`decode` has dropped as finished."""
+    return [torch.Generator().manual_seed(hash((seed, j)) & _SEED_BITS) for seed in seeds for j in range(n)]
+
+
+class PromptCache:
+    """The keys and values of the prompts the last :func:`decode` call encoded, for the next call: a prompt
+    that begins with one of them (a revision prompt goes on from its critique prompt) is encoded only from
+    where the two part. Holds one call's prompts; ``reused`` and ``encoded`` count prompt tokens.
+
+    Args:
+        min_shared: Fewer shared tokens than this are encoded again (not worth the copying).
+    """
+
+    def __init__(self, min_shared: int = 16) -> None:
+        self.min_shared = min_shared
+        self.entries: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
+        self.reused = self.encoded = 0
+
+    def longest_prefix(self, ids: torch.Tensor) -> tuple[int, list[tuple[torch.Tensor, torch.Tensor]] | None]:
+        """How many leading tokens of ``ids`` (all but its last, whose logits start the decoding) an entry
+        holds, and that entry's per-layer ``(keys, values)``, ``(H, L, D)``; ``(0, None)`` below ``min_shared``."""
+        best, found = 0, None
+        for key, kv in self.entries:
+            m = min(len(key), len(ids) - 1)
+            if m <= best or m < self.min_shared:
+                continue
+            differ = (key[:m] != ids[:m]).nonzero()
+            shared = int(differ[0]) if len(differ) else m
+            if shared > best:
+                best, found = shared, kv
+        return (best, found) if best >= self.min_shared else (0, None)
+
+
+def _compacted(decoding: _Decoding, kept_rows: torch.Tensor) -> _Decoding:
+    """``decoding`` for the rows ``kept_rows`` of its batch; once at most half of its prompts have a row left,
+    the prompts without one are dropped too (copying the prompts that stay)."""
+    row_prompt, row_sample = decoding.row_prompt[kept_rows], decoding.row_sample[kept_rows]
+    prompts, mask = decoding.prompts, decoding.prompt_mask
+    left = row_prompt.unique()  # sorted
+    if 2 * len(left) <= mask.size(0):
+        prompts = [(k.index_select(0, left), v.index_select(0, left)) for k, v in prompts]
+        mask = mask.index_select(0, left)
+        row_prompt = torch.searchsorted(left, row_prompt)
+    return dataclasses.replace(decoding, prompts=prompts, prompt_mask=mask, row_prompt=row_prompt, row_sample=row_sample)
+
+
+def supports_decode(model: PreTrainedModel) -> bool:
+    """Whether :func:`decode` can run ``model``: a preallocated cache of plain attention layers (no sliding
+    window, no recurrent state) and a model that takes ``position_ids``."""
+    if "position_ids" not in inspect.signature(model.forward).parameters:
+        return False
+    try:
+        cache = StaticCache(config=model.config, max_cache_len=8)
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return False
+    return all(type(layer) is StaticLayer for layer in cache.layers)
+
+
+def _length_groups(order: list[int], lengths: Sequence[int], waste: float = 0.25, most: int = 16) -> list[list[int]]:
+    """``order`` (indices sorted by ``lengths``, shortest first) cut into groups encoded together, each at
+    most ``most`` prompts and padded by at most ``waste`` of its real tokens."""
+    groups: list[list[int]] = []
+    for i in order:
+        group = groups[-1] if groups else None
+        if group is not None and len(group) < most and (len(group) + 1) * lengths[i] <= (1 + waste) * (sum(lengths[j] for j in group) + lengths[i]):
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+@torch.inference_mode()
+def decode(
+    model: PreTrainedModel,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    n: int = 1,
+    sampler: TopKTopPSampler | None = None,
+    seeds: Sequence[int] | None = None,
+    stop: FencedBlockEnd | None = None,
+    prompt_cache: PromptCache | None = None,
+    drop_share: float = 0.25,
+    stats: dict[str, float] | None = None,
+) -> list[list[int]]:
+    """``n`` continuations of each prompt (token ids), ``len(prompts) * n`` lists of new ids in ``generate``'s
+    order (a prompt's ``n`` in a row), each without its EOS.
+
+    * Greedy (``sampler`` None) or drawn by ``sampler`` with :func:`row_generators` of ``seeds`` (one per
+      prompt; default: the prompt's index).
+    * The prompts are encoded in groups of similar length (:func:`_length_groups`), so little is spent on
+      padding; with ``prompt_cache``, a prompt that begins with one of its entries is encoded from where they
+      part, and the cache then holds this call's prompts.
+    * A sequence ends at EOS, at ``max_new_tokens``, or where ``stop`` says its reply is complete; once
+      ``drop_share`` of the batch has ended, the ended rows are dropped from it (and from the KV cache), so
+      a batch costs what its sequences need, not its longest one times its size.
+    * ``stats``, when given, adds up where the time went: ``encode_s`` (prompts), ``steps``, ``row_steps``
+      (rows in the batch at each step, summed), ``step_s``.
+
+    Greedy continuations are those of ``generate`` from the same prompts (up to rounding: a prompt is not
+    encoded in the same batch shape). ``model`` must :func:`supports_decode`.
+    """
+    if not prompts:
+        return []
+    device = model.device
+    parameters = inspect.signature(model.forward).parameters
+    cache_name = "cache" if "cache" in parameters else "past_key_values"
+    last_only = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}
+    ids = [torch.tensor(list(p), dtype=torch.long) for p in prompts]
+    if any(len(t) == 0 for t in ids):
+        raise ValueError("decode: an empty prompt (every prompt needs at least one token)")
+    count = len(ids)
+    started = time.perf_counter()
+    reuse = [prompt_cache.longest_prefix(t) if prompt_cache is not None else (0, None) for t in ids]
+
+    # 1. encode the prompts, grouped by the length left to encode
+    left = [len(t) - shared for t, (shared, _) in zip(ids, reuse)]
+    encoded: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in ids]
+    last_logits: list[torch.Tensor] = [torch.empty(0)] * count
+    for group in _length_groups(sorted(range(count), key=left.__getitem__), left):
+        width_shared = max(reuse[i][0] for i in group)
+        width_new = max(left[i] for i in group)
+        mask = torch.zeros(len(group), width_shared + width_new, dtype=torch.long)
+        tokens = torch.full((len(group), width_new), pad_token_id, dtype=torch.long)
+        positions = torch.zeros(len(group), width_new, dtype=torch.long)
+        for row, i in enumerate(group):
+            shared = reuse[i][0]
+            mask[row, width_shared - shared : width_shared] = 1
+            mask[row, width_shared + width_new - left[i] :] = 1
+            tokens[row, width_new - left[i] :] = ids[i][shared:]
+            positions[row, width_new - left[i] :] = torch.arange(shared, len(ids[i]))
+        cache = DynamicCache(config=model.config)
+        if width_shared:  # the shared beginnings, right-aligned before the rest (a gap of padding between is masked)
+            example = next(kv for i in group if (kv := reuse[i][1]) is not None)
+            for layer, (k, v) in enumerate(example):
+                keys = k.new_zeros(len(group), k.size(0), width_shared, k.size(-1))
+                values = v.new_zeros(len(group), v.size(0), width_shared, v.size(-1))
+                for row, i in enumerate(group):
+                    shared, kv = reuse[i]
+                    if shared:
+                        keys[row, :, width_shared - shared :] = kv[layer][0][:, :shared]
+                        values[row, :, width_shared - shared :] = kv[layer][1][:, :shared]
+                cache.update(keys, values, layer)
+        out = model(
+            input_ids=tokens.to(device), attention_mask=mask.to(device), position_ids=positions.to(device),
+            use_cache=True, **{cache_name: cache}, **last_only,
+        )
+        cache, real = out[cache_name], mask.bool().to(device)
+        for row, i in enumerate(group):
+            last_logits[i] = out.logits[row, -1]
+            encoded[i] = [(layer.keys[row][:, real[row]], layer.values[row][:, real[row]]) for layer in cache.layers]
+        if prompt_cache is not None:
+            prompt_cache.reused += sum(reuse[i][0] for i in group)
+            prompt_cache.encoded += sum(left[i] for i in group)
+    if prompt_cache is not None:
+        prompt_cache.entries = list(zip(ids, encoded))
+
+    # 2. the decoding cache. On a CPU, with decode_attention: each prompt's keys and values once (for its n
+    # samples) beside a preallocated cache of the generated tokens, per row. Else one preallocated cache
+    # of each row's prompt, right-aligned in the first `width` slots, and its generated tokens.
+    width = max(len(t) for t in ids)
+    prompt_mask = torch.zeros(count, width, dtype=torch.bool)
+    for i, t in enumerate(ids):
+        prompt_mask[i, width - len(t) :] = True
+    stacked = []
+    for layer in range(len(encoded[0])):
+        k0, v0 = encoded[0][layer]
+        keys = k0.new_zeros(count, k0.size(0), width, k0.size(-1))
+        values = v0.new_zeros(count, v0.size(0), width, v0.size(-1))
+        for i, t in enumerate(ids):
+            keys[i, :, width - len(t) :], values[i, :, width - len(t) :] = encoded[i][layer]
+        stacked.append((keys, values))
+    del encoded
+    rows = count * n
+    split = (
+        device.type == "cpu" and _attends_by_decode_attention(model)
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+    if split:
+        decoding = dataclasses.replace(
+            _Decoding.of_prompts(stacked, prompt_mask, 2),  # the prompts kept once, with their additive mask
+            n=n, no_prompt=None, row_prompt=torch.arange(count, device=device).repeat_interleave(n),
+            row_sample=torch.arange(n, device=device).repeat(count),
+        )
+        cache = StaticCache(config=model.config, max_cache_len=max_new_tokens)
+        generated_from = 0  # the cache's first slot is the first generated token's
+    else:
+        cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+        for layer, (keys, values) in enumerate(stacked):
+            cache.update(keys.repeat_interleave(n, dim=0), values.repeat_interleave(n, dim=0), layer)
+        decoding, generated_from = None, width
+    del stacked
+
+    # 3. the steps
+    stepping = time.perf_counter()
+    attention = torch.zeros(rows, generated_from + max_new_tokens, dtype=torch.long, device=device)
+    if not split:
+        attention[:, :width] = prompt_mask.repeat_interleave(n, dim=0).to(device)
+    positions = torch.tensor([len(t) for t in ids], device=device).repeat_interleave(n)
+    logits = torch.stack(last_logits).repeat_interleave(n, dim=0)
+    draws = row_generators(seeds if seeds is not None else range(count), n) if sampler is not None else None
+    may_stop = stop.may_complete(logits.size(-1)).tolist() if stop is not None else None
+    alive = list(range(rows))  # the output row of each batch row
+    ended = [False] * rows  # per batch row
+    outputs: list[list[int]] = [[] for _ in range(rows)]
+    with _decoding_with(model, decoding):
+        for step in range(max_new_tokens):
+            picks = sampler.draw(logits, draws) if sampler is not None else logits.argmax(-1)
+            for r, token in enumerate(picks.tolist()):
+                if ended[r]:
+                    continue
+                if token == eos_token_id:
+                    ended[r] = True
+                    continue
+                reply = outputs[alive[r]]
+                reply.append(token)
+                ended[r] = may_stop is not None and may_stop[token] and stop.is_complete(reply)
+            if all(ended) or step == max_new_tokens - 1:
+                break
+            if sum(ended) >= max(1, drop_share * len(alive)):
+                keep = [r for r, done in enumerate(ended) if not done]
+                index = torch.tensor(keep, device=device)
+                for layer in cache.layers:
+                    if getattr(layer, "keys", None) is not None and layer.keys.numel():
+                        layer.keys, layer.values = layer.keys.index_select(0, index), layer.values.index_select(0, index)
+                        layer.batch_size = len(keep)
+                attention, positions, picks = attention[index], positions[index], picks[index]
+                alive = [alive[r] for r in keep]
+                draws = [draws[r] for r in keep] if draws is not None else None
+                ended = [False] * len(keep)
+                if split:
+                    decoding = _compacted(decoding, index)
+                    _DECODING.set(decoding)
+                elif decoding is not None and decoding.prompts is not None:
+                    _DECODING.set(_Decoding(1))  # rows no longer come n to a prompt: cut the cache only
+            attention[:, generated_from + step] = 1
+            finished = torch.tensor(ended, device=device)
+            out = model(
+                input_ids=picks.masked_fill(finished, pad_token_id)[:, None], attention_mask=attention,
+                position_ids=positions[:, None], use_cache=True, **{cache_name: cache}, **last_only,
+            )
+            logits = out.logits[:, -1]
+            positions = positions + 1
+            if stats is not None:
+                stats["steps"] = stats.get("steps", 0) + 1
+                stats["row_steps"] = stats.get("row_steps", 0) + len(alive)
+    if stats is not None:
+        stats["encode_s"] = stats.get("encode_s", 0.0) + stepping - started
+        stats["step_s"] = stats.get("step_s", 0.0) + time.perf_counter() - stepping
+    return outputs

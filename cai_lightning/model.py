@@ -35,7 +35,7 @@ from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import IGNORE_INDEX, decode_completions, tokenizer_fingerprint
 from cai_lightning.devices import freed_memory_kept
 from cai_lightning.errors import ConfigError
-from cai_lightning.generation import FencedBlockEnd, TopKTopPSampler, generators
+from cai_lightning.generation import FencedBlockEnd, TopKTopPSampler, decode, generators, supports_decode
 from cai_lightning.pretrained import resolve_pretrained
 
 
@@ -368,6 +368,7 @@ class CodeLM(pl.LightningModule):
         model.generation_config.eos_token_id = tok.eos_token_id
         self.model = model
         self._plain_head = model.config.model_type in PLAIN_HEAD_MODELS
+        self._decodes = supports_decode(model)  # generate() runs generation.decode, else transformers' generate
         if hp.compile:  # the bound forward, not the module: no second copy of the weights in the state dict
             forward = (model.base_model if self._plain_head else model).forward
             self._compiled_forward = torch.compile(forward, dynamic=True)  # lengths change batch to batch
@@ -572,6 +573,11 @@ class CodeLM(pl.LightningModule):
         they do not depend on the other prompts of the batch (up to the rounding that padding brings to the
         logits). ``stop_after_code_block`` (greedy or sampling) ends a sequence once it holds a closed fenced
         Python block (:class:`~cai_lightning.generation.FencedBlockEnd`): for callers that score that block only.
+
+        Greedy decoding and sampling run :func:`~cai_lightning.generation.decode` (each sample from a generator
+        of its own, seeded from its prompt's seed, or from the global generator without ``seeds``; sequences
+        that have ended leave the batch), or transformers' ``generate`` for a model ``decode`` cannot run or
+        with ``no_repeat_ngram_size``.
         """
         g = generation or self.generation
         prompt_len = input_ids.size(1)
@@ -595,9 +601,20 @@ class CodeLM(pl.LightningModule):
                 **({"temperature": g.temperature, "top_p": g.top_p} if g.do_sample else {}), **settings,
             )  # (B * n, T + new)
             return decode_completions(self.tokenizer, out[:, prompt_len:].tolist(), n)
+        top_k = self.model.generation_config.top_k or 0
+        if not g.no_repeat_ngram_size and self._decodes:
+            real = attention_mask.bool().cpu()
+            prompts = [row[keep].tolist() for row, keep in zip(input_ids.cpu(), real)]
+            if g.do_sample and seeds is None:  # seed_everything still decides what is drawn
+                seeds = torch.randint(0, 1 << 62, (len(prompts),)).tolist()
+            generated = decode(
+                self.model, prompts, max_new_tokens=new_tokens, n=n, eos_token_id=self.tokenizer.eos_token_id,
+                pad_token_id=self.tokenizer.pad_token_id, sampler=TopKTopPSampler(g.temperature, top_k, g.top_p) if g.do_sample else None,
+                seeds=seeds, stop=FencedBlockEnd(self.tokenizer, 0) if stop_after_code_block else None,
+            )
+            return decode_completions(self.tokenizer, generated, n)
         processors = []
         if g.do_sample:  # drawn by the sampler, whose pick greedy decoding then takes
-            top_k = self.model.generation_config.top_k or 0
             draws = generators(seeds) if seeds is not None else None
             processors.append(TopKTopPSampler(g.temperature, top_k, g.top_p, draws, rows_per_generator=n))
         stops = [FencedBlockEnd(self.tokenizer, prompt_len)] if stop_after_code_block else []

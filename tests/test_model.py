@@ -439,12 +439,32 @@ def _spy_on_generate(module):
     return calls
 
 
-def test_generation_respects_the_position_table(tokenizer):
+def _spy_on_decode(monkeypatch):
+    """Calls of generation.decode from CodeLM.generate: (its keyword arguments, longest prompt, outputs)."""
+    import cai_lightning.model as model_module
+
+    calls, original = [], model_module.decode
+
+    def spy(model, prompts, **kwargs):
+        out = original(model, prompts, **kwargs)
+        calls.append((kwargs, max(map(len, prompts)), out))
+        return out
+
+    monkeypatch.setattr(model_module, "decode", spy)
+    return calls
+
+
+def test_generation_respects_the_position_table(tokenizer, monkeypatch):
     module = _module(tokenizer, generation=Generation(num_beams=1, max_new_tokens=500))
     module.eval()
-    calls = _spy_on_generate(module)
+    calls = _spy_on_decode(monkeypatch)
     module.complete([format_prompt("Add.")])
-    [(kwargs, (_, prompt_len), (_, total))] = calls
+    [(kwargs, prompt_len, out)] = calls
+    assert kwargs["max_new_tokens"] == 128 - prompt_len and prompt_len + max(map(len, out)) <= 128
+    module.generation = Generation(num_beams=2, max_new_tokens=500)  # beam search: transformers' generate
+    beams = _spy_on_generate(module)
+    module.complete([format_prompt("Add.")])
+    [(kwargs, (_, prompt_len), (_, total))] = beams
     assert kwargs["max_new_tokens"] == 128 - prompt_len and total <= 128
 
 
@@ -506,18 +526,18 @@ def test_llama_loads_through_the_auto_class_in_fp32_with_tied_resized_embeddings
     assert model.config.pad_token_id == 400 and model.generation_config.eos_token_id == 2
 
 
-def test_llama_generation_stops_on_eos(llama_dir):
+def test_llama_generation_stops_on_eos(llama_dir, monkeypatch):
     module = _llama_module(llama_dir, generation=Generation(num_beams=1, max_new_tokens=12))
     module.eval()
     # Make EOS the certain next token: greedy decoding must then stop after one token, on EOS (not PAD).
     favour_eos = torch.zeros(448)
     favour_eos[2] = 100.0
     module.model.lm_head.register_forward_hook(lambda _module, _input, logits: logits + favour_eos)
-    calls = _spy_on_generate(module)
+    calls = _spy_on_decode(monkeypatch)
     completions = module.complete([format_prompt("Add."), format_prompt("Write a function add_1(x).")])
-    [(kwargs, (_, prompt_len), (_, total))] = calls
+    [(kwargs, _, out)] = calls
     assert kwargs["eos_token_id"] == 2 and kwargs["pad_token_id"] == 400
-    assert total == prompt_len + 1 and completions == [[""], [""]]
+    assert out == [[], []] and completions == [[""], [""]]  # ended on EOS, the first token
 
 
 def test_llama_trains_under_cpu_bf16_autocast(llama_dir):
@@ -539,13 +559,13 @@ def test_context_length_reads_either_name():
     assert context_length(LlamaConfig(max_position_embeddings=256)) == 256
 
 
-def test_llama_generation_respects_its_context_length(llama_dir):
+def test_llama_generation_respects_its_context_length(llama_dir, monkeypatch):
     module = _llama_module(llama_dir, generation=Generation(num_beams=1, max_new_tokens=500))
     module.eval()
-    calls = _spy_on_generate(module)
+    calls = _spy_on_decode(monkeypatch)
     module.complete([format_prompt("Add.")])
-    [(kwargs, (_, prompt_len), (_, total))] = calls
-    assert kwargs["max_new_tokens"] == 256 - prompt_len and total <= 256  # max_position_embeddings=256
+    [(kwargs, prompt_len, out)] = calls
+    assert kwargs["max_new_tokens"] == 256 - prompt_len and prompt_len + max(map(len, out)) <= 256  # max_position_embeddings=256
 
 
 def test_a_model_that_is_not_a_causal_lm_is_a_config_error(tmp_path, tokenizer):

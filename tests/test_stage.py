@@ -3,6 +3,7 @@ after SIGKILL, and bad input."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -181,21 +182,23 @@ def test_candidates_share_one_prefill_without_changing_what_is_generated():
     tokenizer = train_bpe_tokenizer([r["instruction"] + r["output"] for r in make_rows(20)], 300)
     critic = Critic.random(tokenizer, seed=2, device="cpu")
     prompts = ["x = 1", "a longer prompt, left-padded in the batch: def add(a, b):"]
-    greedy = critic.generate(prompts, max_new_tokens=8, n=2, do_sample=False)
-    assert greedy == [[one[0], one[0]] for one in critic.generate(prompts, max_new_tokens=8, n=1, do_sample=False)]
-    shared = critic.generate(prompts, max_new_tokens=8, n=3, seed=4)
+    for decoder in ("own", "transformers"):
+        greedy = critic.generate(prompts, max_new_tokens=8, n=2, do_sample=False, decoder=decoder)
+        assert greedy == [[one[0], one[0]] for one in critic.generate(prompts, max_new_tokens=8, n=1, do_sample=False, decoder=decoder)]
+    shared = critic.generate(prompts, max_new_tokens=8, n=3, seed=4, decoder="transformers")
     assert critic.model.config._attn_implementation == "sdpa"  # decode_attention was for that call only
     critic._shared_prefill = False  # the prompts repeated 3 times, each copy encoded
-    assert shared == critic.generate(prompts, max_new_tokens=8, n=3, seed=4)
+    assert shared == critic.generate(prompts, max_new_tokens=8, n=3, seed=4, decoder="transformers")
 
 
-@pytest.mark.parametrize(("n", "kv_heads"), [(2, 4), (1, 4), (3, 2)])
-def test_decode_attention_is_sdpa_over_the_whole_static_cache(n, kv_heads):
+@pytest.mark.parametrize("fold_groups", [True, False])
+@pytest.mark.parametrize(("n", "kv_heads"), [(2, 4), (1, 4), (3, 2), (1, 2)])
+def test_decode_attention_is_sdpa_over_the_whole_static_cache(n, kv_heads, fold_groups):
     """decode_attention reads less (the cache cut where its filling ends; with n samples, each prompt once)
     and must compute what transformers' SDPA computes over the whole preallocated cache, masked."""
     from types import SimpleNamespace
 
-    from cai_lightning.constitution.critic import _DECODING, _Decoding, decode_attention
+    from cai_lightning.generation import _DECODING, _Decoding, decode_attention
 
     torch.manual_seed(0)
     heads, dim, width, filled, capacity = 4, 8, 7, 5, 20  # prompts of 8 tokens (7 cached before decoding)
@@ -203,7 +206,7 @@ def test_decode_attention_is_sdpa_over_the_whole_static_cache(n, kv_heads):
     prompt_mask = torch.arange(width) >= width - real[:, None]  # left padding, (prompts, width)
     keys, values = torch.randn(2, 3, kv_heads, capacity, dim)
     cache = SimpleNamespace(layers=[SimpleNamespace(keys=keys, values=values)])
-    decoding = _Decoding.of(cache, prompt_mask, n)
+    decoding = dataclasses.replace(_Decoding.of(cache, prompt_mask, n), fold_groups=fold_groups)
     assert (decoding.prompts is not None) == (n > 1)  # the prompt is shared only where there is something to share
     keys, values = keys.repeat_interleave(n, 0), values.repeat_interleave(n, 0)
     keys[:, :, width:], values[:, :, width:] = torch.randn(2, 3 * n, kv_heads, capacity - width, dim)  # per sample

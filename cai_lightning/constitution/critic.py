@@ -6,29 +6,30 @@ pretrained model at all, it is a tiny randomly initialised GPT-2 (see :meth:`Cri
 writes noise: the acceptance gate keeps that noise out of the data (README, "What the constitution
 stage can and cannot do").
 
-Generation is batched: prompts are left-padded so every row's next token sits in the last column, and
-``generate`` reuses the KV cache, so a batch of 16 costs little more per step than a batch of 1.
+Generation is batched, by :func:`~cai_lightning.generation.decode` (prompts encoded in groups of similar
+length, a revision prompt encoded from where it leaves its critique prompt, each reply ending at EOS or at its
+code block's closing fence, finished replies dropped from the batch); transformers' ``generate`` with the
+prompts left-padded into one preallocated KV cache is the other decoder (``decoder="transformers"``), kept
+for models ``decode`` cannot run and to measure against.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
-from transformers import AttentionInterface, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from transformers import LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.tokenization import decode_completions
 from cai_lightning.devices import inference_dtype, resolve_device
 from cai_lightning.errors import ConfigError
-from cai_lightning.generation import TopKTopPSampler
+from cai_lightning.generation import (
+    FencedBlockEnd, PromptCache, TopKTopPSampler, _Decoding, _decoding_with, decode, supports_decode,
+)
 from cai_lightning.pretrained import model_identity, resolve_pretrained
 from cai_lightning.prompts import chat_prompt
 
@@ -69,6 +70,9 @@ class Critic:
         parameters = inspect.signature(model.forward).parameters
         self._cache_name = "cache" if "cache" in parameters else "past_key_values"
         self._logits_to_keep = "logits_to_keep" in parameters
+        self._decodes = supports_decode(model)
+        self.prompt_cache = PromptCache()  # the last call's prompts, for a revision prompt that extends one
+        self.decode_stats: dict[str, float] = {}  # where the own decoder's time went (generation.decode)
 
     # ---------------------------------------------------------------- building
     @classmethod
@@ -128,13 +132,19 @@ class Critic:
         top_k: int = 50,
         top_p: float = 0.95,
         seed: int = 0,
+        stop_after_code_block: bool = False,
+        decoder: Literal["own", "transformers"] = "own",
     ) -> list[list[str]]:
-        """``n`` completions per prompt (generated text only, cut at EOS), in one batched ``generate``.
+        """``n`` completions per prompt (generated text only, cut at EOS), in one batched call.
 
         Sampling is seeded with ``seed`` for this call alone, so a batch's output depends only on its
-        prompts and the seed (what makes a killed stage resume to the same result). Prompts longer than
+        prompts and the seed (what makes a killed stage resume to the same result); with the ``own``
+        decoder each prompt's samples depend on ``seed`` and the prompt's place only. Prompts longer than
         the context minus ``max_new_tokens`` (but at least half the context) keep their tail, where the
         request is, and are counted; what is left of the context bounds the new tokens.
+        ``stop_after_code_block``: a reply ends at its first fenced code block's closing fence (for callers
+        that read that block only). ``decoder``: :func:`~cai_lightning.generation.decode`, or transformers'
+        ``generate`` (the decoder before it; also what runs a model ``decode`` cannot).
         """
         if not prompts:
             return []
@@ -147,15 +157,25 @@ class Critic:
         if new_tokens < 1:
             return [[""] * n for _ in prompts]
         device = self.model.device
+        sampler = TopKTopPSampler(temperature, top_k, top_p) if do_sample else None
+        stop = FencedBlockEnd(self.tokenizer, width) if stop_after_code_block else None
+        if decoder == "own" and self._decodes:
+            generated = decode(
+                self.model, [ids[-budget:] for ids in encoded], max_new_tokens=new_tokens, n=n,
+                eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_id, sampler=sampler,
+                seeds=[hash((seed, i)) & ((1 << 63) - 1) for i in range(len(prompts))], stop=stop,
+                prompt_cache=self.prompt_cache, stats=self.decode_stats,
+            )
+            return decode_completions(self.tokenizer, generated, n)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
         # sampling is done by TopKTopPSampler, whose pick greedy decoding then takes (see there)
-        sampler = TopKTopPSampler(temperature, top_k, top_p) if do_sample else None
         settings = dict(
             max_new_tokens=new_tokens,
             do_sample=False,
             num_beams=1,
             top_k=None,
             logits_processor=LogitsProcessorList([sampler] if sampler else []),
+            stopping_criteria=[stop] if stop else None,
             pad_token_id=self.pad_id,
             eos_token_id=self.tokenizer.eos_token_id,
             use_cache=True,
@@ -217,113 +237,6 @@ class Critic:
                 **{self._cache_name: cache},
                 **settings,
             )
-
-
-# ------------------------------------------------------------------------------------------------- decoding
-DECODE_ATTENTION = "cai_lightning_decode"  # registered with transformers below
-
-
-@dataclass(frozen=True)
-class _Decoding:
-    """What :func:`decode_attention` knows of the generation it serves.
-
-    n: samples per prompt (the cache's rows are each prompt's ``n`` copies in a row).
-    prompts: per layer, the prompts' keys and values (one copy per prompt, ``(B, H, P, D)``), for
-        attending each prompt once for its ``n`` samples; ``None`` where that is not done (``n == 1``).
-    prompt_mask: the prompts' padding as an additive mask, ``(B, 1, 1, P)``.
-    no_prompt: ``(B * n, 1, 1, 1)``, true for the samples of a prompt that is all padding there (a
-        one-token prompt among longer ones).
-    """
-
-    n: int
-    prompts: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    prompt_mask: torch.Tensor | None = None
-    no_prompt: torch.Tensor | None = None
-
-    @classmethod
-    def of(cls, cache, prompt_mask: torch.Tensor, n: int) -> _Decoding:
-        """From the static cache just filled with the prompts (before its rows are repeated)."""
-        keys = cache.layers[0].keys
-        if n == 1 or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-            return cls(n)
-        width, real = prompt_mask.size(1), prompt_mask.bool()
-        mask = torch.zeros(real.size(0), 1, 1, width, dtype=keys.dtype, device=keys.device)
-        mask.masked_fill_(~real[:, None, None, :], float("-inf"))
-        prompts = [(layer.keys[:, :, :width].contiguous(), layer.values[:, :, :width].contiguous()) for layer in cache.layers]
-        return cls(n, prompts, mask, ~real.any(-1).repeat_interleave(n)[:, None, None, None])
-
-
-_DECODING: ContextVar[_Decoding | None] = ContextVar("cai_lightning_decoding", default=None)
-
-
-@contextmanager
-def _decoding_with(model: PreTrainedModel, decoding: _Decoding | None):
-    """Decode with :func:`decode_attention` for the duration, where the model runs transformers' SDPA."""
-    previous = model.config._attn_implementation
-    if decoding is None or previous != "sdpa" or not model._can_set_attn_implementation():
-        yield
-        return
-    token = _DECODING.set(decoding)
-    model.set_attn_implementation(DECODE_ATTENTION)
-    try:
-        yield
-    finally:
-        model.set_attn_implementation(previous)
-        _DECODING.reset(token)
-
-
-def decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' SDPA, for decoding steps on the CPU from a preallocated (static) KV cache, reading
-    only what the cache holds.
-
-    A static cache is allocated for the prompt and every new token, and SDPA attends over all of it,
-    masking the unfilled tail; on a CPU, where a decoding step of a small model is bound by reading the
-    cache, that is up to twice the reads needed. Here the keys and values are cut where the cache's
-    filling ends. With ``n`` samples per prompt, the prompt's keys and values (the same ``n``
-    times over) are moreover attended once per prompt with the ``n`` queries stacked, the generated
-    tokens per sample, and the two partial results merged by their log-sum-exp, as flash attention merges
-    blocks. Measured on 2 cores (offline critic, batch 16): response generation 2.72 -> 2.14 s, two
-    revisions per row 5.27 -> 4.61 s over cutting alone. Anything else (a query of more than one token, no
-    boolean mask, soft-capping, training) is transformers' SDPA unchanged.
-    """
-    decoding = _DECODING.get()
-    if (
-        decoding is None or query.size(2) != 1 or attention_mask is None or attention_mask.dtype != torch.bool
-        or module.training or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
-    ):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    rows, heads, _, dim = query.shape
-    mask = attention_mask.expand(rows, 1, 1, -1)  # True: attend
-    end = int(mask[0, 0, 0].nonzero()[-1]) + 1  # where the filling ends: generated tokens are attended by every row
-    if decoding.prompts is None or key.size(1) != heads:  # grouped-query attention: cut only
-        return sdpa_attention_forward(
-            module, query, key[:, :, :end], value[:, :, :end], mask[..., :end], dropout=dropout, scaling=scaling, **kwargs
-        )
-    flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # also returns the log-sum-exp
-    prompt_keys, prompt_values = decoding.prompts[module.layer_idx]
-    width, n = prompt_keys.size(2), decoding.n
-    scaling = dim**-0.5 if scaling is None else scaling
-    # the prompt: each prompt's n queries stacked, (B, H, n, D), against its keys (B, H, P, D), once
-    stacked = query.view(rows // n, n, heads, dim).transpose(1, 2)
-    on_prompt, lse_prompt = flash(stacked, prompt_keys, prompt_values, attn_mask=decoding.prompt_mask, scale=scaling)
-    on_prompt = on_prompt.transpose(1, 2).reshape(rows, heads, 1, dim)
-    lse_prompt = lse_prompt.transpose(1, 2).reshape(rows, heads, 1, 1)
-    # the generated tokens (and the prompt's last), per sample
-    generated_mask = torch.zeros(rows, 1, 1, end - width, dtype=query.dtype, device=query.device)
-    generated_mask.masked_fill_(~mask[..., width:end], float("-inf"))
-    on_generated, lse_generated = flash(
-        query, key[:, :, width:end], value[:, :, width:end], attn_mask=generated_mask, scale=scaling
-    )
-    # the softmax over both parts is each part's softmax weighted by its share of the total mass; a
-    # prompt that is all padding has none (the kernel reports 0 for a row it masks whole, not -inf)
-    lse_prompt = lse_prompt.masked_fill(decoding.no_prompt, float("-inf"))
-    share = torch.sigmoid(lse_prompt - lse_generated.unsqueeze(-1)).to(query.dtype)  # the kernel's lse is fp32
-    out = on_generated + (on_prompt - on_generated) * share
-    return out.transpose(1, 2), None
-
-
-AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
 
 
 def critic_identity(name_or_path: str | None, seed: int, vocab_size: int) -> dict:

@@ -104,6 +104,12 @@ class Revise:
         top_k: Only the ``top_k`` most likely tokens can be drawn when sampling (0: any token).
         top_p: Nucleus sampling mass when sampling.
         seed: Seeds principle sampling and generation.
+        decoder: ``own``: :func:`~cai_lightning.generation.decode` (prompts grouped by length, a revision prompt
+            encoded from where it leaves its critique prompt, a reply read for its code ending at its code
+            block's closing fence, finished replies dropped from the batch); ``transformers``: transformers'
+            ``generate`` on left-padded prompts, every reply to EOS or the token limit (the stage's decoder
+            before, kept to measure against). Greedy, both write the same text up to rounding; sampled, the
+            same distribution with other draws.
         workers: Sandbox processes running unit tests at once (``null``: one per CPU core). Does not
             change the result.
         device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
@@ -136,6 +142,7 @@ class Revise:
     top_k: int = 50
     top_p: float = 0.95
     seed: int = 0
+    decoder: Literal["own", "transformers"] = "own"
     workers: int | None = None
     device: str = "auto"
     must_pass: tuple[str, ...] = ("correctness", "safety")
@@ -173,6 +180,8 @@ class Revise:
         unknown = set(self.splits) - {"train", "val", "test"}
         if unknown:
             raise ConfigError(f"data.revise.splits: unknown split(s) {', '.join(sorted(unknown))}; use train, val, test")
+        if self.decoder not in ("own", "transformers"):
+            raise ConfigError(f"data.revise.decoder must be own or transformers, got {self.decoder!r}")
         if self.workers is not None and self.workers < 1:
             raise ConfigError(f"data.revise.workers must be at least 1, got {self.workers}")
         if len(set(self.must_pass)) != len(self.must_pass):
@@ -384,11 +393,13 @@ class ConstitutionStage:
         rng = random.Random(f"{self.settings.seed}:{row_number}:{step}")  # str seeds are stable across runs
         return rng.choice(violated)
 
-    def _generate(self, prompts: list[str], max_new_tokens: int, n: int, seed: int) -> list[list[str]]:
+    def _generate(self, prompts: list[str], max_new_tokens: int, n: int, seed: int, code: bool = False) -> list[list[str]]:
+        """``code``: only the reply's first code block is read (:func:`extract_code`), so the own decoder ends
+        the reply at its closing fence."""
         s = self.settings
         return self.critic.generate(
             prompts, max_new_tokens=max_new_tokens, n=n, do_sample=s.do_sample, temperature=s.temperature,
-            top_k=s.top_k, top_p=s.top_p, seed=seed,
+            top_k=s.top_k, top_p=s.top_p, seed=seed, decoder=s.decoder, stop_after_code_block=code and s.decoder == "own",
         )
 
     def _revise_chunk(self, chunk: int, rows: list[dict], advance: Callable[[float], None] = lambda fraction: None) -> list[dict]:
@@ -416,7 +427,7 @@ class ConstitutionStage:
         workers = s.workers or os.cpu_count() or 1
         if s.response_source == "model":
             prompts = [format_prompt(r["instruction"], r["input"]) for r in rows]
-            answers = self._generate(prompts, s.revision_tokens, 1, self._seed(chunk, "response"))
+            answers = self._generate(prompts, s.revision_tokens, 1, self._seed(chunk, "response"), code=True)
             responses = [extract_code(a[0]) for a in answers]
         else:
             responses = [r["output"] for r in rows]
@@ -470,7 +481,7 @@ class ConstitutionStage:
                     )
                     for i in active
                 ]
-                revisions = self._generate(prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"))
+                revisions = self._generate(prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"), code=True)
                 for i, outs in zip(active, revisions):
                     for text in outs:
                         # the tests a chat model appends are left out; a reply cut inside them is whole before them
@@ -554,7 +565,9 @@ class ConstitutionStage:
             return [{} for _ in rows]
         asks = [(rows[i]["instruction"], rows[i]["input"], list(heads[i].values())) for i in todo]
         written = self._generate([generated_tests.tests_prompt(*a) for a in asks], self.settings.critique_tokens, n, self._seed(chunk, "tests"))
-        solved = self._generate([generated_tests.solution_prompt(*a) for a in asks], self.settings.revision_tokens, n, self._seed(chunk, "solutions"))
+        solved = self._generate(
+            [generated_tests.solution_prompt(*a) for a in asks], self.settings.revision_tokens, n, self._seed(chunk, "solutions"), code=True
+        )
         calls = {i: generated_tests.parse_tests(replies, set(heads[i])) for i, replies in zip(todo, written)}
         runs = [(i, extract_code(reply)) for i, replies in zip(todo, solved) for reply in replies]
         outcomes = guards.probe([code for _, code in runs], [list(calls[i]) for i, _ in runs], [inputs[i].setup for i, _ in runs], workers)

@@ -1,0 +1,137 @@
+"""The decoding loop (cai_lightning.generation.decode): what it writes is what transformers' generate writes,
+whatever it does to get there faster (grouped encoding, reused prompt beginnings, stops, dropped rows)."""
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from cai_lightning.generation import FencedBlockEnd, PromptCache, TopKTopPSampler, _length_groups, decode, supports_decode
+
+EOS, PAD = 2, 0
+
+
+def gpt2(attention="sdpa"):  # learned positions, as many key/value heads as query heads
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=100, n_layer=2, n_head=2, n_embd=64, n_positions=256, bos_token_id=1, eos_token_id=EOS)
+    config._attn_implementation = attention
+    return GPT2LMHeadModel(config).eval()
+
+
+def llama(attention="sdpa"):  # rotary positions, grouped-query attention (as SmolLM2 and Qwen2.5)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256,
+    )
+    config._attn_implementation = attention
+    return LlamaForCausalLM(config).eval()
+
+
+def llama_eager():  # not SDPA: no decode_attention, each row's prompt in the one preallocated cache
+    return llama("eager")
+
+
+MODELS = [gpt2, llama, llama_eager]
+
+
+def prompts(*lengths, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randint(3, 100, (length,), generator=g).tolist() for length in lengths]
+
+
+def generate_one(model, prompt, max_new_tokens):
+    """transformers' greedy generate on one prompt alone: the reference."""
+    out = model.generate(
+        torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt), dtype=torch.long), max_new_tokens=max_new_tokens,
+        do_sample=False, eos_token_id=EOS, pad_token_id=PAD,
+    )[0, len(prompt) :].tolist()
+    return out[: out.index(EOS)] if EOS in out else out
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_greedy_is_generate_on_each_prompt_alone(make):
+    model = make()
+    assert supports_decode(model)
+    batch = prompts(5, 17, 40, 41, 9, 60)  # three length groups, left padding in each
+    expected = [generate_one(model, p, 12) for p in batch]
+    got = decode(model, batch, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD, n=2)
+    assert got == [e for e in expected for _ in range(2)]
+    # rows dropped as soon as one ends, or never: the same text
+    for share in (0.01, 2.0):
+        assert decode(model, batch, max_new_tokens=12, eos_token_id=EOS, pad_token_id=PAD, drop_share=share) == expected
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_a_prompt_that_extends_the_last_calls_prompt_is_encoded_from_where_they_part(make):
+    model = make()
+    first = prompts(30, 45, 20)
+    cache = PromptCache(min_shared=8)
+    decode(model, first, max_new_tokens=3, eos_token_id=EOS, pad_token_id=PAD, prompt_cache=cache)
+    assert cache.reused == 0 and cache.encoded == 95
+    longer = [p + [7, 8, 9, 10] for p in first] + prompts(12, seed=5)  # the last shares nothing
+    got = decode(model, longer, max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, prompt_cache=cache)
+    assert cache.reused == 95 and cache.encoded == 95 + 3 * 4 + 12
+    assert got == [generate_one(model, p, 10) for p in longer]
+    assert [len(key) for key, _ in cache.entries] == [34, 49, 24, 12]  # now holds this call's prompts
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_samples_depend_on_their_own_seed_only(make):
+    model = make()
+    batch = prompts(6, 25, 11)
+    sampler = TopKTopPSampler(0.9, 20, 0.95)
+    together = decode(model, batch, max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, n=3, sampler=sampler, seeds=[7, 8, 9])
+    reordered = decode(model, batch[::-1], max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, n=3, sampler=sampler, seeds=[9, 8, 7])
+    assert together == reordered[6:9] + reordered[3:6] + reordered[0:3]
+    alone = decode(model, batch[1:2], max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, n=3, sampler=sampler, seeds=[8])
+    assert alone == together[3:6]
+    assert len({tuple(s) for s in together[3:6]}) > 1  # three samples, not one three times
+
+
+class Tokens:
+    """A tokenizer stand-in: token t is the text PIECES[t] (enough for FencedBlockEnd)."""
+
+    PIECES = {3: "```python\n", 4: "x = 1\n", 5: "```", 6: " more"}
+
+    def __len__(self):
+        return 100
+
+    def decode(self, ids, skip_special_tokens=True):
+        return "".join(self.PIECES.get(t, "?") for t in ids)
+
+    def convert_ids_to_tokens(self, ids):
+        return [self.PIECES.get(t, "?") for t in ids]
+
+
+def test_a_reply_ends_at_its_code_blocks_closing_fence():
+    stop = FencedBlockEnd(Tokens(), 0)
+    assert stop.may_complete(100).nonzero().flatten().tolist() == [3, 5]
+    assert stop.is_complete([3, 4, 5]) and not stop.is_complete([3, 4]) and not stop.is_complete([5])
+
+    model = llama()
+    script = {0: 3, 1: 4, 2: 5}  # after a prompt of 4 tokens: a block, then " more" until the token limit
+
+    def forward_hook(module, args, kwargs, output):
+        positions = kwargs["position_ids"][:, -1].tolist()
+        logits = torch.full_like(output.logits[:, -1:], -1e9)
+        for r, position in enumerate(positions):
+            logits[r, 0, script.get(position - 3, 6)] = 0.0
+        output.logits = logits
+        return output
+
+    handle = model.register_forward_hook(forward_hook, with_kwargs=True)
+    try:
+        full = decode(model, prompts(4), max_new_tokens=8, eos_token_id=EOS, pad_token_id=PAD)
+        stopped = decode(model, prompts(4), max_new_tokens=8, eos_token_id=EOS, pad_token_id=PAD, stop=stop)
+    finally:
+        handle.remove()
+    assert full == [[3, 4, 5, 6, 6, 6, 6, 6]] and stopped == [[3, 4, 5]]
+
+
+def test_length_groups_bound_the_padding():
+    lengths = [10, 11, 12, 40, 41, 200]
+    groups = _length_groups(list(range(6)), lengths)
+    assert groups == [[0, 1, 2], [3, 4], [5]]
+    for group in groups:
+        assert len(group) * max(lengths[i] for i in group) <= 1.25 * sum(lengths[i] for i in group)
+    assert [len(g) for g in _length_groups(list(range(40)), [5] * 40)] == [16, 16, 8]
