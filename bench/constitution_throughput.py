@@ -30,15 +30,33 @@ pretrained name such as ``smollm2-135m-instruct``, prompted through its chat tem
 sampled at temperature 0.8 (the configs' settings), ``--eval-tokens`` at most, bf16 autocast on a CPU with
 native bf16 (as ``bf16-mixed`` runs it):
 
-  one task at a time            one ``generate`` call per task, every reply to its EOS or the token limit
-                                (evaluation's path before batching)
-  batched                       ``--eval-batch`` tasks per call, of similar prompt length, each reply
-                                ending at its fenced block's closing fence (``extract_code``)
+  one task at a time            transformers' ``generate`` per task, every reply to its EOS or the token
+                                limit (evaluation's path before batching)
+  batched                       ``--eval-batch`` tasks per call, of similar prompt length, by
+                                ``cai_lightning.generation.decode``: each reply ending at its fenced block's
+                                closing fence (``extract_code``), ended replies leaving the batch
 
 Both draw each task's samples from the task's own seed; ``same code`` is the share of samples whose scored
 code (``extract_code``) is the same in both rows (below 1 only by rounding: padding in a batch, bf16).
 
     python bench/constitution_throughput.py --eval smollm2-135m-instruct [--tasks 16] [--samples 5]
+
+The stage's decoders, with ``--critic NAME`` (a pretrained critic: ``qwen2.5-coder-0.5b-instruct``,
+``smollm2-135m-instruct``), on ``--rows`` shipped rows answered by the critic and reviewed (as above),
+with ``configs/coder-critic.yaml``'s generation settings (critique 96, revision 256 tokens, 2 candidates, sampled
+at temperature 0.7), both on the same critic:
+
+  transformers generate         ``data.revise.decoder: transformers``: left-padded prompts in one ``generate``
+                                per call, every reply to EOS or the token limit (the stage's path before)
+  own decode                    ``data.revise.decoder: own`` (``cai_lightning.generation.decode``)
+
+Each prints seconds a row, the seconds spent generating, generated tokens/s (the own decoder generates fewer:
+a reply read for its code ends at the closing fence) and the ratio of rows/s, with the stage's results
+(accepted candidates by source, rows changed, rows still failing a must-pass check, refusals). Then, on the
+first ``--greedy-rows`` rows, both decoders greedy (one candidate): the share of answers, critiques and
+revisions written the same (fp32: the same up to rounding; bf16 on a CPU with native bf16: reported).
+
+    python bench/constitution_throughput.py --critic qwen2.5-coder-0.5b-instruct [--rows 32] [--greedy-rows 8]
 """
 
 from __future__ import annotations
@@ -100,12 +118,94 @@ class OneAtATime:
         ]
 
 
-def time_stage(critic: Critic | OneAtATime, rows: list[dict], settings: Revise) -> tuple[float, dict]:
+class Counting:
+    """The critic, counting the tokens it generates and the seconds it spends generating."""
+
+    def __init__(self, critic: Critic) -> None:
+        self.critic, self.name = critic, critic.name
+        self.tokens, self.seconds = 0, 0.0
+
+    @property
+    def prompts_truncated(self) -> int:
+        return self.critic.prompts_truncated
+
+    def generate(self, prompts: list[str], **settings) -> list[list[str]]:
+        start = time.perf_counter()
+        out = self.critic.generate(prompts, **settings)
+        self.seconds += time.perf_counter() - start
+        tokenizer = self.critic.tokenizer
+        self.tokens += sum(len(tokenizer(text, add_special_tokens=False)["input_ids"]) for texts in out for text in texts)
+        return out
+
+
+def time_stage(critic, rows: list[dict], settings: Revise, provenance: list | None = None) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as folder:
         stage = ConstitutionStage(Constitution.load(DEFAULT_PATH), settings, Path(folder) / "stage", lambda: critic)
         start = time.perf_counter()
-        provenance = stage.run(rows, progress=False)
-        return time.perf_counter() - start, summarize(provenance, stage.constitution)
+        records = stage.run(rows, progress=False)
+        if provenance is not None:
+            provenance.extend(records)
+        return time.perf_counter() - start, summarize(records, stage.constitution, stage.must_pass)
+
+
+def decoder_throughput(args: argparse.Namespace) -> list[dict]:
+    """The stage with a pretrained critic, transformers' generate against the own decoder: see the module docstring."""
+    from cai_lightning.devices import inference_dtype
+    from cai_lightning.generation import PromptCache
+
+    rows = load_rows(args.rows)
+    critic = args.critic_model or Critic.load(args.critic, device=args.device)
+    dtype = inference_dtype(critic.model.device)
+    common = dict(
+        response_source="model", rounds=1, batch_size=args.batch_size, critique_tokens=args.critique_tokens,
+        revision_tokens=args.revision_tokens, device=args.device,
+    )
+    print(f"{len(rows)} rows, critic {critic.name} ({dtype}), {torch.get_num_threads()} CPU threads; per row: answer "
+          f"{args.revision_tokens} + critique {args.critique_tokens} + {args.candidates} x revision {args.revision_tokens} "
+          f"tokens at most, batch {args.batch_size}")
+    print(f"{'':30s} {'s/row':>7s} {'generating':>10s} {'tokens/s':>8s} {'speedup':>8s}  accepted (critic/fixer)  changed  failing")
+    decoders = (("transformers generate", "transformers"), ("own decode", "own"))
+    table, baseline = [], None
+    for label, decoder in decoders:
+        critic.prompt_cache, critic.decode_stats = PromptCache(), {}
+        counting = Counting(critic)
+        seconds, summary = time_stage(counting, rows, Revise(candidates=args.candidates, decoder=decoder, **common))
+        rate = len(rows) / seconds
+        baseline = baseline or rate
+        accepted = summary["accepted"]
+        print(
+            f"{label:30s} {seconds / len(rows):7.2f} {counting.seconds:9.0f}s {counting.tokens / counting.seconds:8.1f} "
+            f"{rate / baseline:7.2f}x  {accepted.get('critic', 0):>10d} / {accepted.get('fixer', 0):<10d} "
+            f"{summary['rows_changed']:8d} {summary['rows_failing_must_pass']:8d}  refused {summary['refused']}"
+        )
+        table.append({
+            "setup": label, "decoder": decoder, "rows": len(rows), "seconds": seconds, "seconds_per_row": seconds / len(rows),
+            "generation_seconds": counting.seconds, "generated_tokens": counting.tokens,
+            "tokens_per_s": counting.tokens / counting.seconds, "speedup": rate / baseline,
+            "prompt_tokens_reused": critic.prompt_cache.reused, "prompt_tokens_encoded": critic.prompt_cache.encoded,
+            "decode": dict(critic.decode_stats), **summary,
+        })
+    if args.greedy_rows:
+        greedy = dict(common, do_sample=False, candidates=1)
+        written = {}
+        for label, decoder in decoders:
+            critic.prompt_cache = PromptCache()
+            records: list[dict] = []
+            time_stage(critic, rows[: args.greedy_rows], Revise(decoder=decoder, **greedy), records)
+            written[decoder] = [
+                (r["original"], [s["critique"] for s in r["steps"]],
+                 [c["text"] for s in r["steps"] for c in s["candidates"] if c["source"] == "critic"])
+                for r in records
+            ]
+        before, after = written["transformers"], written["own"]
+        same = {
+            part: sum(a[k] == b[k] for a, b in zip(before, after)) / max(len(before), 1)
+            for k, part in enumerate(("answers", "critiques", "revisions"))
+        }
+        print(f"greedy, {len(before)} rows, {dtype}: written the same by both decoders: "
+              + ", ".join(f"{part} {share:.2f}" for part, share in same.items()))
+        table.append({"setup": "greedy agreement", "rows": len(before), "dtype": str(dtype), **same})
+    return table
 
 
 def eval_throughput(args: argparse.Namespace) -> list[dict]:
@@ -151,6 +251,7 @@ def eval_throughput(args: argparse.Namespace) -> list[dict]:
     outputs = {}
     for _ in range(args.repeats):
         for label, evaluator in contenders:
+            module._decodes = evaluator.batch_size > 1  # the path before: transformers' generate
             start = time.perf_counter()
             outputs[label] = evaluator._generate(trainer, module, problems, "tasks")
             times[label].append(time.perf_counter() - start)
@@ -172,15 +273,17 @@ def eval_throughput(args: argparse.Namespace) -> list[dict]:
 
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=64, help="rows of the shipped task set")
+    parser.add_argument("--rows", type=int, default=None, help="rows of the shipped task set (64; --critic: 32)")
     parser.add_argument("--model", choices=("tiny", "gpt2"), default="tiny", help=f"tiny: {RANDOM_CRITIC}; gpt2: 124M")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--candidates", type=int, default=2)
-    parser.add_argument("--critique-tokens", type=int, default=32)
-    parser.add_argument("--revision-tokens", type=int, default=192)
+    parser.add_argument("--critique-tokens", type=int, default=None, help="32; --critic: 96")
+    parser.add_argument("--revision-tokens", type=int, default=None, help="192; --critic: 256")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each row, in turn; the median is reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the critic runs")
     parser.add_argument("--eval", default=None, help="time evaluation's generation with this model (tiny or a name)")
+    parser.add_argument("--critic", default=None, help="time the stage's decoders with this pretrained critic")
+    parser.add_argument("--greedy-rows", type=int, default=8, help="--critic: rows decoded greedily by both decoders")
     parser.add_argument("--tasks", type=int, default=16, help="--eval: tasks of the shipped test split")
     parser.add_argument("--samples", type=int, default=5, help="--eval: samples per task")
     parser.add_argument("--eval-tokens", type=int, default=256, help="--eval: new tokens per sample at most")
@@ -188,14 +291,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--out", default=None, help="write the table here as JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: 2 rows, 1 candidate, a few tokens (CI)")
     args = parser.parse_args(argv)
+    args.rows = args.rows or (32 if args.critic else 64)
+    args.critique_tokens = args.critique_tokens or (96 if args.critic else 32)
+    args.revision_tokens = args.revision_tokens or (256 if args.critic else 192)
     if args.smoke:
         args.rows, args.model, args.batch_size, args.candidates, args.repeats = 2, "tiny", 2, 1, 1
         args.critique_tokens, args.revision_tokens = 4, 8
         args.tasks, args.samples, args.eval_tokens, args.eval_batch = 3, 2, 6, 2
+        args.greedy_rows = 2
         if args.eval:
             args.eval = "tiny"
-    if args.eval:
-        table = eval_throughput(args)
+    args.critic_model = None
+    if args.critic is not None and args.smoke:  # the offline critic stands in for the pretrained one
+        args.critic_model = build_critic("tiny", load_rows(args.rows), args.device)
+    if args.eval or args.critic:
+        table = eval_throughput(args) if args.eval else decoder_throughput(args)
         if args.out:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(table, indent=1))

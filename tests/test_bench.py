@@ -257,3 +257,16 @@ def test_constitution_throughput_times_evaluation_one_task_at_a_time_against_bat
     assert rows[0]["speedup"] == 1.0 and all(row["samples_per_s"] > 0 for row in rows)
     assert rows[0]["same_code"] == 1.0 and 0 <= rows[1]["same_code"] <= 1  # the first row is the reference
     assert json.loads(out.read_text()) == rows and "samples/s" in capsys.readouterr().out
+
+
+def test_constitution_throughput_times_the_stages_two_decoders(tmp_path, capsys):
+    bench = _load("constitution_throughput")
+    out = tmp_path / "decoders.json"
+    rows = bench.main(["--smoke", "--critic", "qwen2.5-coder-0.5b-instruct", "--out", str(out)])
+    timed, agreement = rows[:2], rows[2]
+    assert [row["decoder"] for row in timed] == ["transformers", "own"]
+    assert timed[0]["speedup"] == 1.0 and all(row["rows_reviewed"] == 2 and row["generated_tokens"] > 0 for row in timed)
+    assert timed[1]["prompt_tokens_reused"] > 0  # the revision prompts went on from the critique prompts
+    # the offline critic in fp32, greedy: both decoders write the same
+    assert agreement["setup"] == "greedy agreement" and agreement["answers"] == agreement["critiques"] == agreement["revisions"] == 1.0
+    assert json.loads(out.read_text()) == rows and "tokens/s" in capsys.readouterr().out
