@@ -36,8 +36,10 @@ native bf16 (as ``bf16-mixed`` runs it):
                                 ``cai_lightning.generation.decode``: each reply ending at its fenced block's
                                 closing fence (``extract_code``), ended replies leaving the batch
 
-Both draw each task's samples from the task's own seed; ``same code`` is the share of samples whose scored
-code (``extract_code``) is the same in both rows (below 1 only by rounding: padding in a batch, bf16).
+Both draw each task's samples from the task's own seed (the batched path one generator a sample, so the two
+draw different samples of the same distribution). Then, greedy, on the first ``--greedy-tasks`` tasks: the
+share of tasks whose scored code (``extract_code``) is the same in both (below 1 only by rounding: padding
+in a batch, bf16).
 
     python bench/constitution_throughput.py --eval smollm2-135m-instruct [--tasks 16] [--samples 5]
 
@@ -56,12 +58,17 @@ a reply read for its code ends at the closing fence) and the ratio of rows/s, wi
 first ``--greedy-rows`` rows, both decoders greedy (one candidate): the share of answers, critiques and
 revisions written the same (fp32: the same up to rounding; bf16 on a CPU with native bf16: reported).
 
-    python bench/constitution_throughput.py --critic qwen2.5-coder-0.5b-instruct [--rows 32] [--greedy-rows 8]
+    python bench/constitution_throughput.py --critic qwen2.5-coder-0.5b-instruct [--rows 32] [--batch-size 16]
+        [--own-batch-size 32] [--greedy-rows 8]
+
+``--own-batch-size`` gives the own decoder its own rows per call (default: ``--batch-size``): it gains more from a
+larger batch than ``generate``, which runs every sequence of a call until the longest one ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import tempfile
@@ -157,19 +164,24 @@ def decoder_throughput(args: argparse.Namespace) -> list[dict]:
     critic = args.critic_model or Critic.load(args.critic, device=args.device)
     dtype = inference_dtype(critic.model.device)
     common = dict(
-        response_source="model", rounds=1, batch_size=args.batch_size, critique_tokens=args.critique_tokens,
-        revision_tokens=args.revision_tokens, device=args.device,
+        response_source="model", rounds=1, critique_tokens=args.critique_tokens, revision_tokens=args.revision_tokens,
+        device=args.device,
     )
+    own_batch = args.own_batch_size or args.batch_size
     print(f"{len(rows)} rows, critic {critic.name} ({dtype}), {torch.get_num_threads()} CPU threads; per row: answer "
           f"{args.revision_tokens} + critique {args.critique_tokens} + {args.candidates} x revision {args.revision_tokens} "
-          f"tokens at most, batch {args.batch_size}")
+          f"tokens at most")
     print(f"{'':30s} {'s/row':>7s} {'generating':>10s} {'tokens/s':>8s} {'speedup':>8s}  accepted (critic/fixer)  changed  failing")
-    decoders = (("transformers generate", "transformers"), ("own decode", "own"))
+    decoders = (
+        (f"transformers generate (batch {args.batch_size})", "transformers", args.batch_size),
+        (f"own decode (batch {own_batch})", "own", own_batch),
+    )
     table, baseline = [], None
-    for label, decoder in decoders:
+    for label, decoder, batch_size in decoders:
         critic.prompt_cache, critic.decode_stats = PromptCache(), {}
         counting = Counting(critic)
-        seconds, summary = time_stage(counting, rows, Revise(candidates=args.candidates, decoder=decoder, **common))
+        settings = Revise(candidates=args.candidates, decoder=decoder, batch_size=batch_size, **common)
+        seconds, summary = time_stage(counting, rows, settings)
         rate = len(rows) / seconds
         baseline = baseline or rate
         accepted = summary["accepted"]
@@ -179,16 +191,16 @@ def decoder_throughput(args: argparse.Namespace) -> list[dict]:
             f"{summary['rows_changed']:8d} {summary['rows_failing_must_pass']:8d}  refused {summary['refused']}"
         )
         table.append({
-            "setup": label, "decoder": decoder, "rows": len(rows), "seconds": seconds, "seconds_per_row": seconds / len(rows),
+            "setup": label, "decoder": decoder, "batch_size": batch_size, "rows": len(rows), "seconds": seconds, "seconds_per_row": seconds / len(rows),
             "generation_seconds": counting.seconds, "generated_tokens": counting.tokens,
             "tokens_per_s": counting.tokens / counting.seconds, "speedup": rate / baseline,
             "prompt_tokens_reused": critic.prompt_cache.reused, "prompt_tokens_encoded": critic.prompt_cache.encoded,
             "decode": dict(critic.decode_stats), **summary,
         })
     if args.greedy_rows:
-        greedy = dict(common, do_sample=False, candidates=1)
+        greedy = dict(common, do_sample=False, candidates=1, batch_size=args.batch_size)
         written = {}
-        for label, decoder in decoders:
+        for _, decoder, _ in decoders:
             critic.prompt_cache = PromptCache()
             records: list[dict] = []
             time_stage(critic, rows[: args.greedy_rows], Revise(decoder=decoder, **greedy), records)
@@ -246,7 +258,7 @@ def eval_throughput(args: argparse.Namespace) -> list[dict]:
     )
     print(f"evaluation: {len(problems)} test tasks x {args.samples} samples of <= {args.eval_tokens} tokens, "
           f"{args.eval}, {torch.get_num_threads()} CPU threads, {'bf16 autocast' if bf16 else 'fp32'}")
-    print(f"{'':30s} {'seconds':>8s} {'samples/s':>9s} {'speedup':>8s}  same code  tokens/sample  range (s)")
+    print(f"{'':30s} {'seconds':>8s} {'samples/s':>9s} {'speedup':>8s}  tokens/sample  range (s)")
     times: dict[str, list[float]] = {label: [] for label, _ in contenders}
     outputs = {}
     for _ in range(args.repeats):
@@ -255,19 +267,30 @@ def eval_throughput(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             outputs[label] = evaluator._generate(trainer, module, problems, "tasks")
             times[label].append(time.perf_counter() - start)
-    reference = [extract_code(c) for outs in outputs[contenders[0][0]] for c in outs]
     baseline, table = None, []
     for label, _ in contenders:
         seconds = statistics.median(times[label])
         completions = [c for outs in outputs[label] for c in outs]
         rate = len(completions) / seconds
         baseline = baseline or rate
-        same = sum(extract_code(c) == r for c, r in zip(completions, reference)) / len(completions)
         tokens = statistics.mean(len(tokenizer(c, add_special_tokens=False)["input_ids"]) for c in completions)
-        print(f"{label:30s} {seconds:8.1f} {rate:9.2f} {rate / baseline:7.2f}x  {same:9.2f}  {tokens:13.0f}  "
+        print(f"{label:30s} {seconds:8.1f} {rate:9.2f} {rate / baseline:7.2f}x  {tokens:13.0f}  "
               f"{min(times[label]):.1f}-{max(times[label]):.1f}")
         table.append({"setup": label, "seconds": seconds, "samples_per_s": rate, "speedup": rate / baseline,
-                      "same_code": same, "tokens_per_sample": tokens})
+                      "tokens_per_sample": tokens})
+    if args.greedy_tasks:
+        # sampled, the two draw differently (one generator a task against one a sample); greedy, the scored
+        # code must be the same
+        greedy = dataclasses.replace(sampling, do_sample=False, num_return_sequences=1)
+        written = {}
+        for label, evaluator in contenders:
+            module._decodes = evaluator.batch_size > 1
+            evaluator = ExecutionEval(greedy, batch_size=evaluator.batch_size, extract_code=evaluator.extract_code)
+            written[label] = [extract_code(c) for outs in evaluator._generate(trainer, module, problems[: args.greedy_tasks], "tasks") for c in outs]
+        before, after = (written[label] for label, _ in contenders)
+        same = sum(a == b for a, b in zip(before, after)) / max(len(before), 1)
+        print(f"greedy, {len(before)} tasks: scored code the same in both: {same:.2f}")
+        table.append({"setup": "greedy agreement", "tasks": len(before), "same_code": same})
     return table
 
 
@@ -276,6 +299,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--rows", type=int, default=None, help="rows of the shipped task set (64; --critic: 32)")
     parser.add_argument("--model", choices=("tiny", "gpt2"), default="tiny", help=f"tiny: {RANDOM_CRITIC}; gpt2: 124M")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--own-batch-size", type=int, default=None,
+                        help="--critic: rows per call of the own decoder (default: --batch-size)")
     parser.add_argument("--candidates", type=int, default=2)
     parser.add_argument("--critique-tokens", type=int, default=None, help="32; --critic: 96")
     parser.add_argument("--revision-tokens", type=int, default=None, help="192; --critic: 256")
@@ -288,6 +313,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--samples", type=int, default=5, help="--eval: samples per task")
     parser.add_argument("--eval-tokens", type=int, default=256, help="--eval: new tokens per sample at most")
     parser.add_argument("--eval-batch", type=int, default=8, help="--eval: tasks per generate call, batched")
+    parser.add_argument("--greedy-tasks", type=int, default=8, help="--eval: tasks decoded greedily by both paths")
     parser.add_argument("--out", default=None, help="write the table here as JSON")
     parser.add_argument("--smoke", action="store_true", help="seconds: 2 rows, 1 candidate, a few tokens (CI)")
     args = parser.parse_args(argv)
@@ -298,7 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.rows, args.model, args.batch_size, args.candidates, args.repeats = 2, "tiny", 2, 1, 1
         args.critique_tokens, args.revision_tokens = 4, 8
         args.tasks, args.samples, args.eval_tokens, args.eval_batch = 3, 2, 6, 2
-        args.greedy_rows = 2
+        args.greedy_rows = args.greedy_tasks = 2
         if args.eval:
             args.eval = "tiny"
     args.critic_model = None
