@@ -96,7 +96,9 @@ class Revise:
         fixers: Also propose the response as fixed automatically (ruff's safe fixes and formatter, and a
             docstring from the instruction for the entry point), behaviour unchanged.
         splits: Which splits are revised; the others keep the dataset's output.
-        batch_size: Rows per batched generation call (and per chunk saved for resuming).
+        batch_size: Rows per batched generation call (and per chunk saved for resuming). A decoding step
+            reads all of the critic's weights whatever the batch, so more rows share each read; measured
+            on 2 CPU cores, 32 rows ran the own decoder 1.24x as fast a row as 16 (SmolLM2).
         critique_tokens: New tokens per critique.
         revision_tokens: New tokens per revision (and per response with ``response_source: model``).
         do_sample: Sample (``temperature``, ``top_k``, ``top_p``) instead of greedy decoding.
@@ -134,7 +136,7 @@ class Revise:
     generated_tests: int = 0
     fixers: bool = True
     splits: tuple[str, ...] = ("train",)
-    batch_size: int = 16
+    batch_size: int = 32
     critique_tokens: int = 64
     revision_tokens: int = 256
     do_sample: bool = True
@@ -309,6 +311,7 @@ class ConstitutionStage:
 
                     def advance(fraction: float, size: int = len(chunks[index])) -> None:
                         bar.update(fraction * size - shown[0])
+                        bar.n = round(bar.n, 6)  # the fractions' rounding must not carry the bar past its total
                         shown[0] = fraction * size
 
                     if result is None or len(result) != len(chunks[index]):
