@@ -6,11 +6,13 @@ the sample callback) and the constitution's critic.
   each prompt's samples depend on its own seed only, not on which prompts share its batch.
 * :class:`FencedBlockEnd` stops a sequence once its reply holds a whole fenced code block: when only that
   block is scored, what a model writes after it is decoding time spent for nothing.
-* :func:`decode` is the batched decoding loop of the constitution's critic (and of evaluation's sampling):
-  prompts encoded in groups of similar length, a prompt that begins with one of the previous call's prompts
-  encoded only from where they part (:class:`PromptCache`), one preallocated KV cache for the decoding steps
-  read by :func:`decode_attention`, each sequence ending at EOS or at its stop criterion, and the finished
-  sequences dropped from the batch as they accumulate.
+* :func:`decode` is the batched decoding loop of the constitution's critic and of the fine-tuned model's
+  greedy and sampled generation (evaluation, ``predict``): prompts encoded in groups of similar length, a
+  prompt that begins with one of the previous call's prompts encoded only from where they part
+  (:class:`PromptCache`), a preallocated KV cache for the decoding steps (on a CPU, of the generated tokens
+  only, each prompt's keys and values kept once beside it and read by :func:`decode_attention`), each
+  sequence ending at EOS or at its stop criterion, and the finished sequences dropped from the batch as
+  they accumulate.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import time
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 from transformers import (
