@@ -59,9 +59,10 @@ first ``--greedy-rows`` rows, both decoders greedy (one candidate): the share of
 revisions written the same (fp32: the same up to rounding; bf16 on a CPU with native bf16: reported).
 
     python bench/constitution_throughput.py --critic qwen2.5-coder-0.5b-instruct [--rows 32] [--batch-size 16]
-        [--own-batch-size 32] [--greedy-rows 8]
+        [--own-batch-size 32] [--greedy-rows 8] [--repeats 1]
 
-``--own-batch-size`` gives the own decoder its own rows per call (default: ``--batch-size``): it gains more from a
+With ``--repeats`` above 1 the two decoders run in turn, repeatedly; each reports its median run and the
+range. ``--own-batch-size`` gives the own decoder its own rows per call (default: ``--batch-size``): it gains more from a
 larger batch than ``generate``, which runs every sequence of a call until the longest one ends.
 """
 
@@ -176,26 +177,37 @@ def decoder_throughput(args: argparse.Namespace) -> list[dict]:
         (f"transformers generate (batch {args.batch_size})", "transformers", args.batch_size),
         (f"own decode (batch {own_batch})", "own", own_batch),
     )
+    runs: dict[str, list[dict]] = {label: [] for label, _, _ in decoders}
+    for _ in range(args.repeats):  # in turn, so drift on a shared machine falls on both alike
+        for label, decoder, batch_size in decoders:
+            critic.prompt_cache, critic.decode_stats = PromptCache(), {}
+            counting = Counting(critic)
+            settings = Revise(candidates=args.candidates, decoder=decoder, batch_size=batch_size, **common)
+            seconds, summary = time_stage(counting, rows, settings)
+            runs[label].append({
+                "seconds": seconds, "generation_seconds": counting.seconds, "generated_tokens": counting.tokens,
+                "prompt_tokens_reused": critic.prompt_cache.reused, "prompt_tokens_encoded": critic.prompt_cache.encoded,
+                "decode": dict(critic.decode_stats), "summary": summary,
+            })
     table, baseline = [], None
     for label, decoder, batch_size in decoders:
-        critic.prompt_cache, critic.decode_stats = PromptCache(), {}
-        counting = Counting(critic)
-        settings = Revise(candidates=args.candidates, decoder=decoder, batch_size=batch_size, **common)
-        seconds, summary = time_stage(counting, rows, settings)
-        rate = len(rows) / seconds
+        times = [run["seconds"] for run in runs[label]]
+        seconds = statistics.median(times)
+        run = min(runs[label], key=lambda r: abs(r["seconds"] - seconds))  # the median run (the results are seeded alike)
+        summary, rate = run.pop("summary"), len(rows) / seconds
         baseline = baseline or rate
         accepted = summary["accepted"]
         print(
-            f"{label:30s} {seconds / len(rows):7.2f} {counting.seconds:9.0f}s {counting.tokens / counting.seconds:8.1f} "
-            f"{rate / baseline:7.2f}x  {accepted.get('critic', 0):>10d} / {accepted.get('fixer', 0):<10d} "
-            f"{summary['rows_changed']:8d} {summary['rows_failing_must_pass']:8d}  refused {summary['refused']}"
+            f"{label:30s} {seconds / len(rows):7.2f} {run['generation_seconds']:9.0f}s "
+            f"{run['generated_tokens'] / run['generation_seconds']:8.1f} {rate / baseline:7.2f}x  "
+            f"{accepted.get('critic', 0):>10d} / {accepted.get('fixer', 0):<10d} {summary['rows_changed']:8d} "
+            f"{summary['rows_failing_must_pass']:8d}  refused {summary['refused']}"
+            + (f"  range {min(times) / len(rows):.2f}-{max(times) / len(rows):.2f} s/row" if len(times) > 1 else "")
         )
         table.append({
-            "setup": label, "decoder": decoder, "batch_size": batch_size, "rows": len(rows), "seconds": seconds, "seconds_per_row": seconds / len(rows),
-            "generation_seconds": counting.seconds, "generated_tokens": counting.tokens,
-            "tokens_per_s": counting.tokens / counting.seconds, "speedup": rate / baseline,
-            "prompt_tokens_reused": critic.prompt_cache.reused, "prompt_tokens_encoded": critic.prompt_cache.encoded,
-            "decode": dict(critic.decode_stats), **summary,
+            "setup": label, "decoder": decoder, "batch_size": batch_size, "rows": len(rows), "seconds_per_row": seconds / len(rows),
+            "runs_seconds": times, "tokens_per_s": run["generated_tokens"] / run["generation_seconds"],
+            "speedup": rate / baseline, **run, "seconds": seconds, **summary,
         })
     if args.greedy_rows:
         greedy = dict(common, do_sample=False, candidates=1, batch_size=args.batch_size)
