@@ -175,17 +175,17 @@ class _Decoding:
     def of(cls, cache, prompt_mask: torch.Tensor, n: int) -> _Decoding:
         """From the static cache just filled with the prompts (before its rows are repeated), for the
         critic's ``transformers`` decoder (``fold_groups`` false)."""
+        if n == 1 or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
+            return cls(n, fold_groups=False)
         width = prompt_mask.size(1)
         keys = [(layer.keys[:, :, :width], layer.values[:, :, :width]) for layer in cache.layers]
-        decoding = cls.of_prompts(keys, prompt_mask, n)
-        return cls(decoding.n, decoding.prompts, decoding.prompt_mask, decoding.no_prompt, fold_groups=False)
+        return dataclasses.replace(cls.of_prompts(keys, prompt_mask, n), fold_groups=False)
 
     @classmethod
     def of_prompts(cls, prompts: list[tuple[torch.Tensor, torch.Tensor]], prompt_mask: torch.Tensor, n: int) -> _Decoding:
-        """From each layer's prompt keys and values, ``(B, H, P, D)`` with ``prompt_mask`` ``(B, P)`` true where real."""
+        """From each layer's prompt keys and values, ``(B, H, P, D)`` with ``prompt_mask`` ``(B, P)`` true where
+        real (the flash kernel for the CPU, which returns the log-sum-exp, must exist)."""
         keys = prompts[0][0]
-        if n == 1 or not hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu"):
-            return cls(n)
         width, real = prompt_mask.size(1), prompt_mask.bool().to(keys.device)
         mask = torch.zeros(real.size(0), 1, 1, width, dtype=keys.dtype, device=keys.device)
         mask.masked_fill_(~real[:, None, None, :], float("-inf"))
@@ -502,8 +502,8 @@ def decode(
     )
     if split:
         decoding = dataclasses.replace(
-            _Decoding.of_prompts(stacked, prompt_mask, 2),  # the prompts kept once, with their additive mask
-            n=n, no_prompt=None, row_prompt=torch.arange(count, device=device).repeat_interleave(n),
+            _Decoding.of_prompts(stacked, prompt_mask, n),  # the prompts kept once, with their additive mask
+            no_prompt=None, row_prompt=torch.arange(count, device=device).repeat_interleave(n),
             row_sample=torch.arange(n, device=device).repeat(count),
         )
         cache = StaticCache(config=model.config, max_cache_len=max_new_tokens)
