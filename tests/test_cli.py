@@ -112,6 +112,26 @@ def test_predict_and_test_from_a_checkpoint(workdir, rows_file, capsys):
 
 
 @pytest.mark.slow
+def test_test_builds_no_constitution_stage_and_reuses_the_one_a_fit_built(workdir, rows_file, capsys):
+    """With a pretrained tokenizer the test split tokenizes the same with or without the stage; a trained
+    BPE learns from the revised training texts, so the stage always runs with one."""
+    model_dir = save_tiny_gpt2(workdir / "tiny-gpt2")
+    args = [*_fit_args(rows_file, "--data.max_length=256"), f"--model.pretrained={model_dir}"]  # a constitution
+    cli = main(["test", *args])
+    assert "test reads the test split only" in capsys.readouterr().out
+    assert not list((workdir / "cache").glob("constitution/*/chunk-*.json"))  # no critic ran
+    assert "constitution" not in cli.datamodule.manifest
+    test_split = cli.datamodule.splits["test"]["input_ids"]
+    main(["fit", *args, "--trainer.max_epochs=1"])
+    assert list((workdir / "cache").glob("constitution/*/chunk-*.json"))
+    capsys.readouterr()
+    cli = main(["test", *args, "--ckpt_path=last"])
+    assert "test reads the test split only" not in capsys.readouterr().out  # the fit's dataset, reused
+    assert "constitution" in cli.datamodule.manifest
+    assert cli.datamodule.splits["test"]["input_ids"] == test_split  # the same test split either way
+
+
+@pytest.mark.slow
 def test_last_ckpt_is_a_link_to_the_best_checkpoint_not_a_second_copy(workdir, rows_file):
     cli = main(["fit", *_fit_args(rows_file, "--trainer.max_epochs=2", "--data.constitution=null")])
     folder = workdir / "lightning_logs/default/version_0/checkpoints"

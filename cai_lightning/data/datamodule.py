@@ -27,6 +27,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
@@ -223,7 +224,25 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         stage = self._stage(records) if hp.constitution else None
         test_key = source["test_source"]["fingerprint"] if hp.test_source else None
         key = self.fingerprint(source["fingerprint"], pretrained, stage and stage.folder.name, test_key)
+        read = self._only_split_read
+        if (stage is not None and pretrained is not None and read not in (None, *self.revise.splits)
+                and not (self.cache_root / key / "manifest.json").exists()):
+            # the stage's critic can take hours, and the split this command reads is the same without it; not
+            # so with a trained BPE, which learns from the revised training texts (a checkpoint's vocabulary)
+            print(f"{self.trainer.state.fn.value} reads the {read} split only, which the constitution stage does not revise, "
+                  "and no dataset it revised is cached: building the splits without the stage")
+            stage = None
+            key = self.fingerprint(source["fingerprint"], pretrained, None, test_key)
         return key, self.cache_root / key, records, source, pretrained, stage
+
+    @property
+    def _only_split_read(self) -> str | None:
+        """The one split the trainer's command reads: the test split for ``test``, ``predict_split`` for
+        ``predict``; None (every split) for ``fit``, for ``validate`` (which also builds the dataset a later
+        ``fit`` reuses) and without a trainer. With a pretrained tokenizer, ``test`` and ``predict`` of a split
+        the stage does not revise build the dataset without the stage when none built with it is cached."""
+        fn = self.trainer.state.fn if self.trainer is not None else None
+        return {TrainerFn.TESTING: "test", TrainerFn.PREDICTING: self.hparams.predict_split}.get(fn)
 
     def _stage(self, records: list[dict]) -> ConstitutionStage:
         """The constitution stage for these records, keyed on everything its output depends on. Its critic

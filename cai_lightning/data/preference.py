@@ -90,6 +90,12 @@ class PreferenceDataModule(CodeInstructionDataModule):
     def _precision(self) -> str:
         return str(getattr(getattr(self, "trainer", None), "precision", "32-true"))
 
+    @property
+    def _only_split_read(self) -> str | None:
+        """None with ``pairs: stage``: the pairs are built in ``prepare_data`` from the stage's preference
+        split, whatever the command reads."""
+        return None if self.hparams.pairs == STAGE else super()._only_split_read
+
     # ---------------------------------------------------------------- Lightning hooks
     def prepare_data(self) -> None:
         super().prepare_data()
