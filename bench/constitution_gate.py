@@ -34,7 +34,8 @@ from pathlib import Path
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic
-from cai_lightning.constitution.stage import ConstitutionStage, Revise
+from cai_lightning.constitution.stage import ConstitutionStage
+from cai_lightning.settings import Revise
 from cai_lightning.errors import ConfigError
 
 BENCH = Path(__file__).resolve().parent

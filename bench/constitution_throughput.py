@@ -80,7 +80,8 @@ import torch
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import RANDOM_CRITIC, Critic
-from cai_lightning.constitution.stage import ConstitutionStage, Revise, summarize
+from cai_lightning.constitution.stage import ConstitutionStage, summarize
+from cai_lightning.settings import Revise
 from cai_lightning.data.records import builtin_files
 from cai_lightning.data.tokenization import train_bpe_tokenizer
 from cai_lightning.prompts import format_prompt
@@ -243,7 +244,8 @@ def eval_throughput(args: argparse.Namespace) -> list[dict]:
     from cai_lightning.data.tokenization import load_pretrained_tokenizer
     from cai_lightning.devices import cpu_supports_bf16
     from cai_lightning.evaluation import Problem
-    from cai_lightning.model import CodeLM, Generation
+    from cai_lightning.model import CodeLM
+    from cai_lightning.settings import Generation
     from cai_lightning.prompts import styled_prompt
 
     rows = [r for r in shipped_rows() if split_of({**r, "input": r.get("input", "")}, 0.1, 0.1, 0) == "test"][: args.tasks]

@@ -31,7 +31,7 @@ from cai_lightning import evaluation, sandbox
 from cai_lightning.constitution.prompts import extract_code
 from cai_lightning.devices import weights_sharded as _sharded
 from cai_lightning.errors import ConfigError
-from cai_lightning.model import Generation
+from cai_lightning.settings import Generation
 
 
 def _log_dir(trainer: pl.Trainer) -> Path:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Sequence
 
@@ -37,48 +36,7 @@ from cai_lightning.devices import freed_memory_kept
 from cai_lightning.errors import ConfigError
 from cai_lightning.generation import FencedBlockEnd, TopKTopPSampler, decode, generators, supports_decode
 from cai_lightning.pretrained import resolve_pretrained
-
-
-@dataclass(frozen=True)
-class Generation:
-    """Generation settings: beam search by default (``predict``, the sample callback), sampling when
-    ``do_sample`` (execution-based evaluation draws ``n`` samples per task).
-
-    Args:
-        num_beams: Beams kept per prompt (1 = greedy, or plain sampling with ``do_sample``).
-        num_return_sequences: Completions returned per prompt, best first; at most ``num_beams`` unless
-            ``do_sample``.
-        do_sample: Sample instead of searching (``temperature``, ``top_p`` apply).
-        temperature: Softmax temperature when sampling.
-        top_p: Nucleus sampling mass when sampling (1.0 = off).
-        max_new_tokens: Tokens generated after the prompt. Takes precedence over ``max_length``.
-        max_length: Prompt + generated tokens (counts the prompt!); used only when ``max_new_tokens`` is null.
-        no_repeat_ngram_size: Forbid repeating any n-gram of this size; 0 = off. Off by default for
-            code: real Python repeats n-grams all the time (``self.``, indentation, ``return``), and
-            forbidding them forces wrong code.
-        length_penalty: Exponent on length in beam scores; > 1 favours longer completions.
-        early_stopping: Stop a prompt's search once ``num_beams`` finished candidates exist.
-    """
-
-    num_beams: int = 4
-    num_return_sequences: int = 1
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int | None = 128
-    max_length: int | None = None
-    no_repeat_ngram_size: int = 0
-    length_penalty: float = 1.0
-    early_stopping: bool = True
-
-    def __post_init__(self) -> None:
-        if self.num_return_sequences > self.num_beams and not self.do_sample:
-            raise ConfigError(
-                f"model.generation.num_return_sequences ({self.num_return_sequences}) must not exceed "
-                f"model.generation.num_beams ({self.num_beams})"
-            )
-        if self.max_new_tokens is None and self.max_length is None:
-            raise ConfigError("set model.generation.max_new_tokens or model.generation.max_length")
+from cai_lightning.settings import Generation
 
 
 # Causal LMs whose logits are exactly ``lm_head(last hidden state)`` (their forward read in transformers 5.24): the

@@ -40,6 +40,7 @@ import torch
 from transformers.utils import is_gguf_available
 
 from cai_lightning.errors import ConfigError
+from cai_lightning.settings import Generation, Revise
 
 log = logging.getLogger(__name__)
 
@@ -402,11 +403,11 @@ def _write_checkpoint_folder(checkpoint_file: Path, folder: Path, named: str) ->
 
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from cai_lightning.constitution.stage import Revise
-    from cai_lightning.model import Generation
-
     try:
-        with torch.serialization.safe_globals([Generation, Revise]):  # the settings in its hyperparameters
+        # the settings in its hyperparameters, under their names now and where checkpoints written before named them
+        allowed = [Generation, Revise, (Generation, "cai_lightning.model.Generation"),
+                   (Revise, "cai_lightning.constitution.stage.Revise")]
+        with torch.serialization.safe_globals(allowed):
             checkpoint = torch.load(checkpoint_file, map_location="cpu", weights_only=True, mmap=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as err:
         raise ConfigError(f"{named}: cannot read it as a checkpoint of this project: {err}") from err

@@ -21,13 +21,13 @@ from cai_lightning.model import (
     CPU_SDPA,
     CodeLM,
     Dropout,
-    Generation,
     context_length,
     cpu_sdpa_attention,
     matmul_attention,
     warmup_cosine,
 )
 from cai_lightning.prompts import format_prompt
+from cai_lightning.settings import Generation
 from conftest import make_rows, save_tiny_gpt2, save_tiny_llama
 
 

@@ -543,3 +543,24 @@ def test_a_checkpoint_that_is_not_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read it as a checkpoint of this project"):
         resolve_pretrained(str(garbage), "model.pretrained", tmp_path / "cache")
     assert not list((tmp_path / "cache/models").iterdir())  # nothing half-written is left
+
+
+@pytest.mark.parametrize("module", ["cai_lightning.settings", "old"], ids=["now", "before-settings-moved"])
+def test_a_checkpoint_holding_the_settings_is_read_whichever_module_named_them(tmp_path, module, monkeypatch):
+    """``model.generation`` and ``data.revise`` in a checkpoint's hyperparameters are read with
+    ``weights_only=True`` under the settings module's names and under those checkpoints written before it
+    have (``cai_lightning.model.Generation``, ``cai_lightning.constitution.stage.Revise``); any other class is not."""
+    from cai_lightning.settings import Generation, Revise
+
+    if module == "old":
+        monkeypatch.setattr(Generation, "__module__", "cai_lightning.model")  # pickled by that name
+        monkeypatch.setattr(Revise, "__module__", "cai_lightning.constitution.stage")
+    checkpoint = tmp_path / "settings.ckpt"
+    torch.save({"hyper_parameters": {"generation": Generation(), "revise": Revise()}}, checkpoint)
+    assert f"{Revise.__module__}\nRevise".encode() in checkpoint.read_bytes()  # the name it was pickled by
+    monkeypatch.undo()
+    with pytest.raises(ConfigError, match="the checkpoint holds no model config and tokenizer"):  # read, then refused
+        resolve_pretrained(str(checkpoint), "model.pretrained", tmp_path / "cache")
+    torch.save({"hyper_parameters": {"path": Path("x")}}, checkpoint)  # a class not allowed
+    with pytest.raises(ConfigError, match="cannot read it as a checkpoint of this project"):
+        resolve_pretrained(str(checkpoint), "model.pretrained", tmp_path / "cache")

@@ -21,10 +21,11 @@ from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.prompts import REPLY_FORMAT, critique_prompt, extract_code, revision_prompt
 from cai_lightning.constitution.stage import (
-    ConstitutionStage, Revise, format_summary, pair_skip, same_program, score, verified_pairs,
+    ConstitutionStage, format_summary, pair_skip, same_program, score, verified_pairs,
 )
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.errors import ConfigError, DataError
+from cai_lightning.settings import Revise
 from tests.conftest import make_rows, save_tiny_gpt2, write_jsonl
 
 CONSTITUTION = Constitution.load(DEFAULT_PATH)
@@ -346,7 +347,7 @@ def test_bad_constitution_and_critic_fail_before_any_work(tmp_path):
 
 KILL_SCRIPT = """
 import sys
-from cai_lightning.constitution.stage import Revise
+from cai_lightning.settings import Revise
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 dm = CodeInstructionDataModule(source=sys.argv[1], vocab_size=300, max_length=128, cache_dir=sys.argv[2],
     constitution="default", revise=Revise(critique_tokens=8, revision_tokens=32, batch_size=2, workers=1))
@@ -390,7 +391,7 @@ def test_killed_stage_resumes_to_exactly_the_uninterrupted_result(tmp_path):
 
 CONCURRENT_SCRIPT = """
 import json, pathlib, sys, time
-from cai_lightning.constitution.stage import Revise
+from cai_lightning.settings import Revise
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 rows, cache, ready, go = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
 dm = CodeInstructionDataModule(source=rows, vocab_size=300, max_length=128, cache_dir=cache, constitution="default",
@@ -655,7 +656,8 @@ def test_dropping_every_training_row_is_an_error(tmp_path):
 
 def test_the_stage_key_names_the_critic_by_identity_not_by_how_the_setting_spells_it():
     from cai_lightning.constitution.critic import critic_identity
-    from cai_lightning.constitution.stage import Revise, stage_fingerprint
+    from cai_lightning.constitution.stage import stage_fingerprint
+    from cai_lightning.settings import Revise
 
     rows = [{"instruction": "i", "input": "", "output": "o", "tests": "", "entry_point": ""}]
     random = critic_identity(None, 0, 2048)

@@ -33,8 +33,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity
 from cai_lightning.constitution.stage import (
-    RANDOM_CRITIC_NAME, ConstitutionStage, Revise, failing_must_pass, format_summary, pair_skip, stage_fingerprint,
-    verified_pairs,
+    ConstitutionStage, failing_must_pass, format_summary, pair_skip, stage_fingerprint, verified_pairs,
 )
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, load_test_source, split_of, validate
@@ -48,6 +47,7 @@ from cai_lightning.data.tokenization import (
 from cai_lightning.devices import inference_dtype, resolve_device, weights_sharded
 from cai_lightning.errors import ConfigError, DataError
 from cai_lightning.prompts import TEMPLATE_VERSION, PromptStyle, check_prompt_style, format_prompt, styled_prompt
+from cai_lightning.settings import RANDOM_CRITIC_NAME, Revise
 
 log = logging.getLogger(__name__)
 
