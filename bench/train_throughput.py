@@ -287,7 +287,7 @@ def matmul_peak(dtype: torch.dtype, seconds: float, n: int, accelerator: str = "
     a @ b
     synchronize()
     done, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds or done == 0:
+    while time.perf_counter() - start < seconds or done == 0:
         a @ b
         synchronize()
         done += 1

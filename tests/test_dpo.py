@@ -3,7 +3,6 @@ pairs' checks and cache, a few steps that learn, and the two-step recipe (SFT, t
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from types import SimpleNamespace

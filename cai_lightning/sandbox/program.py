@@ -9,7 +9,6 @@ to send other bytes, which the judge decodes as plain data or handles (see ``wir
 
 from __future__ import annotations
 
-import builtins
 import operator
 import os
 import sys
