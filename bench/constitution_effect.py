@@ -83,8 +83,8 @@ def write_sources(out: Path, data: dict, fraction: float, seed: int, every: int 
 
 
 def split_settings(data: dict) -> dict:
-    """``val_fraction``, ``test_fraction`` and ``split_seed`` of a config's ``data`` section, the DataModule's
-    defaults where the config leaves them out (as a config that lists only what differs does)."""
+    """``val_fraction``, ``test_fraction`` and ``split_seed`` of a config's data settings (``data.init_args`` of a
+    resolved config), the DataModule's defaults where they are left out."""
     import inspect
 
     from cai_lightning.data.datamodule import CodeInstructionDataModule
@@ -94,10 +94,27 @@ def split_settings(data: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- config
+def set_key(config: dict, key: str, value) -> None:
+    """Set ``SECTION.KEY`` (dotted, as ``--set`` takes it) in a resolved config. A section given as
+    ``{class_path, init_args}`` (model, data, the logger) takes its keys under ``init_args``:
+    ``data.revise.principles`` is ``data.init_args.revise.principles``; ``model.class_path`` stays itself."""
+    section, _, name = key.partition(".")
+    target = config[section]  # an unknown section is refused
+    parts = name.split(".")
+    for i, part in enumerate(parts):
+        if isinstance(target, dict) and "class_path" in target and part not in ("class_path", "init_args"):
+            target = target.setdefault("init_args", {})
+        if i == len(parts) - 1:
+            target[part] = value
+        else:
+            target = target.setdefault(part, {})
+
+
 def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Path:
-    """The config of one arm: the base config with the arm's data, logger folder and evaluation settings."""
+    """The config of one arm: the base config (resolved, :func:`cai_lightning.cli.resolved_config`) with the
+    arm's data, logger folder and evaluation settings; written in full, valid ``--config`` input."""
     config = json.loads(json.dumps(base))  # a deep copy
-    trainer, data = config["trainer"], config["data"]
+    trainer, data = config["trainer"], config["data"]["init_args"]
     trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=arm)
     trainer["enable_progress_bar"] = False
     # equal optimizer steps in every arm: the drop policy leaves the constitution arm fewer rows, which
@@ -129,13 +146,8 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
             init["extract_code"] = True  # the base model answers in markdown
         if callback["class_path"].endswith("BeamSearchSamples"):
             callback.setdefault("init_args", {})["num_prompts"] = 1
-    for key, value in args.override.items():  # --smoke: a tiny model, a few steps
-        section, _, name = key.partition(".")
-        target = config[section]
-        *parents, leaf = name.split(".")
-        for parent in parents:
-            target = target.setdefault(parent, {})
-        target[leaf] = value
+    for key, value in args.override.items():  # --smoke: a tiny model, a few steps; --set
+        set_key(config, key, value)
     if arm == DPO_ARM:
         config = dpo_config(config, out, args)
     path = out / arm / "config.yaml"
@@ -151,7 +163,7 @@ def dpo_config(sft: dict, out: Path, args: argparse.Namespace) -> dict:
     if not exports:
         raise SystemExit(f"{DPO_ARM} starts from sft-constitution's export: run that arm first (--arms sft-constitution {DPO_ARM})")
     config = json.loads(json.dumps(sft))
-    model, data = config["model"], config["data"]
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
     revise = data.setdefault("revise", {})
     revise["critic"] = revise.get("critic") or model.get("pretrained") or "random"  # the SFT stage's critic, by name
     kept = ("generation", "weight_decay", "betas", "warmup_fraction", "min_lr_ratio")
@@ -221,9 +233,9 @@ def run_stage_only(arm: str, config: Path, out: Path) -> dict:
 
     from cai_lightning.data.datamodule import CodeInstructionDataModule
 
-    settings = yaml.safe_load(config.read_text())
-    data = settings["data"].get("init_args", settings["data"])
-    data.setdefault("tokenizer", (settings.get("model") or {}).get("pretrained"))  # the CLI's link, by hand
+    settings = yaml.safe_load(config.read_text())  # written by arm_config: resolved in full
+    data = settings["data"]["init_args"]
+    data.setdefault("tokenizer", settings["model"]["init_args"].get("pretrained"))  # the CLI's link, by hand
     parser = ArgumentParser()
     parser.add_class_arguments(CodeInstructionDataModule, "data")
     datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
@@ -351,10 +363,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
+    from cai_lightning.cli import resolved_config
+
     args = parse(argv)
     out = Path(args.out)
-    base = yaml.safe_load(Path(args.config).read_text())
-    split = split_settings(base["data"])
+    base = resolved_config(args.config)  # the config as the CLI reads it: includes and defaults applied
+    split = split_settings(base["data"]["init_args"])
     # --smoke: a quarter of the tasks, so that its constitution stage checks ~110 rows, not 440
     corruption = write_sources(out, split, args.fraction, args.seed, every=4 if args.smoke else 1)
     kinds = Counter(entry["kind"] for entry in corruption["log"])

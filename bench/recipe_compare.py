@@ -91,20 +91,26 @@ def parse_arm(text: str) -> tuple[str, dict]:
 
 
 def set_dotted(config: dict, key: str, value) -> None:
-    *parents, leaf = key.split(".")
+    """Set a dotted key in a resolved config. A section given as ``{class_path, init_args}`` (model, data, the
+    logger) takes its keys under ``init_args``: ``model.dropout`` is ``model.init_args.dropout``;
+    ``model.class_path`` and ``model.init_args.dropout`` are themselves."""
+    parts = key.split(".")
     target = config
-    for parent in parents:
-        target = target.setdefault(parent, {})
-        if isinstance(target, dict) and "init_args" in target:  # class_path sections (logger) take init_args
-            target = target["init_args"]
-    target[leaf] = value
+    for i, part in enumerate(parts):
+        if isinstance(target, dict) and "class_path" in target and part not in ("class_path", "init_args"):
+            target = target.setdefault("init_args", {})
+        if i == len(parts) - 1:
+            target[part] = value
+        else:
+            target = target.setdefault(part, {})
 
 
 def run_config(base: dict, overrides: dict, seed: int, folder: Path, smoke: bool) -> Path:
-    """The arm's config for one seed, with the run's logs inside ``folder``; its path."""
+    """The arm's config for one seed, with the run's logs inside ``folder``; its path. ``base`` is resolved
+    (:func:`cai_lightning.cli.resolved_config`), and so is the config written: valid ``--config`` input."""
     config = copy.deepcopy(base)
     config["seed_everything"] = seed
-    config["data"]["shuffle_seed"] = seed
+    config["data"]["init_args"]["shuffle_seed"] = seed
     config["trainer"]["logger"]["init_args"].update(save_dir=str(folder), name="run")
     for key, value in {**(SMOKE if smoke else {}), **overrides}.items():
         set_dotted(config, key, value)
@@ -254,9 +260,11 @@ def main(argv: list[str] | None = None) -> dict[tuple[str, int], dict]:
 
     temporary = tempfile.TemporaryDirectory() if args.smoke and not args.out else None
     out = Path(temporary.name if temporary else args.out or ROOT / "bench" / "results" / "recipe")
-    base = yaml.safe_load(Path(args.config).read_text())
+    from cai_lightning.cli import resolved_config
+
+    base = resolved_config(args.config)  # the config as the CLI reads it: includes and defaults applied
     if args.smoke:
-        base["data"]["cache_dir"] = str(out / "cache")
+        base["data"]["init_args"]["cache_dir"] = str(out / "cache")
 
     results: dict[tuple[str, int], dict] = {}
     try:

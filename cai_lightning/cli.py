@@ -20,6 +20,8 @@ chosen by the config: ``CodeLM`` and ``CodeInstructionDataModule`` (SFT) unless 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 import re
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+import yaml
 from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -38,7 +41,7 @@ from lightning.pytorch.utilities.model_summary import get_formatted_model_size, 
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
-from cai_lightning.errors import UserError
+from cai_lightning.errors import ConfigError, UserError
 from cai_lightning.model import CodeLM
 
 
@@ -297,3 +300,29 @@ def build(args: list[str]) -> CAILightningCLI:
     them (the same parsing, bf16 fallback and links), with nothing run and no run folder or config written:
     what the benchmarks time their own loops on. Nothing is prepared either (``datamodule.prepare_data()``)."""
     return _project_cli(_BuildOnly, ["fit", *args, "--trainer.logger=false"], save_config_callback=None)
+
+
+def resolved_config(path: str | os.PathLike, subcommand: str = "fit") -> dict:
+    """The config file ``path`` as ``cai_lightning SUBCOMMAND --config PATH`` resolves it: its includes
+    (``config: base.yaml``) and dotted keys applied, every default filled in, model and data as
+    ``{class_path, init_args}``. Read a config with this, never with ``yaml.safe_load`` of the file (an overlay
+    holds only what differs, and its includes are relative to its folder); the dict, dumped, is valid ``--config``
+    input (the shape of a run's saved ``config.yaml``).
+
+    It is the CLI's own ``--print_config``, run in-process: LightningCLI has no public way to parse without
+    instantiating the classes (``run=False`` still builds them). Raises :class:`ConfigError` with the parser's
+    message when the file does not parse."""
+    out, err = io.StringIO(), io.StringIO()
+    code = None
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main([subcommand, "--config", str(path), "--print_config"])
+    except SystemExit as exit_:
+        code = exit_.code
+    if code not in (0, None) or not out.getvalue().strip():
+        printed = err.getvalue().strip()
+        # jsonargparse prints the usage, then `error: ...`: the error is the message
+        message = printed[printed.rfind("error: "):] if "error: " in printed else printed or f"exit status {code}"
+        raise ConfigError(f"{path} does not parse as a `{subcommand}` config:\n{message}")
+    sys.stderr.write(err.getvalue())  # the parser's warnings, if any, as the CLI would show them
+    return yaml.safe_load(out.getvalue())

@@ -16,6 +16,8 @@ import pytest
 import torch
 import yaml
 
+from cai_lightning.cli import resolved_config
+
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py"))
 SLOW = {"constitution_effect"}  # about a minute: five arms, each fine-tuned and sampled
@@ -65,7 +67,7 @@ def _constitution_effect(bench, arguments, results, workdir, capsys):
         assert len(samples) == 4 * 2  # --smoke: 4 tasks, 2 samples each
         assert ("fit_seconds" in result) == (arm != "base")
     assert "by_kind" in results["sft-constitution"]["stage"]
-    no_critic = yaml.safe_load((out / "sft-no-critic" / "config.yaml").read_text())["data"]
+    no_critic = yaml.safe_load((out / "sft-no-critic" / "config.yaml").read_text())["data"]["init_args"]
     assert no_critic["constitution"] == "default" and no_critic["revise"]["candidates"] == 0
     assert no_critic["source"].endswith("corrupted.jsonl")
     table = (out / "table.md").read_text()
@@ -143,7 +145,7 @@ def _recipe_compare(bench, arguments, results, workdir, capsys):
     assert sorted(results) == [("a", 0), ("b", 0)]
     for (arm, seed), result in results.items():
         config = yaml.safe_load((out / arm / f"seed{seed}" / "config.yaml").read_text())
-        assert config["seed_everything"] == config["data"]["shuffle_seed"] == seed
+        assert config["seed_everything"] == config["data"]["init_args"]["shuffle_seed"] == seed
         assert not any(c["class_path"].endswith("BeamSearchSamples") for c in config["trainer"]["callbacks"])
         assert [epoch for _, epoch, _ in result["val_curve"]] == [0]
         assert result["test"]["tasks"]["tasks"] == 4 and 0 <= result["padding"] < 1
@@ -239,10 +241,12 @@ def test_constitution_effect_sets_config_keys_of_every_arm(tmp_path):
     args = bench.parse(["--max-steps", "24", "--greedy", "--set", "data.revise.principles=repair", "data.revise.batch_size=64"])
     assert (args.max_steps, args.samples, args.humaneval_limit, args.task_limit) == (24, 5, 164, None)  # not --smoke's
     assert args.override == {"data.revise.principles": "repair", "data.revise.batch_size": 64}
-    base = yaml.safe_load((BENCH.parent / "configs" / "coder-critic.yaml").read_text())
+    base = resolved_config(BENCH.parent / "configs" / "coder-critic.yaml")  # an overlay of smollm2.yaml
     config = yaml.safe_load(bench.arm_config(base, "sft-constitution", args, tmp_path).read_text())
-    assert config["data"]["revise"]["principles"] == "repair" and config["data"]["revise"]["batch_size"] == 64
-    assert config["data"]["revise"]["critic"] == "qwen2.5-coder-0.5b-instruct"  # the rest of the section kept
+    revise = config["data"]["init_args"]["revise"]
+    assert revise["principles"] == "repair" and revise["batch_size"] == 64
+    assert revise["critic"] == "qwen2.5-coder-0.5b-instruct"  # the rest of the section kept
+    assert config["data"]["init_args"]["prompt_style"] == "chat"  # smollm2.yaml's, through the include
     [evaluation] = [c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"].endswith("ExecutionEval")]
     assert evaluation["ks"] == [1] and evaluation["generation"]["do_sample"] is False  # --greedy
     with pytest.raises(SystemExit):

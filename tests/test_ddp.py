@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cai_lightning.cli import resolved_config
 from conftest import TINY, make_rows, write_jsonl
 
 DEFAULT = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
@@ -25,8 +26,9 @@ PREDICT_LIMIT = 5  # odd: the two ranks' shares differ in size
 
 
 def _config(folder: Path) -> Path:
-    """configs/default.yaml with its ExecutionEval cut to 4 tasks, 2 samples of 8 tokens each."""
-    config = yaml.safe_load(DEFAULT.read_text())
+    """configs/default.yaml (resolved: an overlay of base.yaml) with its ExecutionEval cut to 4 tasks, 2 samples of
+    8 tokens each."""
+    config = resolved_config(DEFAULT)
     for callback in config["trainer"]["callbacks"]:
         if callback["class_path"].endswith("ExecutionEval"):
             init = callback["init_args"]
