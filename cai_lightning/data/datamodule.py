@@ -241,7 +241,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         ``predict``; None (every split) for ``fit``, for ``validate`` (which also builds the dataset a later
         ``fit`` reuses) and without a trainer. With a pretrained tokenizer, ``test`` and ``predict`` of a split
         the stage does not revise build the dataset without the stage when none built with it is cached."""
-        fn = self.trainer.state.fn if self.trainer is not None else None
+        fn = self.trainer.state.fn if isinstance(self.trainer, pl.Trainer) else None
         return {TrainerFn.TESTING: "test", TrainerFn.PREDICTING: self.hparams.predict_split}.get(fn)
 
     def _stage(self, records: list[dict]) -> ConstitutionStage:
