@@ -94,25 +94,11 @@ def split_settings(data: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- config
-def set_key(config: dict, key: str, value) -> None:
-    """Set ``SECTION.KEY`` (dotted, as ``--set`` takes it) in a resolved config. A section given as
-    ``{class_path, init_args}`` (model, data, the logger) takes its keys under ``init_args``:
-    ``data.revise.principles`` is ``data.init_args.revise.principles``; ``model.class_path`` stays itself."""
-    section, _, name = key.partition(".")
-    target = config[section]  # an unknown section is refused
-    parts = name.split(".")
-    for i, part in enumerate(parts):
-        if isinstance(target, dict) and "class_path" in target and part not in ("class_path", "init_args"):
-            target = target.setdefault("init_args", {})
-        if i == len(parts) - 1:
-            target[part] = value
-        else:
-            target = target.setdefault(part, {})
-
-
 def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Path:
     """The config of one arm: the base config (resolved, :func:`cai_lightning.cli.resolved_config`) with the
     arm's data, logger folder and evaluation settings; written in full, valid ``--config`` input."""
+    from cai_lightning.cli import set_dotted
+
     config = json.loads(json.dumps(base))  # a deep copy
     trainer, data = config["trainer"], config["data"]["init_args"]
     trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=arm)
@@ -147,7 +133,9 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
         if callback["class_path"].endswith("BeamSearchSamples"):
             callback.setdefault("init_args", {})["num_prompts"] = 1
     for key, value in args.override.items():  # --smoke: a tiny model, a few steps; --set
-        set_key(config, key, value)
+        if key.partition(".")[0] not in config:
+            raise KeyError(f"--set {key}: no section {key.partition('.')[0]!r} in the config")
+        set_dotted(config, key, value)  # data.revise.principles: data.init_args.revise.principles
     if arm == DPO_ARM:
         config = dpo_config(config, out, args)
     path = out / arm / "config.yaml"

@@ -90,24 +90,11 @@ def parse_arm(text: str) -> tuple[str, dict]:
     return name, parsed
 
 
-def set_dotted(config: dict, key: str, value) -> None:
-    """Set a dotted key in a resolved config. A section given as ``{class_path, init_args}`` (model, data, the
-    logger) takes its keys under ``init_args``: ``model.dropout`` is ``model.init_args.dropout``;
-    ``model.class_path`` and ``model.init_args.dropout`` are themselves."""
-    parts = key.split(".")
-    target = config
-    for i, part in enumerate(parts):
-        if isinstance(target, dict) and "class_path" in target and part not in ("class_path", "init_args"):
-            target = target.setdefault("init_args", {})
-        if i == len(parts) - 1:
-            target[part] = value
-        else:
-            target = target.setdefault(part, {})
-
-
 def run_config(base: dict, overrides: dict, seed: int, folder: Path, smoke: bool) -> Path:
     """The arm's config for one seed, with the run's logs inside ``folder``; its path. ``base`` is resolved
     (:func:`cai_lightning.cli.resolved_config`), and so is the config written: valid ``--config`` input."""
+    from cai_lightning.cli import set_dotted
+
     config = copy.deepcopy(base)
     config["seed_everything"] = seed
     config["data"]["init_args"]["shuffle_seed"] = seed

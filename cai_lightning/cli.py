@@ -326,3 +326,18 @@ def resolved_config(path: str | os.PathLike, subcommand: str = "fit") -> dict:
         raise ConfigError(f"{path} does not parse as a `{subcommand}` config:\n{message}")
     sys.stderr.write(err.getvalue())  # the parser's warnings, if any, as the CLI would show them
     return yaml.safe_load(out.getvalue())
+
+
+def set_dotted(config: dict, key: str, value) -> None:
+    """Set a dotted key in a config :func:`resolved_config` returned. A section given as ``{class_path,
+    init_args}`` (model, data, the logger) takes its keys under ``init_args``: ``model.dropout`` is
+    ``model.init_args.dropout``; ``model.class_path`` and ``model.init_args.dropout`` are themselves."""
+    parts = key.split(".")
+    target = config
+    for i, part in enumerate(parts):
+        if isinstance(target, dict) and "class_path" in target and part not in ("class_path", "init_args"):
+            target = target.setdefault("init_args", {})
+        if i == len(parts) - 1:
+            target[part] = value
+        else:
+            target = target.setdefault(part, {})
