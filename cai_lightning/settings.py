@@ -122,8 +122,9 @@ class Revise:
             their split before tokenizing; ``keep`` trains on them as they are.
         verified_pairs: Also write execution-verified preference pairs (DPO data): in a step whose
             candidates include one that passes every ``must_pass`` check and one that fails one, the best
-            passing candidate against the best failing one (:func:`verified_pairs`). Counted in the summary
-            either way; changes the preference split only, not the revised rows.
+            passing candidate against the best failing one
+            (:func:`~cai_lightning.constitution.stage.verified_pairs`). Counted in the summary either way;
+            changes the preference split only, not the revised rows.
     """
 
     critic: str | None = None
