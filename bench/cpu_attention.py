@@ -9,7 +9,7 @@ the length). Rows, each timed on the same inputs, in a rotated order every repea
 
   sdpa-bf16      transformers' ``sdpa`` on the bf16 inputs: what a bf16-autocast Trainer step runs
   sdpa-fp32      the same kernel on inputs cast to fp32 (and the output back): this project's path before
-  matmuls        ``cai_lightning.model.matmul_attention``: two bf16 matmuls around a softmax (fp32 inside), what
+  matmuls        ``cai_lightning.kernels.matmul_attention``: two bf16 matmuls around a softmax (fp32 inside), what
                  ``cpu_sdpa_attention`` runs for bf16 on the CPU once freed memory is kept
 
 ``--glibc-malloc`` leaves glibc's malloc as it is instead of keeping freed memory for reuse as ``python -m
@@ -30,7 +30,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
-from cai_lightning.model import matmul_attention
+from cai_lightning.kernels import matmul_attention
 
 
 def padded_causal_mask(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:

@@ -94,7 +94,8 @@ import torch
 from cai_lightning.cli import build
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory, malloc_in_use
-from cai_lightning.model import CodeLM, Dropout, replace_dropouts
+from cai_lightning.kernels import Dropout, replace_dropouts
+from cai_lightning.model import CodeLM
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("hf-own-bf16", "hf-own-fp32", "hf-ours-bf16", "hf-ours-fp32", "ours-32-true", "ours-bf16-mixed")
