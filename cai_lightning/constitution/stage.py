@@ -42,9 +42,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from cai_lightning.constitution import generated_tests, guards
-from cai_lightning.constitution.checks import (
-    Finding, UnitTests, check_many, fix_many, parse_code, split_tests, summary_docstring,
-)
+from cai_lightning.constitution.checks import Finding, UnitTests, check_many, parse_code, split_tests
+from cai_lightning.constitution.docstrings import summary_docstring
+from cai_lightning.constitution.fixers import fix_many
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.principles import Constitution, Principle
 from cai_lightning.constitution.prompts import critique_prompt, extract_code, revision_prompt

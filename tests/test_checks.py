@@ -1,45 +1,77 @@
-"""The constitution file and its automatic checks."""
+"""The automatic checks of a response (correctness in the sandbox, safety, style by ruff, documentation) and
+check_many, which batches them."""
 
 import json
 
 import pytest
 
-from cai_lightning.constitution import CHECKS, DEFAULT_PATH, Constitution, run_check
+from cai_lightning import sandbox
+from cai_lightning.constitution import CHECKS, checks, run_check
 from cai_lightning.constitution.checks import UnitTests, check_many, correctness, documentation, safety, split_tests, style
 from cai_lightning.data.records import builtin_files
-from cai_lightning.errors import ConfigError
 
 GOOD = 'def add(a, b):\n    """Return a + b."""\n    return a + b\n'
-
-
-def test_default_constitution_covers_the_required_principles():
-    constitution = Constitution.load(DEFAULT_PATH)
-    checks = {p.name: p.check for p in constitution.principles}
-    assert checks == {
-        "correctness": "correctness", "safety": "safety", "style": "style", "documentation": "documentation",
-        "clarity": None, "efficiency": None,
-    }
-    assert "incorrect" in constitution["correctness"].critique
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("principles: [", "not valid YAML"),
-        ("principles: []", "non-empty list under 'principles'"),
-        ("principles:\n  - name: x\n    critique: c\n", "principle 1 (x): missing or empty field 'revision'"),
-        ("principles:\n  - name: x\n    critique: c\n    revision: r\n    check: pep8\n", "unknown check 'pep8'"),
-        ("principles:\n  - {name: x, critique: c, revision: r, severity: 2}\n", "unknown field(s) severity"),
-        ("principles:\n  - {name: x, critique: c, revision: r, weight: -1}\n", "weight must be a positive number"),
-    ],
+MESSY = "import os\nimport sys\ndef add(a,b):\n  # the sum\n  return a+b   \n"
+ITEMS = [
+    (GOOD, "assert add(1, 2) == 3"),  # clean
+    (MESSY, "assert add(1, 2) == 3"),  # style and documentation findings, tests pass
+    ("def add(a, b)\n    return a + b\n", "assert add(1, 2) == 3"),  # does not parse
+    (GOOD.replace("a + b\n", "a - b\n"), "assert add(1, 2) == 3"),  # tests fail
+    ("import os\nTOKEN = 'abc'\ndef run(cmd):\n    os.system(cmd)\n    return eval(cmd)\n", ""),  # unsafe, no tests
+    ("", ""),
+    ("", "assert True"),
+    (GOOD, "assert add(1, 2) == 3 +"),  # the tests do not parse
+    ("class A:\r\n    def m(self):  \r\n        return 1\r\n", "assert A().m() == 1"),  # CRLF, trailing space
+]
+TESTS = (
+    "import math\n"  # setup: shown, never held back
+    "assert f(1) == 2\n"
+    "assert f(3) == 4\n"
+    "assert (g := f) is not None\n"  # binds a name the tests after it use: setup too
+    "assert f(5) == 6\n"
+    "assert g(7) == 8\n"
+    "assert f(\n    9) == 10\n"  # one test over two lines
 )
-def test_bad_constitution_files_name_file_and_principle(tmp_path, text, expected):
-    path = tmp_path / "mine.yaml"
-    path.write_text(text)
-    with pytest.raises(ConfigError, match=str(path)) as err:
-        Constitution.load(path)
-    assert expected in str(err.value)
 
+
+def _counting(monkeypatch, module, name):
+    """Wrap ``module.name`` so that the list returned records the first argument of every call."""
+    calls, original = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args[0] if args else None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
+def test_check_many_gives_exactly_the_findings_of_run_check_one_by_one():
+    one_by_one = [{name: run_check(name, code, tests) for name in CHECKS} for code, tests in ITEMS]
+    assert check_many(ITEMS, list(CHECKS), workers=2) == one_by_one
+    # the set is varied: every check finds something somewhere, and not everywhere
+    for name in CHECKS:
+        assert 0 < sum(bool(found[name]) for found in one_by_one) < len(ITEMS), name
+    assert [f.message.split()[0] for f in one_by_one[1]["style"]] == [
+        "F401", "F401", "E302", "E231", "E114", "E111", "E226", "W291"
+    ]
+    assert "does not parse" in one_by_one[2]["style"][0].message
+
+
+def test_check_many_batches_ruff_and_the_sandbox(monkeypatch):
+    ruff_calls = _counting(monkeypatch, checks, "run_ruff")
+    sandbox_batches = _counting(monkeypatch, sandbox, "run_many")
+    results = check_many(ITEMS, ["style", "correctness"], workers=2)
+    assert len(ruff_calls) == 1 and len(sandbox_batches) == 1
+    assert len(sandbox_batches[0]) == 6  # the items that parse and have tests
+    assert [set(r) for r in results] == [{"style", "correctness"}] * len(ITEMS)
+
+
+def test_check_many_edge_cases():
+    assert check_many([], list(CHECKS)) == []
+    assert check_many([(GOOD, "")], []) == [{}]
+    with pytest.raises(KeyError, match="pep8"):
+        check_many([(GOOD, "")], ["style", "pep8"])
 
 def test_correctness_runs_tests_in_the_sandbox_or_needs_only_to_compile():
     assert correctness(GOOD, "assert add(1, 2) == 3") == []
@@ -52,17 +84,6 @@ def test_correctness_runs_tests_in_the_sandbox_or_needs_only_to_compile():
     assert correctness(GOOD) == []  # no tests: compiling is enough
     [broken] = correctness("def add(a, b)\n    return a + b\n")
     assert "does not parse" in broken.message and broken.line == 1
-
-
-TESTS = (
-    "import math\n"  # setup: shown, never held back
-    "assert f(1) == 2\n"
-    "assert f(3) == 4\n"
-    "assert (g := f) is not None\n"  # binds a name the tests after it use: setup too
-    "assert f(5) == 6\n"
-    "assert g(7) == 8\n"
-    "assert f(\n    9) == 10\n"  # one test over two lines
-)
 
 
 def test_split_tests_holds_back_half_of_the_asserts_by_a_seeded_hash():
@@ -142,7 +163,7 @@ def test_the_shipped_references_are_safe_and_lint_clean():
 def test_model_code_with_invalid_escapes_is_checked_without_warnings():
     import warnings
 
-    from cai_lightning.constitution.checks import add_docstrings
+    from cai_lightning.constitution.fixers import add_docstrings
     from cai_lightning.evaluation import compiles
 
     code = 'def path():\n    return "C:\\dir\\e"\n'  # "\d" and "\e": SyntaxWarning at every parse since 3.12
