@@ -6,7 +6,7 @@
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
 the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
-corrupted the way scraped data is (a seeded ``--fraction`` of them, see ``cai_lightning/data/corruption.py``:
+corrupted the way scraped data is (a seeded ``--fraction`` of them, see ``bench/corruption.py``:
 syntax errors, wrong operators, off-by-one, missing returns, unsafe calls). val and test rows are never
 corrupted: every arm is scored on the same clean held-out tasks.
 
@@ -64,7 +64,7 @@ def write_sources(out: Path, data: dict, fraction: float, seed: int, every: int 
     """The shipped tasks (every ``every``-th: ``--smoke`` takes a quarter) as ``clean.jsonl`` and, with a
     seeded share of the *training* outputs corrupted, ``corrupted.jsonl`` (same rows, same order, so every
     task lands in the same split); returns the log."""
-    from cai_lightning.data.corruption import corrupt
+    from corruption import corrupt
     from cai_lightning.data.records import builtin_files, split_of
 
     rows = [json.loads(line) for path in builtin_files() for line in path.read_text().splitlines() if line.strip()]

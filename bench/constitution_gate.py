@@ -37,6 +37,7 @@ from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.stage import ConstitutionStage
 from cai_lightning.settings import Revise
 from cai_lightning.errors import ConfigError
+from harness import record
 
 BENCH = Path(__file__).resolve().parent
 ROWS = BENCH / "data" / "scraped_rows.jsonl"
@@ -117,9 +118,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
             "repaired": verdicts.get("better_defect_rows", 0), "audit_entries": verdicts.get("revisions", []),
         }
         table.append(row)
-        if not args.smoke:  # after each critic: a long run that is stopped keeps what it measured
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(table, indent=1))
+        # after each critic: a long run that is stopped keeps what it measured
+        record("constitution_gate", table, argv, smoke=args.smoke, path=None if args.smoke else args.out)
         print_table(table, rows, planted)
     return table
 

@@ -85,6 +85,9 @@ from cai_lightning.settings import Revise
 from cai_lightning.data.records import builtin_files
 from cai_lightning.data.tokenization import train_bpe_tokenizer
 from cai_lightning.prompts import format_prompt
+from harness import record
+
+NAME = "constitution_throughput"
 
 
 def shipped_rows() -> list[dict]:
@@ -328,7 +331,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval-tokens", type=int, default=256, help="--eval: new tokens per sample at most")
     parser.add_argument("--eval-batch", type=int, default=8, help="--eval: tasks per generate call, batched")
     parser.add_argument("--greedy-tasks", type=int, default=8, help="--eval: tasks decoded greedily by both paths")
-    parser.add_argument("--out", default=None, help="write the table here as JSON")
+    parser.add_argument("--out", default=None, help="the result file (default: bench/results/constitution_throughput-MODE.json, MODE stage, decoders or eval)")
     parser.add_argument("--smoke", action="store_true", help="seconds: 2 rows, 1 candidate, a few tokens (CI)")
     args = parser.parse_args(argv)
     args.rows = args.rows or (32 if args.critic else 64)
@@ -346,9 +349,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.critic_model = build_critic("tiny", load_rows(args.rows), args.device)
     if args.eval or args.critic:
         table = eval_throughput(args) if args.eval else decoder_throughput(args)
-        if args.out:
-            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.out).write_text(json.dumps(table, indent=1))
+        mode = "eval" if args.eval else "decoders"
+        record("constitution_throughput", table, argv, args.smoke, Path(args.out) if args.out else None, f"{NAME}-{mode}")
         return table
 
     rows = load_rows(args.rows)
@@ -383,9 +385,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{summary['rows_changed']:8d}  {min(times[label]):.1f}-{max(times[label]):.1f}"
         )
         table.append({"setup": label, "seconds": seconds, "rows_per_s": rate, "speedup": rate / baseline, **summary})
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(table, indent=1))
+    record("constitution_throughput", table, argv, args.smoke, Path(args.out) if args.out else None, f"{NAME}-stage")
     return table
 
 

@@ -31,6 +31,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
 from cai_lightning.kernels import matmul_attention
+from harness import record
 
 
 def padded_causal_mask(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -108,6 +109,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
               f"{row['sdpa-fp32'] / row['matmuls']:11.2f}× | {row['max_abs_difference']:9.4f} |")
     print("vs X: X's time over matmuls' (> 1: the matmuls are faster); max abs Δ: largest difference of matmuls' from "
           "sdpa-fp32's (bf16 outputs: one bf16 step at the outputs' magnitude is 1/128 to 1/64)")
+    record("cpu_attention", table, argv, smoke=args.smoke)
     return table
 
 

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+from harness import record
+
 SIZES = {"gpt2": dict(n_layer=12, n_head=12, n_embd=768), "tiny": dict(n_layer=2, n_head=2, n_embd=64)}
 TASKS = Path(__file__).resolve().parents[1] / "cai_lightning" / "tasks"
 
@@ -133,6 +135,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     cached, live = rows
     print(f"cached vs live: {cached['pairs_per_s'] / live['pairs_per_s']:.2f}x the pairs/s, "
           f"{cached['peak_mib'] - live['peak_mib']:+.0f} MiB peak")
+    record("dpo_step", rows, argv, smoke=args.smoke)
     return rows
 
 

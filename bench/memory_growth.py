@@ -38,10 +38,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-# The same tiny model, build and bare Trainer as its sibling's (bench/ put on the path for when tests load this by
-# path).
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from train_throughput import SMOKE, bare_trainer, checkout_commit, from_config
+from harness import SMOKE_MODEL, bare_trainer, checkout_commit, from_config, record
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("new", "replay")
@@ -140,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--epochs must be at least 2: the arms differ from the second epoch on")
     with tempfile.TemporaryDirectory() as scratch:
         if args.smoke:
-            flags = [*SMOKE, f"--data.cache_dir={scratch}/cache", *flags]
+            flags = [*SMOKE_MODEL, f"--data.cache_dir={scratch}/cache", *flags]
             args.epochs, args.repeats, args.limit_batches, args.timeout = 2, 1, 4, 300
         results: dict[str, list[dict]] = {arm: [] for arm in ARMS}
         for repeat in range(args.repeats):
@@ -149,6 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
                 rates = " ".join(f"{e['target_tokens_per_s']:.0f}" for e in results[arm][-1]["epochs"])
                 print(f"  repeat {repeat + 1}/{args.repeats} {arm:6s} target tok/s by epoch: {rates}", flush=True)
     report(args, flags, results)
+    record("memory_growth", results, argv, smoke=args.smoke)
     return results
 
 

@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the tests load bench scripts by path
-from train_throughput import SMOKE, from_config, fresh_network, quiet  # noqa: E402
+from harness import SMOKE_MODEL, fresh_network, from_config, quiet, record
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {"for-loop": {"foreach": False}, "foreach": {"foreach": True}, "fused": {"fused": True}}
@@ -59,7 +57,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     steps, repeats = (2, 2) if args.smoke else (args.steps, args.repeats)
     with tempfile.TemporaryDirectory() as cache:
         if args.smoke:
-            flags = [*SMOKE, f"--data.cache_dir={cache}", *flags]
+            flags = [*SMOKE_MODEL, f"--data.cache_dir={cache}", *flags]
         start, decays, settings = weights_and_settings(args.config, flags)
 
     generator = torch.Generator().manual_seed(1)
@@ -105,6 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         low, high = row["vs_foreach_range"]
         print(f"{row['row']:10s} {row['ms_per_step']:8.2f} ({row['min_ms']:.2f}–{row['max_ms']:.2f}) "
               f"{row['vs_foreach']:8.2f} ({low:.2f}–{high:.2f}) {row['max_abs_difference']:20.1e}")
+    record("optimizer_step", rows, argv, smoke=args.smoke)
     return rows
 
 

@@ -35,6 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from cai_lightning import sandbox
+from harness import record
 
 TASKS = Path(sandbox.__file__).parent.parent / "tasks"
 REPO = Path(__file__).resolve().parents[1]
@@ -132,6 +133,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     failed = [(row["setup"], row["workers"]) for row in rows if row["passed"] != len(jobs)]
     if failed:
         sys.exit(f"not every pair passed in {failed}: the timings above do not measure the same work")
+    record("sandbox_throughput", rows, argv, smoke=args.smoke)
     return rows
 
 

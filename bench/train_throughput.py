@@ -76,13 +76,10 @@ import argparse
 import contextlib
 import gc
 import io
-import logging
 import math
 import statistics
-import subprocess
 import tempfile
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -91,35 +88,18 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 
-from cai_lightning.cli import build
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory, malloc_in_use
 from cai_lightning.kernels import Dropout, replace_dropouts
 from cai_lightning.model import CodeLM
+from harness import SMOKE_MODEL, bare_trainer, checkout_commit, fresh_network, from_config, quiet, record
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("hf-own-bf16", "hf-own-fp32", "hf-ours-bf16", "hf-ours-fp32", "ours-32-true", "ours-bf16-mixed")
 COMPILED = "ours-bf16-mixed-compile"  # a row only when --rows names it
-# A 1-layer 32-wide GPT-2 on the raw shipped tasks (no constitution stage): every row's machinery in seconds.
-SMOKE = ["--model.n_layer=1", "--model.n_head=2", "--model.n_embd=32", "--data.batch_size=8", "--data.constitution=null"]
 
 
 # ---------------------------------------------------------------- building from the config
-def from_config(config: Path, flags: list[str]):
-    """(model, data module, the parsed ``fit`` namespace), built exactly as ``cai_lightning fit`` builds them."""
-    cli = build(["--config", str(config), *flags])
-    return cli.model, cli.datamodule, cli.config.fit
-
-
-def fresh_network(config: Path, flags: list[str], datamodule, seed: int) -> CodeLM:
-    """A new module from the config with its network built: the same initial weights on every call."""
-    with warnings.catch_warnings():  # the CLI's warnings (a bf16 fallback) were shown at the first parse
-        warnings.simplefilter("ignore")
-        module, _, _ = from_config(config, flags)
-    module.connect(datamodule.tokenizer)
-    torch.manual_seed(seed)
-    module.configure_model()
-    return module
 
 
 # ---------------------------------------------------------------- what a step did, and when
@@ -178,18 +158,6 @@ class Clock:
 
 
 # ---------------------------------------------------------------- the rows
-def bare_trainer(trainer_config, precision: str, callbacks: list[pl.Callback], accelerator: str = "cpu",
-                 **limits) -> pl.Trainer:
-    """A one-device ``pl.Trainer`` that steps as the config's does (accumulation, clipping, logging cadence) and
-    does nothing else: no validation, checkpoints, logger, progress bar or model summary. ``limits``:
-    ``max_steps``, ``max_epochs``, ``limit_train_batches``."""
-    return pl.Trainer(
-        accelerator=accelerator, devices=1, precision=precision,
-        accumulate_grad_batches=trainer_config.accumulate_grad_batches,
-        gradient_clip_val=trainer_config.gradient_clip_val, log_every_n_steps=trainer_config.log_every_n_steps,
-        limit_val_batches=0, num_sanity_val_steps=0, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, callbacks=callbacks, **limits,
-    )
 
 
 def run_ours(module: CodeLM, datamodule, trainer_config, steps: int, precision: str, accelerator: str) -> dict:
@@ -296,33 +264,6 @@ def matmul_peak(dtype: torch.dtype, seconds: float, n: int, accelerator: str = "
 
 
 # ---------------------------------------------------------------- main
-def checkout_commit() -> str:
-    """The short hash of this checkout's HEAD, for a bench's header; ``?`` outside a git checkout."""
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=False)
-    return done.stdout.strip() or "?"
-
-
-@contextlib.contextmanager
-def quiet():
-    """The table, not the libraries' start-up chatter: Lightning's and transformers' info logs and their
-    warnings are muted while the bench runs (ours are not), and restored after."""
-    import transformers
-
-    verbosity = transformers.logging.get_verbosity()
-    loggers = {name: logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")}
-    levels = {name: logger.level for name, logger in loggers.items()}
-    transformers.logging.set_verbosity_error()
-    for logger in loggers.values():
-        logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", module=r"(lightning|transformers|accelerate|torch)\b")
-            yield
-    finally:
-        transformers.logging.set_verbosity(verbosity)
-        for name, logger in loggers.items():
-            logger.setLevel(levels[name])
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -351,9 +292,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args.peak_n = args.peak_n or (8192 if args.accelerator == "cuda" else 2048)
     with tempfile.TemporaryDirectory() as cache, quiet():
         if args.smoke:
-            flags = [*SMOKE, f"--data.cache_dir={cache}", *flags]
+            flags = [*SMOKE_MODEL, f"--data.cache_dir={cache}", *flags]
             args.steps, args.repeats, args.peak_seconds, args.peak_n, args.warmup = args.steps or 3, 1, 0.05, 256, 0
-        return run(args, flags)
+        table = run(args, flags)
+    record("train_throughput", table, argv, smoke=args.smoke)
+    return table
 
 
 def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:

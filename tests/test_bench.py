@@ -19,8 +19,10 @@ import yaml
 from cai_lightning.cli import resolved_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py"))
-SLOW = {"constitution_effect"}  # about a minute: five arms, each fine-tuned and sampled
+SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py") if 'if __name__ == "__main__":' in path.read_text())
+SLOW = {"constitution_effect"}
+# Benches that keep a folder of their own (one file per arm, resumable) or a report another reads, not harness.record's file.
+WRITE_THEIR_OWN = {"constitution_effect", "recipe_compare", "audit_revisions"}  # about a minute: five arms, each fine-tuned and sampled
 
 
 def _load(name: str):
@@ -47,14 +49,33 @@ def test_smoke_mode_runs(name, workdir, capsys):
     bench = _load(name)
     arguments = ["--smoke", *_arguments(name, workdir)]
     results = bench.main(arguments)
+    out = capsys.readouterr()
+    sys.stdout.write(out.out)  # for the checks below, which read it too
+    sys.stderr.write(out.err)
+    if name not in WRITE_THEIR_OWN:
+        _check_result_file(name, arguments, out.out)
     check = CHECKS.get(name)
     if check is not None:
         check(bench, arguments, results, workdir, capsys)
 
 
+def _check_result_file(name: str, arguments: list[str], out: str) -> None:
+    """The run's result file names the bench, the command, the machine, the checkout and the date; a smoke
+    run's lies outside the tracked ``bench/results/``."""
+    written = [line.removeprefix("results: ") for line in out.splitlines() if line.startswith("results: ")]
+    assert written, f"{name} wrote no result file"
+    path = Path(written[-1])
+    entry = json.loads(path.read_text())
+    assert entry["bench"] == name and entry["smoke"] is True and entry["results"]
+    assert entry["command"] == " ".join(["python", f"bench/{name}.py", *arguments])
+    assert entry["machine"]["cores"] and entry["machine"]["torch"] == torch.__version__ and entry["date"][:2] == "20"
+    assert entry["commit"]
+    assert BENCH / "results" not in path.parents
+
+
 def _constitution_effect(bench, arguments, results, workdir, capsys):
     """Every arm runs, and a re-run reads each arm back instead of running it again."""
-    from cai_lightning.data.corruption import KINDS
+    from corruption import KINDS
 
     out = workdir / "effect"
     assert list(results) == list(bench.ARMS)
@@ -260,7 +281,7 @@ def test_constitution_throughput_times_evaluation_one_task_at_a_time_against_bat
     assert [row["setup"] for row in rows] == ["one task at a time", "batched (2 tasks)", "greedy agreement"]
     assert rows[0]["speedup"] == 1.0 and all(row["samples_per_s"] > 0 for row in rows[:2])
     assert rows[2]["tasks"] == 2 and rows[2]["same_code"] == 1.0  # fp32, greedy: the same code either way
-    assert json.loads(out.read_text()) == rows and "samples/s" in capsys.readouterr().out
+    assert json.loads(out.read_text())["results"] == rows and "samples/s" in capsys.readouterr().out
 
 
 def test_constitution_throughput_times_the_stages_two_decoders(tmp_path, capsys):
@@ -273,4 +294,4 @@ def test_constitution_throughput_times_the_stages_two_decoders(tmp_path, capsys)
     assert timed[1]["prompt_tokens_reused"] > 0  # the revision prompts went on from the critique prompts
     # the offline critic in fp32, greedy: both decoders write the same
     assert agreement["setup"] == "greedy agreement" and agreement["answers"] == agreement["critiques"] == agreement["revisions"] == 1.0
-    assert json.loads(out.read_text()) == rows and "tokens/s" in capsys.readouterr().out
+    assert json.loads(out.read_text())["results"] == rows and "tokens/s" in capsys.readouterr().out

@@ -8,7 +8,7 @@ import pytest
 
 from cai_lightning import sandbox
 from cai_lightning.constitution.checks import parse_code, safety
-from cai_lightning.data.corruption import KINDS, corrupt, corrupt_code, edits_of
+from corruption import KINDS, corrupt, corrupt_code, edits_of
 from cai_lightning.data.records import builtin_files
 
 ROWS = [json.loads(line) for path in builtin_files() for line in path.read_text().splitlines() if line.strip()]
