@@ -235,7 +235,7 @@ def run_stage_only(arm: str, config: Path, out: Path) -> dict:
 
 def stage_figures(datamodule, out: Path) -> dict:
     """What the constitution stage did with each corrupted row, by kind of corruption, and its summary."""
-    from cai_lightning.constitution.stage import failing_must_pass
+    from cai_lightning.constitution.report import failing_must_pass
 
     summary = datamodule.manifest["constitution"]
     log = {entry["task_id"]: entry["kind"] for entry in json.loads((out / "corruption.json").read_text())}

@@ -80,7 +80,8 @@ import torch
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import RANDOM_CRITIC, Critic
-from cai_lightning.constitution.stage import ConstitutionStage, summarize
+from cai_lightning.constitution.report import summarize
+from cai_lightning.constitution.stage import ConstitutionStage
 from cai_lightning.settings import Revise
 from cai_lightning.data.records import builtin_files
 from cai_lightning.data.tokenization import train_bpe_tokenizer

@@ -21,6 +21,9 @@ a corrupted output differs from the clean one in the corruption only.
 
 The first three change what the code does or whether it runs; on the shipped tasks, most corrupted
 outputs of those kinds fail their unit tests (``tests/test_corruption.py`` measures a sample).
+
+Why one long module: each kind is a small edit, but each needs its own search of the syntax tree or the token
+stream; the benchmark draws among all of them, and their tests read them side by side.
 """
 
 from __future__ import annotations

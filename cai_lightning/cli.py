@@ -21,6 +21,7 @@ chosen by the config: ``CodeLM`` and ``CodeInstructionDataModule`` (SFT) unless 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import os
@@ -36,7 +37,6 @@ from lightning.pytorch.callbacks import ModelSummary as LightningModelSummary
 from lightning.pytorch.callbacks import RichModelSummary
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
-from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
 from cai_lightning.data.datamodule import CodeInstructionDataModule
@@ -216,7 +216,7 @@ class ModelSummary(LightningModelSummary):
         if total_flops:
             totals["Total FLOPs"] = get_human_readable_count(total_flops)
         rows = list(zip(*(values for _, values in columns)))
-        if _RICH_AVAILABLE:
+        if importlib.util.find_spec("rich") is not None:
             from rich import get_console
             from rich.table import Table
 

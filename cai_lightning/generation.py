@@ -13,6 +13,9 @@ the sample callback) and the constitution's critic.
   only, each prompt's keys and values kept once beside it and read by :func:`decode_attention`), each
   sequence ending at EOS or at its stop criterion, and the finished sequences dropped from the batch as
   they accumulate.
+
+Why one long module: the decoding loop and the attention and cache it installs into the model work as one (the
+attention reads the loop's per-call state); apart, that state would cross modules.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """The LightningModule: a causal LM (a GPT-2 from a config offline, or any pretrained Hugging Face causal
 LM) with a ``[PAD]`` token, AdamW with a warmup + cosine schedule, target-token metrics, and beam-search
-generation (used by ``predict`` and the sample callback)."""
+generation (used by ``predict`` and the sample callback).
+
+Why one long module: one LightningModule, whose hooks (setup, ``configure_model``, the steps, the optimizer,
+checkpoint loading, generation) read best together, as Lightning's own examples keep them; its CPU kernels are
+in ``kernels.py``, its decoding in ``generation.py``.
+"""
 
 from __future__ import annotations
 

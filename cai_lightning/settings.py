@@ -123,7 +123,7 @@ class Revise:
         verified_pairs: Also write execution-verified preference pairs (DPO data): in a step whose
             candidates include one that passes every ``must_pass`` check and one that fails one, the best
             passing candidate against the best failing one
-            (:func:`~cai_lightning.constitution.stage.verified_pairs`). Counted in the summary either way;
+            (:func:`~cai_lightning.constitution.report.verified_pairs`). Counted in the summary either way;
             changes the preference split only, not the revised rows.
     """
 

@@ -20,9 +20,11 @@ from cai_lightning.cli import resolved_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
 SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py") if 'if __name__ == "__main__":' in path.read_text())
-SLOW = {"constitution_effect"}
+SLOW = {  # a minute (constitution_effect: five arms, each fine-tuned and sampled) or 4-20 s: training, subprocesses
+    "constitution_effect", "dpo_step", "memory_growth", "optimizer_step", "recipe_compare", "train_throughput",
+}
 # Benches that keep a folder of their own (one file per arm, resumable) or a report another reads, not harness.record's file.
-WRITE_THEIR_OWN = {"constitution_effect", "recipe_compare", "audit_revisions"}  # about a minute: five arms, each fine-tuned and sampled
+WRITE_THEIR_OWN = {"constitution_effect", "recipe_compare", "audit_revisions"}
 
 
 def _load(name: str):

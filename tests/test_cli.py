@@ -193,7 +193,7 @@ def test_a_task_file_of_unknown_columns_exits_2_naming_what_is_missing(workdir, 
         (["--data.no_such_key=1"], "no_such_key"),
         (["--data.batch_size=many"], "batch_size"),
         (["--model.generation.num_return_sequences=9"], "num_return_sequences"),
-        (["--data.max_length=256"], "exceeds model.n_positions"),
+        pytest.param(["--data.max_length=256"], "exceeds model.n_positions", marks=pytest.mark.slow),  # builds the dataset first
         (["--data.revise.rounds=0"], "data.revise.rounds must be at least 1, got 0"),
         (["--data.constitution=missing.yaml"], "constitution missing.yaml: cannot read it"),
         (["--data.revise.critic=/nonexistent/critic"], "could not load the critic model '/nonexistent/critic'"),

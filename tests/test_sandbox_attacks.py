@@ -303,6 +303,7 @@ def reap_children() -> None:
 
 
 @pytest.mark.parametrize("as_nobody", [False, pytest.param(True, marks=AS_NOBODY)], ids=["this-user", "nobody"])
+@pytest.mark.slow
 def test_a_killed_evaluator_leaves_no_process_and_its_folders_are_swept(as_nobody):
     outcome = in_child("t.watch_a_killed_evaluator()", as_nobody=as_nobody)
     assert outcome["started"], "the sandbox never started"

@@ -20,9 +20,8 @@ import torch
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.prompts import REPLY_FORMAT, critique_prompt, extract_code, revision_prompt
-from cai_lightning.constitution.stage import (
-    ConstitutionStage, format_summary, pair_skip, same_program, score, verified_pairs,
-)
+from cai_lightning.constitution.report import format_summary, pair_skip, same_program, verified_pairs
+from cai_lightning.constitution.stage import ConstitutionStage, score
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.errors import ConfigError, DataError
 from cai_lightning.settings import Revise
@@ -251,6 +250,7 @@ def datamodule(tmp_path, rows_path, cache="cache", **revise):
     )
 
 
+@pytest.mark.slow
 def test_datamodule_revises_train_records_with_provenance_and_preference_pairs(tmp_path, capsys):
     rows_path = write_jsonl(tmp_path / "rows.jsonl", make_rows(24))  # none of them has a docstring
     dm = datamodule(tmp_path, rows_path)
@@ -355,6 +355,7 @@ dm.prepare_data()
 """
 
 
+@pytest.mark.slow
 def test_killed_stage_resumes_to_exactly_the_uninterrupted_result(tmp_path):
     rows_path = write_jsonl(tmp_path / "rows.jsonl", make_rows(18))  # its train rows make several chunks of 2
     killed_cache = tmp_path / "killed"
@@ -409,6 +410,7 @@ print(json.dumps({"revised": stage.chunks_revised, "chunks": len(list(stage.fold
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_cache_revise_each_chunk_once_and_build_the_same_data(tmp_path):
     rows_path = write_jsonl(tmp_path / "rows.jsonl", make_rows(18))  # several chunks of 2 train rows
     go = tmp_path / "go"
@@ -594,6 +596,7 @@ def broken_rows(n: int, broken: set[int]) -> list[dict]:
     return rows
 
 
+@pytest.mark.slow
 def test_rows_still_failing_a_must_pass_check_are_dropped_counted_and_listed(tmp_path, capsys):
     # rows 1 and 2 (0-based) land in train, 3 in test, 12 in val (split_of with split_seed 0)
     rows_path = write_jsonl(tmp_path / "rows.jsonl", broken_rows(24, {1, 2, 3, 12}))
@@ -646,6 +649,7 @@ def test_rows_still_failing_a_must_pass_check_are_dropped_counted_and_listed(tmp
     assert failing == [False, True, True, False, False]  # rows 0 (val), 3 (test), 12 (val), 16 (test), 22 (val)
 
 
+@pytest.mark.slow
 def test_dropping_every_training_row_is_an_error(tmp_path):
     rows_path = write_jsonl(tmp_path / "rows.jsonl", broken_rows(12, set(range(12))))
     with pytest.raises(DataError, match=r"all 10 train rows still fail a must-pass check \(correctness, safety\)"):

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -76,9 +75,9 @@ class Critic:
 
     # ---------------------------------------------------------------- building
     @classmethod
-    def load(cls, name_or_path: str, device: str = "auto", cache_dir: str | Path | None = None) -> Critic:
+    def load(cls, name_or_path: str, device: str = "auto") -> Critic:
         """``AutoModelForCausalLM`` + ``AutoTokenizer`` by Hub name, local folder, GGUF file or short name
-        (:func:`~cai_lightning.pretrained.resolve_pretrained`; a GGUF is converted once into ``cache_dir``),
+        (:func:`~cai_lightning.pretrained.resolve_pretrained`; a GGUF is converted once into the cache),
         remote code never trusted. Weights in :func:`~cai_lightning.devices.inference_dtype` (bf16 on a GPU and
         on a CPU with native bf16, else fp32). Raises :class:`ConfigError`
         naming the critic."""
@@ -86,7 +85,7 @@ class Critic:
 
         device = resolve_device(device)
         try:
-            folder = resolve_pretrained(name_or_path, "data.revise.critic", cache_dir)
+            folder = resolve_pretrained(name_or_path, "data.revise.critic")
         except ConfigError as err:  # it names the flag already
             raise ConfigError(f"could not load the critic model {name_or_path!r}: {err}") from err
         try:

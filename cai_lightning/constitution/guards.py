@@ -24,6 +24,9 @@ emptied program has no findings at all. So a revision is compared with the respo
 When nothing could be compared (unknown runs, no probes), only a revision that is the original with
 docstrings added or changed is accepted (``unverified`` otherwise). Nothing here executes code in this
 process: behaviour is observed through :mod:`cai_lightning.sandbox`.
+
+Why one long module: every guard of the gate, static and behavioural, with the behaviour comparison they
+share, so that what the gate refuses is read in one place.
 """
 
 from __future__ import annotations

@@ -13,6 +13,10 @@ written to a temporary folder and renamed into place, so a killed run never leav
 constitution stage keeps its own cache (one folder per fingerprint under ``<cache_dir>/constitution/``, chunk
 by chunk), so it resumes after a kill and is not redone when only tokenization settings change. ``setup``
 only loads.
+
+Why one long module: ``prepare_data``'s cache protocol (fingerprint, staging, atomic rename, ranks) and
+``setup``'s reading back are one contract; sources, tokenization, collation and the constitution stage are
+modules of their own.
 """
 
 from __future__ import annotations
@@ -30,11 +34,11 @@ import torch
 from lightning.pytorch.trainer.states import TrainerFn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from cai_lightning.cache import cache_root
 from cai_lightning.constitution import DEFAULT_PATH, Constitution
 from cai_lightning.constitution.critic import Critic, critic_identity
-from cai_lightning.constitution.stage import (
-    ConstitutionStage, failing_must_pass, format_summary, pair_skip, stage_fingerprint, verified_pairs,
-)
+from cai_lightning.constitution.report import failing_must_pass, format_summary, pair_skip, verified_pairs
+from cai_lightning.constitution.stage import ConstitutionStage, stage_fingerprint
 from cai_lightning.data.collate import LengthGroupedSampler, PadCollator
 from cai_lightning.data.records import OnBadRows, load_source, load_test_source, split_of, validate
 from cai_lightning.data.tokenization import (
@@ -102,7 +106,9 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             ``LengthGroupedSampler``.
         num_workers: DataLoader worker processes.
         shuffle_seed: Seed for the training order.
-        cache_dir: Where tokenized datasets (and trained tokenizers) are cached, one folder per fingerprint.
+        cache_dir: Where tokenized datasets (and trained tokenizers), the constitution stage's chunks and
+            reference log-probs are cached, one folder per fingerprint; ``null``: the project's cache root
+            (``$CAI_LIGHTNING_CACHE``, else ``~/.cache/cai_lightning``; :mod:`cai_lightning.cache`).
         predict_split: Which split's prompts ``predict`` completes.
         predict_limit: At most this many prompts in ``predict`` (``null``: all of the split).
         constitution: ``default`` (the constitution shipped in the package), the path of your own
@@ -133,7 +139,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         length_group_size: int = 128,
         num_workers: int = 0,
         shuffle_seed: int = 0,
-        cache_dir: str = "~/.cache/cai_lightning",
+        cache_dir: str | None = None,
         predict_split: Split = "test",
         predict_limit: int | None = None,
         constitution: str | None = None,
@@ -155,7 +161,7 @@ class CodeInstructionDataModule(pl.LightningDataModule):
             check_prompt_style(prompt_style, None)  # fails now, not after the data is read
         self.save_hyperparameters()
         self.revise = revise
-        self.cache_root = Path(cache_dir).expanduser()
+        self.cache_root = cache_root(cache_dir)
         self.tokenizer = None  # set by setup()
         self.splits: dict[str, object] = {}  # split name → datasets.Dataset, set by setup()
         self.preferences = None  # datasets.Dataset of (prompt, chosen, rejected), set by setup() when revised

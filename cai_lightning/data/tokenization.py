@@ -25,16 +25,16 @@ EOS = "<|endoftext|>"  # GPT-2's end-of-text, also its BOS/UNK
 PAD = "[PAD]"
 
 
-def load_pretrained_tokenizer(name_or_path: str, cache_dir: str | Path | None = None) -> PreTrainedTokenizerBase:
+def load_pretrained_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained`` plus a real ``[PAD]`` token when the tokenizer has none (GPT-2 has none).
 
     ``name_or_path`` is anything :func:`~cai_lightning.pretrained.resolve_pretrained` takes (a GGUF file or
-    short name is converted once into a folder under ``cache_dir``). Remote code is never trusted. Raises
+    short name is converted once into a folder of the cache). Remote code is never trusted. Raises
     :class:`ConfigError` when it cannot be loaded.
     """
     try:
         # data.tokenizer is linked from model.pretrained in the CLI: the user set one of the two
-        folder = resolve_pretrained(name_or_path, "model.pretrained / data.tokenizer", cache_dir)
+        folder = resolve_pretrained(name_or_path, "model.pretrained / data.tokenizer")
     except ConfigError as err:  # it names the flag already
         raise ConfigError(f"could not load tokenizer {name_or_path!r}: {err}") from err
     try:

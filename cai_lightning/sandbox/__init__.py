@@ -75,6 +75,10 @@ not an error: the result keeps the first bytes and a one-line note.
 
 The program runs as module ``__sandbox__`` (also registered as ``__main__``), so an
 ``if __name__ == "__main__":`` demo block does not run, as when the program is imported.
+
+Why one long module: it is the parent's whole side of the sandbox (launching both children, deadlines, the
+verdict, the worker pool), the one module the rest of the project imports; the children's sides are
+``program.py``, ``judge.py``, ``isolation.py`` and ``wire.py``.
 """
 
 from __future__ import annotations

@@ -52,6 +52,10 @@ disk is bounded by RLIMIT_FSIZE only. A failure that would leave an offered laye
 ``config`` keys read: ``workdir`` (real absolute host path of an empty directory), ``uid_base``, ``parent_pid``,
 ``keep_fds`` (the channel's file descriptors: left open in the inner, closed in the outer), and
 ``limits`` = {``cpu_s``, ``memory_mb``, ``file_bytes``, ``disk_bytes``, ``disk_files``}.
+
+Why one long module: it is the whole of what the kernel enforces on the program, layer by layer in the order
+applied, sent to the program child as one file on its stdin (standard library only); a reader checking the
+sandbox's promise reads it in one place.
 """
 
 import _signal  # the C module: `signal` would cost 3.5 ms of imports per run (enum)

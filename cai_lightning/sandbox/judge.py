@@ -30,6 +30,9 @@ itself; a program's object never decides a verdict):
   bytes fails it (``ReplyTooLarge``). The judge has the program's CPU limit and a memory limit of its own.
 
 Standard library only (it runs as ``python -I -S``).
+
+Why one long module: it is sent whole to the judge child on its stdin, where it can import nothing but the
+standard library and ``wire``.
 """
 
 from __future__ import annotations

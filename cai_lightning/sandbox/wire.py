@@ -26,6 +26,10 @@ a judge object         ``j`` + number + name: a callable or iterator that lives 
 
 The decoder checks lengths against the frame, nesting against :data:`MAX_DEPTH`, and that dict keys and set
 members are hashable plain values; a frame over :data:`MAX_FRAME` bytes is refused before it is read.
+
+Why one long module: both children receive it as one file on their stdin (standard library only, no package to
+import from), and the encoder and the decoder stay side by side so that what one end writes is what the other
+reads.
 """
 
 from __future__ import annotations
