@@ -28,6 +28,7 @@ from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from tqdm.auto import tqdm
 
 from cai_lightning import evaluation, sandbox
+from cai_lightning.constitution.report import format_summary
 from cai_lightning.constitution.prompts import extract_code
 from cai_lightning.devices import weights_sharded as _sharded
 from cai_lightning.errors import ConfigError
@@ -79,6 +80,59 @@ def _full_state_dict(trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     state = get_model_state_dict(trainer.strategy.model, options=options)  # the LightningModule's names
     return {name.removeprefix("model."): tensor for name, tensor in state.items() if name.startswith("model.")}
+
+
+
+class ConstitutionReport(Callback):
+    """The constitution stage's summary of the training data, in the trainer's logger at the start of ``fit``
+    (:func:`log_stage_summary`): the DataModule builds the data, this reports it. The CLI adds it to every
+    trainer it builds (``trainer_defaults``), so configs need not list it; nothing is logged without a
+    constitution stage or a logger."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        summary = getattr(trainer.datamodule, "stage_summary", None)
+        if summary and trainer.logger is not None:
+            log_stage_summary(trainer.logger, summary)
+
+
+def log_stage_summary(logger, summary: dict) -> None:
+    """The stage's summary to ``logger`` (TensorBoard: scalars under ``constitution/``, the
+    repairs per round as ``constitution/repair/*`` with the round as the step, the checked splits'
+    violations as ``constitution/eval_violations/<split>/<principle>``, and the printed table as text)."""
+    metrics = {
+        "constitution/rows": summary["rows"], "constitution/rows_changed": summary["rows_changed"],
+        "constitution/preference_pairs": summary["preference_pairs"],
+        "constitution/verified_pairs": summary.get("verified_pairs", 0),
+        "constitution/mean_score_before": summary["mean_score_before"],
+        "constitution/mean_score_after": summary["mean_score_after"],
+    }
+    for source in ("critic", "fixer"):
+        metrics[f"constitution/proposed_{source}"] = summary["proposed"].get(source, 0)
+        metrics[f"constitution/accepted_{source}"] = summary["accepted"].get(source, 0)
+    for name, counts in summary["violations"].items():
+        metrics[f"constitution/violations_before/{name}"] = counts["before"]
+        metrics[f"constitution/violations_after/{name}"] = counts["after"]
+    metrics["constitution/rows_failing_must_pass"] = summary["rows_failing_must_pass"]
+    metrics["constitution/dropped"] = summary["dropped"]
+    for reason, count in summary["pairs_skipped"].items():
+        metrics[f"constitution/pairs_skipped/{reason}"] = count
+    for reason, count in summary.get("refused", {}).items():
+        metrics[f"constitution/refused/{reason}"] = count
+    for basis, count in summary.get("correctness_basis", {}).items():
+        metrics[f"constitution/correctness_basis/{basis}"] = count
+    for split, checked in summary["checked_splits"].items():
+        for name, count in checked["violations"].items():
+            metrics[f"constitution/eval_violations/{split}/{name}"] = count
+        metrics[f"constitution/eval_failing_must_pass/{split}"] = checked["rows_failing_must_pass"]
+    logger.log_metrics(metrics, step=0)
+    for entry in summary["repairs"]:
+        logger.log_metrics(
+            {"constitution/repair/failing": entry["failing"], "constitution/repair/repaired": entry["repaired"]},
+            step=entry["round"],
+        )
+    experiment = getattr(logger, "experiment", None)
+    if hasattr(experiment, "add_text"):
+        experiment.add_text("constitution/summary", "```\n" + format_summary(summary) + "\n```", 0)
 
 
 class BeamSearchSamples(Callback):

@@ -39,6 +39,7 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from lightning.pytorch.utilities.model_summary import get_formatted_model_size, get_human_readable_count
 
+from cai_lightning.callbacks import ConstitutionReport
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
 from cai_lightning.errors import ConfigError, UserError
@@ -287,6 +288,8 @@ def _project_cli(cli_class: type[CAILightningCLI], args: list[str] | None, save_
         args=args,
         save_config_callback=save_config_callback,
         auto_configure_optimizers=False,  # CodeLM.configure_optimizers owns AdamW and its schedule
+        # on every trainer, whatever the config's list: the stage's summary in the logger (the DataModule only builds data)
+        trainer_defaults={"callbacks": [ConstitutionReport()]},
     )
 
 

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from cai_lightning.callbacks import ConstitutionReport
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
 from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.prompts import REPLY_FORMAT, critique_prompt, extract_code, revision_prompt
@@ -625,8 +626,8 @@ def test_rows_still_failing_a_must_pass_check_are_dropped_counted_and_listed(tmp
         def log_metrics(self, metrics, step):
             logged.update({(name, step): value for name, value in metrics.items()})
 
-    dm.trainer = SimpleNamespace(logger=Logger())
-    dm._log_constitution(summary)
+    assert dm.stage_summary is summary
+    ConstitutionReport().on_fit_start(SimpleNamespace(logger=Logger(), datamodule=dm), None)  # as at fit's start
     assert logged[("constitution/eval_violations/val/correctness", 0)] == 1 == logged[("constitution/eval_violations/test/correctness", 0)]
     assert logged[("constitution/dropped", 0)] == 2 and logged[("constitution/pairs_skipped/chosen_fails_must_pass", 0)] == 2
     assert (logged[("constitution/repair/failing", 1)], logged[("constitution/repair/repaired", 1)]) == (2, 0)  # step: the round

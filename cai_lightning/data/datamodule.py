@@ -477,8 +477,12 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         loaded = datasets.load_from_disk(str(path / "dataset"))
         self.splits = {name: loaded[name] for name in SPLITS}
         self.preferences = loaded["preference"] if "preference" in loaded else None
-        if stage == "fit" and "constitution" in self.manifest:
-            self._log_constitution(self.manifest["constitution"])
+
+    @property
+    def stage_summary(self) -> dict | None:
+        """The constitution stage's summary of the dataset ``setup`` loaded (what :func:`format_summary` prints),
+        or None without a constitution stage: :class:`~cai_lightning.callbacks.ConstitutionReport` logs it."""
+        return self.manifest.get("constitution")
 
     @property
     def _world_size(self) -> int:
@@ -501,48 +505,6 @@ class CodeInstructionDataModule(pl.LightningDataModule):
         with _InfiniteBarrier():
             if trainer.local_rank == 0:
                 self.prepare_data()
-
-    def _log_constitution(self, summary: dict) -> None:
-        """The stage's summary to the trainer's logger (TensorBoard: scalars under ``constitution/``, the
-        repairs per round as ``constitution/repair/*`` with the round as the step, the checked splits'
-        violations as ``constitution/eval_violations/<split>/<principle>``, and the printed table as text)."""
-        trainer = getattr(self, "trainer", None)
-        if trainer is None or trainer.logger is None:
-            return
-        metrics = {
-            "constitution/rows": summary["rows"], "constitution/rows_changed": summary["rows_changed"],
-            "constitution/preference_pairs": summary["preference_pairs"],
-            "constitution/verified_pairs": summary.get("verified_pairs", 0),
-            "constitution/mean_score_before": summary["mean_score_before"],
-            "constitution/mean_score_after": summary["mean_score_after"],
-        }
-        for source in ("critic", "fixer"):
-            metrics[f"constitution/proposed_{source}"] = summary["proposed"].get(source, 0)
-            metrics[f"constitution/accepted_{source}"] = summary["accepted"].get(source, 0)
-        for name, counts in summary["violations"].items():
-            metrics[f"constitution/violations_before/{name}"] = counts["before"]
-            metrics[f"constitution/violations_after/{name}"] = counts["after"]
-        metrics["constitution/rows_failing_must_pass"] = summary["rows_failing_must_pass"]
-        metrics["constitution/dropped"] = summary["dropped"]
-        for reason, count in summary["pairs_skipped"].items():
-            metrics[f"constitution/pairs_skipped/{reason}"] = count
-        for reason, count in summary.get("refused", {}).items():
-            metrics[f"constitution/refused/{reason}"] = count
-        for basis, count in summary.get("correctness_basis", {}).items():
-            metrics[f"constitution/correctness_basis/{basis}"] = count
-        for split, checked in summary["checked_splits"].items():
-            for name, count in checked["violations"].items():
-                metrics[f"constitution/eval_violations/{split}/{name}"] = count
-            metrics[f"constitution/eval_failing_must_pass/{split}"] = checked["rows_failing_must_pass"]
-        trainer.logger.log_metrics(metrics, step=0)
-        for entry in summary["repairs"]:
-            trainer.logger.log_metrics(
-                {"constitution/repair/failing": entry["failing"], "constitution/repair/repaired": entry["repaired"]},
-                step=entry["round"],
-            )
-        experiment = getattr(trainer.logger, "experiment", None)
-        if hasattr(experiment, "add_text"):
-            experiment.add_text("constitution/summary", "```\n" + format_summary(summary) + "\n```", 0)
 
     # ---------------------------------------------------------------- loaders
     def _collator(self) -> PadCollator:
