@@ -41,7 +41,7 @@ from lightning.pytorch.utilities.model_summary import get_formatted_model_size, 
 
 from cai_lightning.callbacks import ConstitutionReport
 from cai_lightning.data.datamodule import CodeInstructionDataModule
-from cai_lightning.devices import cpu_supports_bf16, keep_freed_memory
+from cai_lightning.devices import keep_freed_memory, training_precision
 from cai_lightning.errors import ConfigError, UserError
 from cai_lightning.model import CodeLM
 
@@ -85,9 +85,10 @@ class CAILightningCLI(LightningCLI):
     @staticmethod
     def _fall_back_from_cpu_bf16(trainer) -> None:
         on_cpu = trainer.accelerator == "cpu" or (trainer.accelerator == "auto" and not torch.cuda.is_available())
-        if str(trainer.precision) == "bf16-mixed" and on_cpu and not cpu_supports_bf16():
-            rank_zero_warn("this CPU has no native bf16 support: trainer.precision bf16-mixed -> 32-true")
-            trainer.precision = "32-true"
+        precision = training_precision(trainer.precision, torch.device("cpu" if on_cpu else "cuda"))
+        if precision != str(trainer.precision):
+            rank_zero_warn(f"this CPU has no native bf16 support: trainer.precision {trainer.precision} -> {precision}")
+            trainer.precision = precision
 
     @staticmethod
     def _logger_args(trainer):

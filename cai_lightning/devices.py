@@ -23,13 +23,24 @@ def cpu_supports_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
+def computes_in_bf16(device: torch.device) -> bool:
+    """The project's one precision decision, which every other asks: whether ``device`` gets bf16. A GPU does
+    (as ``trainer.precision: bf16-mixed`` assumes); a CPU only with native bf16 matmul (AVX512-BF16 or AMX),
+    where bf16 is ~3-6x fp32, and elsewhere emulated bf16 is slower than fp32."""
+    return device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16())
+
+
 def inference_dtype(device: torch.device) -> torch.dtype:
-    """The dtype a model only generating (never trained) gets on ``device``: bf16 on a GPU and on a CPU
-    with native bf16 (a 135M critic generated 1.7x faster in bf16 than in fp32 on 2 AVX512-BF16 cores),
-    else fp32."""
-    if device.type == "cuda" or (device.type == "cpu" and cpu_supports_bf16()):
-        return torch.bfloat16
-    return torch.float32
+    """The dtype a model only generating (never trained) gets on ``device``: bf16 where
+    :func:`computes_in_bf16` says so (a 135M critic generated 1.7x faster in bf16 than in fp32 on 2
+    AVX512-BF16 cores), else fp32."""
+    return torch.bfloat16 if computes_in_bf16(device) else torch.float32
+
+
+def training_precision(requested: str, device: torch.device) -> str:
+    """The ``trainer.precision`` a run on ``device`` gets: ``bf16-mixed`` becomes ``32-true`` where
+    :func:`computes_in_bf16` says no; anything else stays as requested."""
+    return "32-true" if str(requested) == "bf16-mixed" and not computes_in_bf16(device) else str(requested)
 
 
 def weights_sharded(trainer) -> bool:

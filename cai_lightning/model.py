@@ -22,7 +22,6 @@ from lightning.pytorch.utilities import GradClipAlgorithmType
 from torchmetrics import MeanMetric
 from transformers import (
     AutoConfig,
-    AutoModelForCausalLM,
     GPT2Config,
     GPT2LMHeadModel,
     LogitsProcessorList,
@@ -37,7 +36,7 @@ from cai_lightning.data.tokenization import IGNORE_INDEX, decode_completions, to
 from cai_lightning.errors import ConfigError
 from cai_lightning.generation import FencedBlockEnd, TopKTopPSampler, decode, generators, supports_decode
 from cai_lightning.kernels import CPU_SDPA, Dropout, replace_dropouts
-from cai_lightning.pretrained import resolve_pretrained
+from cai_lightning.pretrained import load_causal_lm, resolve_pretrained
 from cai_lightning.settings import Generation
 
 
@@ -186,14 +185,11 @@ class CodeLM(pl.LightningModule):
         hp = self.hparams
         if hp.pretrained is not None:
             folder, config = self._pretrained_config()
-            # GPT-2 keeps its own class (the seed's recipe); any other causal LM goes through the auto class,
-            # which refuses architectures that are not causal LMs (T5, BERT) with a ValueError.
-            cls = GPT2LMHeadModel if config.model_type == "gpt2" else AutoModelForCausalLM
             try:
                 # fp32 master weights, whatever dtype the checkpoint was saved in: from_pretrained's default
                 # dtype="auto" would keep a bf16 checkpoint (SmolLM2's) in bf16, and AdamW steps on bf16
                 # weights lose small updates. trainer.precision (bf16-mixed) decides the compute dtype.
-                model = cls.from_pretrained(folder, config=config, dtype=torch.float32, trust_remote_code=False)
+                model = load_causal_lm(folder, torch.float32, config)
             except (OSError, ValueError) as err:
                 raise ConfigError(f"could not load model.pretrained={hp.pretrained!r}: {err}") from err
         else:

@@ -209,6 +209,22 @@ def resolve_pretrained(name_or_path: str, flag: str) -> str:
     return str(folder)
 
 
+def load_causal_lm(folder: str, dtype: torch.dtype, config=None):
+    """The one way every causal LM of the project is built from weights: the model trained
+    (:meth:`~cai_lightning.model.CodeLM.configure_model`, which DPO's reference shares) and the constitution's
+    critic (:meth:`~cai_lightning.constitution.critic.Critic.load`). ``folder`` is what :func:`resolve_pretrained`
+    gives; ``config`` its config when already read. GPT-2 keeps its own class (the seed's recipe); any other
+    causal LM goes through the auto class, which refuses architectures that are not causal LMs (T5, BERT) with
+    a ValueError. ``dtype`` is the weights' dtype whatever the checkpoint was saved in (the caller's policy:
+    fp32 master weights to train, :func:`~cai_lightning.devices.inference_dtype` to generate). Remote code is
+    never trusted. Raises what ``from_pretrained`` raises (OSError, ValueError, KeyError): callers name their flag."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2LMHeadModel
+
+    config = config if config is not None else AutoConfig.from_pretrained(folder, trust_remote_code=False)
+    cls = GPT2LMHeadModel if config.model_type == "gpt2" else AutoModelForCausalLM
+    return cls.from_pretrained(folder, config=config, dtype=dtype, trust_remote_code=False)
+
+
 def model_identity(name_or_path: str, flag: str) -> dict:
     """What a cache key should record about a model, known without loading or converting it: a GGUF
     file or short name by the file's hash (a split bundled model's is pinned: it is not joined here), a

@@ -340,3 +340,29 @@ def test_checkpoint_with_another_tokenizer_is_refused(workdir, rows_file, capsys
         main(["test", *_fit_args(rows_file, "--data.vocab_size=310"), "--ckpt_path=last"])
     assert exit_.value.code == 2
     assert "trained with a different tokenizer" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_mixed_falls_back_to_fp32_on_a_cpu_without_native_bf16(native, workdir, monkeypatch):
+    from cai_lightning import devices
+    from cai_lightning.cli import build
+
+    monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: native)
+    config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    with pytest.warns(UserWarning, match="no native bf16 support: trainer.precision bf16-mixed -> 32-true") if not native else _no_warning():
+        cli = build(["--config", str(config), "--trainer.accelerator=cpu", "--data.constitution=null"])
+    assert cli.config.fit.trainer.precision == ("bf16-mixed" if native else "32-true")
+
+
+def _no_warning():
+    import contextlib
+    import warnings
+
+    @contextlib.contextmanager
+    def caught():
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            yield
+        assert not [w for w in seen if "native bf16" in str(w.message)]
+
+    return caught()

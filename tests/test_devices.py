@@ -47,3 +47,16 @@ def test_benchmark_headers_name_a_preloaded_malloc_before_glibcs_settings(monkey
     assert malloc_in_use(False) == "malloc as glibc sets it"
     monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
     assert malloc_in_use(True) == "malloc preloaded: /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
+
+
+def test_one_precision_decision_for_training_and_generating(monkeypatch):
+    from cai_lightning import devices
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for native in (False, True):
+        monkeypatch.setattr(devices, "cpu_supports_bf16", lambda: native)
+        assert devices.computes_in_bf16(cpu) is native and devices.computes_in_bf16(gpu)
+        assert devices.inference_dtype(cpu) == (torch.bfloat16 if native else torch.float32)
+        assert devices.training_precision("bf16-mixed", cpu) == ("bf16-mixed" if native else "32-true")
+        assert devices.training_precision("bf16-mixed", gpu) == "bf16-mixed"
+        assert devices.training_precision("32-true", cpu) == "32-true" == devices.training_precision("32-true", gpu)

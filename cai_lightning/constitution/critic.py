@@ -29,7 +29,7 @@ from cai_lightning.errors import ConfigError
 from cai_lightning.generation import (
     FencedBlockEnd, PromptCache, TopKTopPSampler, _Decoding, _decoding_with, decode, supports_decode,
 )
-from cai_lightning.pretrained import model_identity, resolve_pretrained
+from cai_lightning.pretrained import load_causal_lm, model_identity, resolve_pretrained
 from cai_lightning.prompts import chat_prompt
 
 log = logging.getLogger(__name__)
@@ -76,12 +76,12 @@ class Critic:
     # ---------------------------------------------------------------- building
     @classmethod
     def load(cls, name_or_path: str, device: str = "auto") -> Critic:
-        """``AutoModelForCausalLM`` + ``AutoTokenizer`` by Hub name, local folder, GGUF file or short name
-        (:func:`~cai_lightning.pretrained.resolve_pretrained`; a GGUF is converted once into the cache),
-        remote code never trusted. Weights in :func:`~cai_lightning.devices.inference_dtype` (bf16 on a GPU and
-        on a CPU with native bf16, else fp32). Raises :class:`ConfigError`
-        naming the critic."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        """The model (:func:`~cai_lightning.pretrained.load_causal_lm`, as every causal LM here) and its
+        ``AutoTokenizer``, by Hub name, local folder, GGUF file or short name
+        (:func:`~cai_lightning.pretrained.resolve_pretrained`; a GGUF is converted once into the cache), remote
+        code never trusted. Weights in :func:`~cai_lightning.devices.inference_dtype` (bf16 on a GPU and on a CPU
+        with native bf16, else fp32). Raises :class:`ConfigError` naming the critic."""
+        from transformers import AutoTokenizer
 
         device = resolve_device(device)
         try:
@@ -90,9 +90,7 @@ class Critic:
             raise ConfigError(f"could not load the critic model {name_or_path!r}: {err}") from err
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=False)
-            model = AutoModelForCausalLM.from_pretrained(
-                folder, trust_remote_code=False, dtype=inference_dtype(device)
-            )
+            model = load_causal_lm(folder, inference_dtype(device))
         except (OSError, ValueError, KeyError) as err:
             raise ConfigError(
                 f"could not load the critic model {name_or_path!r} (data.revise.critic, or model.pretrained when "
