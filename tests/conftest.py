@@ -57,6 +57,28 @@ def make_humaneval_rows(n: int) -> list[dict]:
     } for i in range(n)]
 
 
+def tiny_bpe_tokenizer():
+    """A 300-token BPE trained on 40 shipped-style rows, as the offline default trains one."""
+    from cai_lightning.data.tokenization import train_bpe_tokenizer
+    from cai_lightning.prompts import format_prompt
+
+    rows = make_rows(40)
+    return train_bpe_tokenizer([format_prompt(r["instruction"]) + r["output"] for r in rows], vocab_size=300)
+
+
+def tiny_code_lm(tokenizer, **kwargs):
+    """A 1-layer 32-wide ``CodeLM`` with its network built, the same weights every call."""
+    import torch
+
+    from cai_lightning.model import CodeLM
+
+    torch.manual_seed(0)
+    module = CodeLM(**{"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 128, "dropout": 0.0, **kwargs})
+    module.connect(tokenizer)
+    module.configure_model()
+    return module
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -135,3 +135,20 @@ def test_length_groups_bound_the_padding():
     for group in groups:
         assert len(group) * max(lengths[i] for i in group) <= 1.25 * sum(lengths[i] for i in group)
     assert [len(g) for g in _length_groups(list(range(40)), [5] * 40)] == [16, 16, 8]
+
+
+def test_sampler_draws_from_the_distribution_transformers_samples_from():
+    from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    logits = torch.tensor([[2.0, 1.5, 1.0, 0.2, -1.0, 0.9, -3.0, 0.0]]).repeat(40_000, 1)
+    ids = torch.zeros(40_000, 1, dtype=torch.long)
+    expected = logits[:1]
+    for warp in (TemperatureLogitsWarper(0.8), TopKLogitsWarper(5), TopPLogitsWarper(0.9)):
+        expected = warp(ids[:1], expected)
+    expected = expected.softmax(-1)[0]  # what generate(do_sample=True) draws from
+    torch.manual_seed(0)
+    scores = TopKTopPSampler(0.8, 5, 0.9)(ids, logits)
+    assert ((scores == 0).sum(-1) == 1).all() and (scores.isneginf().sum(-1) == 7).all()  # one token per row
+    drawn = torch.bincount(scores.argmax(-1), minlength=8) / 40_000
+    assert (drawn[expected == 0] == 0).all()  # outside top-k / top-p: never drawn
+    assert torch.allclose(drawn, expected, atol=0.01), (drawn, expected)

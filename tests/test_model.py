@@ -12,28 +12,18 @@ from cai_lightning.data.tokenization import (
     build_example,
     decode_completions,
     load_pretrained_tokenizer,
-    train_bpe_tokenizer,
 )
 from cai_lightning.errors import ConfigError
 from cai_lightning.kernels import CPU_SDPA, Dropout
 from cai_lightning.model import CodeLM, context_length, warmup_cosine
 from cai_lightning.prompts import format_prompt
 from cai_lightning.settings import Generation
-from conftest import make_rows, save_tiny_gpt2, save_tiny_llama
+from conftest import save_tiny_gpt2, save_tiny_llama, tiny_bpe_tokenizer, tiny_code_lm
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    rows = make_rows(40)
-    return train_bpe_tokenizer([format_prompt(r["instruction"]) + r["output"] for r in rows], vocab_size=300)
-
-
-def _module(tokenizer, **kwargs):
-    torch.manual_seed(0)
-    module = CodeLM(**{"n_layer": 1, "n_head": 2, "n_embd": 32, "n_positions": 128, "dropout": 0.0, **kwargs})
-    module.connect(tokenizer)
-    module.configure_model()
-    return module
+    return tiny_bpe_tokenizer()
 
 
 def test_pretrained_path_adds_pad_and_resizes_embeddings(tmp_path):
@@ -63,7 +53,7 @@ def test_contradictory_settings_are_rejected_naming_the_flag():
 
 
 def test_parameters_change_after_one_step_and_loss_is_on_targets_only(tokenizer):
-    module = _module(tokenizer)
+    module = tiny_code_lm(tokenizer)
     ids = tokenizer("def f(x):\n    return x\n", add_special_tokens=False)["input_ids"]
     batch = {
         "input_ids": torch.tensor([ids]),
@@ -104,14 +94,14 @@ def test_from_config_network_uses_exact_gelu_and_no_attention_dropout_by_default
 
 
 def test_every_dropout_of_the_network_draws_its_mask_from_uniforms(tokenizer):
-    module = _module(tokenizer, dropout=0.2)
+    module = tiny_code_lm(tokenizer, dropout=0.2)
     dropouts = [m for m in module.model.modules() if isinstance(m, torch.nn.Dropout)]
     assert len(dropouts) == 4 and all(type(m) is Dropout for m in dropouts)  # embeddings, attention, 2 residuals
     assert sorted(m.p for m in dropouts) == [0.0, 0.2, 0.2, 0.2]
 
 
 def test_cpu_sdpa_in_the_model_matches_sdpa_and_saves_as_sdpa(tokenizer, tmp_path):
-    module = _module(tokenizer).eval()
+    module = tiny_code_lm(tokenizer).eval()
     assert module.model.config._attn_implementation == CPU_SDPA
     batch = _padded_batch(tokenizer)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -124,7 +114,7 @@ def test_cpu_sdpa_in_the_model_matches_sdpa_and_saves_as_sdpa(tokenizer, tmp_pat
 
 
 def test_loss_is_the_shifted_mean_over_targets_in_fp32_and_bf16_autocast(tokenizer):
-    module = _module(tokenizer).eval()
+    module = tiny_code_lm(tokenizer).eval()
     batch = _padded_batch(tokenizer)
     loss = module._loss_and_metrics(batch, "val")
     # Hugging Face's own loss shifts the logits instead of the labels: the same mean over target tokens
@@ -140,7 +130,7 @@ def test_loss_is_the_shifted_mean_over_targets_in_fp32_and_bf16_autocast(tokeniz
 @pytest.mark.parametrize("architecture", ["gpt2", "llama"])
 def test_head_on_target_positions_only_gives_the_full_forwards_loss_accuracy_and_gradients(tokenizer, tmp_path, architecture):
     if architecture == "gpt2":
-        module = _module(tokenizer)
+        module = tiny_code_lm(tokenizer)
     else:  # a pretrained Llama (SmolLM2's family): tied embeddings, grouped-query attention
         path = save_tiny_llama(tmp_path / "llama")
         tokenizer = load_pretrained_tokenizer(str(path))
@@ -164,7 +154,7 @@ def test_head_on_target_positions_only_gives_the_full_forwards_loss_accuracy_and
 
 
 def test_training_accuracy_only_on_logged_steps(tokenizer):
-    module = _module(tokenizer)
+    module = tiny_code_lm(tokenizer)
     counted = []
     update = module.metrics["train_acc"].update
     module.metrics["train_acc"].update = lambda *args: (counted.append(module.global_step), update(*args))[1]
@@ -182,8 +172,8 @@ def test_training_accuracy_only_on_logged_steps(tokenizer):
 @pytest.mark.slow
 def test_compiled_forward_gives_the_eager_loss_and_keeps_one_copy_of_the_weights(tokenizer):
     batch = _padded_batch(tokenizer)
-    eager = _module(tokenizer).eval()
-    compiled = _module(tokenizer, compile=True).eval()
+    eager = tiny_code_lm(tokenizer).eval()
+    compiled = tiny_code_lm(tokenizer, compile=True).eval()
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # no _orig_mod.* twins in checkpoints
     assert torch.allclose(compiled._loss_and_metrics(batch, "val"), eager._loss_and_metrics(batch, "val"), atol=1e-5)
 
@@ -192,7 +182,7 @@ def test_compiled_forward_gives_the_eager_loss_and_keeps_one_copy_of_the_weights
 def test_bf16_mixed_clips_gradients_with_the_fused_adamw(tokenizer, algorithm):
     """Lightning's mixed-precision plugin refuses to clip for a fused optimizer (Lightning #21435), which
     bf16-mixed, with no gradient scaler, does not need: the default config's precision on a bf16 CPU."""
-    module = _module(tokenizer)
+    module = tiny_code_lm(tokenizer)
     clip, seen = 1e-3, []
 
     class AfterStep(pl.Callback):
@@ -211,7 +201,7 @@ def test_bf16_mixed_clips_gradients_with_the_fused_adamw(tokenizer, algorithm):
 
 
 def test_weight_decay_groups_exclude_biases_and_layernorm(tokenizer):
-    module = _module(tokenizer)
+    module = tiny_code_lm(tokenizer)
 
     class FakeTrainer:
         estimated_stepping_batches = 100
@@ -239,7 +229,7 @@ def test_warmup_cosine_schedule():
 
 
 def test_generation_returns_completions_only_and_left_padding_does_not_change_them(tokenizer):
-    module = _module(tokenizer, generation=Generation(num_beams=3, num_return_sequences=2, max_new_tokens=12))
+    module = tiny_code_lm(tokenizer, generation=Generation(num_beams=3, num_return_sequences=2, max_new_tokens=12))
     module.eval()
     prompts = [format_prompt("Write a function add_1(x) that returns x plus 1."), format_prompt("Add.", "x = 3")]
     together = module.complete(prompts)
@@ -251,7 +241,7 @@ def test_generation_returns_completions_only_and_left_padding_does_not_change_th
 
 def test_seeded_samples_of_a_prompt_do_not_depend_on_the_prompts_beside_it(tokenizer):
     sampling = Generation(num_beams=1, num_return_sequences=3, do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=10)
-    module = _module(tokenizer, generation=sampling)
+    module = tiny_code_lm(tokenizer, generation=sampling)
     module.eval()
     prompts = [format_prompt("Write a function add_1(x) that returns x plus 1."), format_prompt("Add.", "x = 3"),
                format_prompt("Reverse a string.")]
@@ -284,11 +274,11 @@ def test_a_reply_can_stop_at_the_end_of_its_fenced_code_block(tokenizer):
 
     reply = "Here:\n```python\nx = 1\n```\nThat sets x to 1, and more words follow"
     greedy = Generation(num_beams=1, max_new_tokens=40)
-    module = _module(tokenizer, generation=greedy)
+    module = tiny_code_lm(tokenizer, generation=greedy)
     module.eval()
     _script_replies(module, reply)
     [[whole]] = module.complete([format_prompt("Set x.")])
-    module = _module(tokenizer, generation=greedy)
+    module = tiny_code_lm(tokenizer, generation=greedy)
     module.eval()
     step = _script_replies(module, reply)
     [[stopped]] = module.complete([format_prompt("Set x.")], stop_after_code_block=True)
@@ -339,7 +329,7 @@ def _spy_on_decode(monkeypatch):
 
 
 def test_generation_respects_the_position_table(tokenizer, monkeypatch):
-    module = _module(tokenizer, generation=Generation(num_beams=1, max_new_tokens=500))
+    module = tiny_code_lm(tokenizer, generation=Generation(num_beams=1, max_new_tokens=500))
     module.eval()
     calls = _spy_on_decode(monkeypatch)
     module.complete([format_prompt("Add.")])
@@ -353,7 +343,7 @@ def test_generation_respects_the_position_table(tokenizer, monkeypatch):
 
 
 def test_max_new_tokens_and_max_length(tokenizer):
-    module = _module(tokenizer, generation=Generation(num_beams=2, max_new_tokens=7))
+    module = tiny_code_lm(tokenizer, generation=Generation(num_beams=2, max_new_tokens=7))
     calls = _spy_on_generate(module)
     module.complete([format_prompt("Add.")])
     assert calls[-1][0]["max_new_tokens"] == 7 and calls[-1][2][1] <= calls[-1][1][1] + 7
@@ -463,7 +453,7 @@ def test_a_model_that_is_not_a_causal_lm_is_a_config_error(tmp_path, tokenizer):
 
 
 def test_checkpoint_of_another_network_is_refused(tokenizer):
-    saved = {"state_dict": _module(tokenizer).state_dict()}  # n_embd=32
+    saved = {"state_dict": tiny_code_lm(tokenizer).state_dict()}  # n_embd=32
     wider = CodeLM(n_layer=1, n_head=2, n_embd=64, n_positions=128)
     wider.connect(tokenizer)
     wider.on_load_checkpoint(saved)  # not built yet: nothing to compare
@@ -471,28 +461,4 @@ def test_checkpoint_of_another_network_is_refused(tokenizer):
     difference = r"model.lm_head.weight is \(300, 32\) in the checkpoint, \(300, 64\) here"
     with pytest.raises(ConfigError, match="another network .* " + difference):
         wider.on_load_checkpoint(saved)
-    _module(tokenizer).on_load_checkpoint(saved)  # the same network loads
-
-
-def test_evaluation_generates_in_batches_the_samples_it_drew_task_by_task(tokenizer):
-    from contextlib import nullcontext
-    from types import SimpleNamespace
-
-    from cai_lightning.callbacks import ExecutionEval
-    from cai_lightning.evaluation import Problem
-
-    module = _module(tokenizer)
-    module.eval()
-    instructions = ["Add.", "Write a function add_1(x) that returns x plus 1.", "Reverse a string.", "Sort a list of numbers.", "Sum."]
-    problems = [Problem(f"t{i}", format_prompt(text), "f", "assert f(1) == 2") for i, text in enumerate(instructions)]
-    trainer = SimpleNamespace(
-        is_global_zero=True, strategy=None, precision_plugin=SimpleNamespace(forward_context=nullcontext),
-    )
-    sampling = Generation(num_beams=1, num_return_sequences=2, do_sample=True, temperature=0.8, top_p=0.95, max_new_tokens=8)
-    one_by_one = ExecutionEval(sampling, batch_size=1)._generate(trainer, module, problems, "tasks")
-    batched = ExecutionEval(sampling, batch_size=3)._generate(trainer, module, problems, "tasks")
-    assert batched == one_by_one and [len(c) for c in batched] == [2] * 5  # in task order, each task's own draws
-    reseeded = ExecutionEval(sampling, batch_size=3, seed=99)._generate(trainer, module, problems, "tasks")
-    assert reseeded != batched
-    with pytest.raises(ConfigError, match="batch_size"):
-        ExecutionEval(sampling, batch_size=0)
+    tiny_code_lm(tokenizer).on_load_checkpoint(saved)  # the same network loads
