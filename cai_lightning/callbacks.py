@@ -1,5 +1,5 @@
-"""Side effects at the edges: beam-search samples in TensorBoard, predictions as JSONL, and the fine-tuned
-model exported in Hugging Face format.
+"""Side effects at the edges: the constitution stage's summary and beam-search samples in TensorBoard, predictions
+as JSONL, the fine-tuned model exported in Hugging Face format, and execution-based evaluation.
 
 Under DDP every hook here runs on every rank, and only rank 0 writes, logs or prints. Collectives
 (``trainer.log_dir`` broadcasts, :func:`_gather` all-gathers) are called by all ranks *before* the rank-0-only
@@ -9,6 +9,10 @@ they exit first).
 Under FSDP each rank holds a shard of the weights, so generating and exporting are collectives too: every
 rank gathers the full weights (:func:`_full_weights`, :func:`_full_state_dict`), and generation runs on every
 rank in lockstep (Hugging Face's ``generate`` syncs its steps across the ranks of an FSDP-managed model).
+
+Why one long module: every side effect of a run (the stage's summary, samples, predictions, the export,
+execution-based evaluation) is a small callback; together they are what a run writes besides its checkpoints,
+and a reader finds them in one place.
 """
 
 from __future__ import annotations
