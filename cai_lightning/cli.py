@@ -188,6 +188,11 @@ class SaveRunConfig(SaveConfigCallback):
         super().setup(trainer, pl_module, stage)
 
 
+def rich_installed() -> bool:
+    """Whether the ``rich`` package is there to draw the model summary as a table."""
+    return importlib.util.find_spec("rich") is not None
+
+
 class ModelSummary(LightningModelSummary):
     """Lightning's model summary (a rich table when rich is installed), without FLOPs it did not measure.
 
@@ -218,7 +223,7 @@ class ModelSummary(LightningModelSummary):
         if total_flops:
             totals["Total FLOPs"] = get_human_readable_count(total_flops)
         rows = list(zip(*(values for _, values in columns)))
-        if importlib.util.find_spec("rich") is not None:
+        if rich_installed():
             from rich import get_console
             from rich.table import Table
 

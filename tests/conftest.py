@@ -79,6 +79,18 @@ def tiny_code_lm(tokenizer, **kwargs):
     return module
 
 
+def counting_calls(monkeypatch, module, name):
+    """Wrap ``module.name`` so that the list returned records the first argument of every call."""
+    calls, original = [], getattr(module, name)
+
+    def wrapper(*args, **kwargs):
+        calls.append(args[0] if args else None)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, wrapper)
+    return calls
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path

@@ -9,6 +9,7 @@ from cai_lightning import sandbox
 from cai_lightning.constitution import CHECKS, checks, run_check
 from cai_lightning.constitution.checks import UnitTests, check_many, correctness, documentation, safety, split_tests, style
 from cai_lightning.data.records import builtin_files
+from conftest import counting_calls
 
 GOOD = 'def add(a, b):\n    """Return a + b."""\n    return a + b\n'
 MESSY = "import os\nimport sys\ndef add(a,b):\n  # the sum\n  return a+b   \n"
@@ -34,18 +35,6 @@ TESTS = (
 )
 
 
-def _counting(monkeypatch, module, name):
-    """Wrap ``module.name`` so that the list returned records the first argument of every call."""
-    calls, original = [], getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        calls.append(args[0] if args else None)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapper)
-    return calls
-
-
 def test_check_many_gives_exactly_the_findings_of_run_check_one_by_one():
     one_by_one = [{name: run_check(name, code, tests) for name in CHECKS} for code, tests in ITEMS]
     assert check_many(ITEMS, list(CHECKS), workers=2) == one_by_one
@@ -59,8 +48,8 @@ def test_check_many_gives_exactly_the_findings_of_run_check_one_by_one():
 
 
 def test_check_many_batches_ruff_and_the_sandbox(monkeypatch):
-    ruff_calls = _counting(monkeypatch, checks, "run_ruff")
-    sandbox_batches = _counting(monkeypatch, sandbox, "run_many")
+    ruff_calls = counting_calls(monkeypatch, checks, "run_ruff")
+    sandbox_batches = counting_calls(monkeypatch, sandbox, "run_many")
     results = check_many(ITEMS, ["style", "correctness"], workers=2)
     assert len(ruff_calls) == 1 and len(sandbox_batches) == 1
     assert len(sandbox_batches[0]) == 6  # the items that parse and have tests

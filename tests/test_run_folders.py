@@ -112,7 +112,7 @@ def test_quiet_console_drops_lightnings_advert_and_its_own_leafspec_warning_only
 @pytest.mark.parametrize("rich", [True, False], ids=["rich", "plain"])
 @pytest.mark.parametrize("flops", [0, 1234])
 def test_model_summary_shows_flops_only_when_they_were_counted(flops, rich, capsys, monkeypatch):
-    monkeypatch.setattr("cai_lightning.cli._RICH_AVAILABLE", rich)
+    monkeypatch.setattr("cai_lightning.cli.rich_installed", lambda: rich)
     data = [(" ", ["0"]), ("Name", ["model"]), ("Type", ["GPT2LMHeadModel"]), ("Params", ["3.8 M"]),
             ("Mode", ["train"]), ("FLOPs", ["1.2 K" if flops else "0"])]
     ModelSummary.summarize(data, 3_800_000, 3_800_000, 15.1, {"train": 67, "eval": 0}, total_flops=flops)
