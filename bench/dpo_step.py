@@ -62,9 +62,9 @@ def precision(device: torch.device) -> str:
 
 def run_mode(folder: str, mode: str, n_pairs: int, steps: int, batch: int) -> dict:
     """One mode, in this process: the reference pass (cached), then timed training steps."""
-    from cai_lightning.data.preference import PairCollator, reference_logps, tokenize_pairs
+    from cai_lightning.data.preference import PairCollator, tokenize_pairs
     from cai_lightning.data.tokenization import load_pretrained_tokenizer
-    from cai_lightning.dpo import PreferenceLM
+    from cai_lightning.dpo import PreferenceLM, reference_logps
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed = precision(device)

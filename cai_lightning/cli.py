@@ -41,7 +41,9 @@ from lightning.pytorch.utilities.model_summary import get_formatted_model_size, 
 
 from cai_lightning.callbacks import ConstitutionReport
 from cai_lightning.data.datamodule import CodeInstructionDataModule
+from cai_lightning.data.preference import PreferenceDataModule
 from cai_lightning.devices import keep_freed_memory, training_precision
+from cai_lightning.dpo import PreferenceLM
 from cai_lightning.errors import ConfigError, UserError
 from cai_lightning.model import CodeLM
 
@@ -72,6 +74,11 @@ class CAILightningCLI(LightningCLI):
         if getattr(config, "ckpt_path", None) and Path(config.ckpt_path).exists():  # a sharded one is a folder
             self._log_into_the_checkpoints_run(config.trainer, Path(config.ckpt_path))
         self._reserve_run_folder(config.trainer)
+
+    def instantiate_classes(self) -> None:
+        super().instantiate_classes()
+        if isinstance(self.datamodule, PreferenceDataModule) and not isinstance(self.model, PreferenceLM):
+            raise ConfigError("data: PreferenceDataModule goes with model: class_path: cai_lightning.dpo.PreferenceLM")
 
     def instantiate_trainer(self, **kwargs) -> pl.Trainer:
         trainer = super().instantiate_trainer(**kwargs)

@@ -4,9 +4,10 @@ the constitution's revision and rejected the response it replaced.
 
 The policy starts from a fine-tuned model (``model.pretrained``: an SFT run's ``hf_model`` folder) and is
 pushed to raise the likelihood of chosen over rejected *relative to* that starting model, the reference.
-The reference's log-probabilities are computed once, before training, and cached with the pairs (see
-``data/preference.py``), so no second model sits in memory while training; ``reference: live`` keeps a
-frozen copy instead (the baseline the speed/memory benchmark compares against).
+The reference's log-probabilities are computed once, when the model is set up for ``fit`` or ``validate``
+(before the policy's network is built, so never two models in memory), and cached beside the pairs under the
+reference's identity, device type and precision (:meth:`PreferenceLM.reference_table`); ``reference: live`` keeps
+a frozen copy instead (the baseline the speed/memory benchmark compares against).
 
 Dropout is off in the policy (as in TRL): with it, the policy's log-probs would differ from the
 reference's at step 0 and the loss would start from noise. Everything else (the network, ``[PAD]``, AdamW
@@ -17,11 +18,16 @@ evaluation on the held-out tasks) is :class:`~cai_lightning.model.CodeLM`'s.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 
+from cai_lightning.data.preference import PairCollator, PreferenceDataModule
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.errors import ConfigError
 from cai_lightning.model import CodeLM
@@ -121,6 +127,7 @@ class PreferenceLM(CodeLM):
         )
         self.save_hyperparameters()
         self._reference: torch.nn.Module | None = None  # live mode only; outside the module tree (not saved)
+        self._reference_table: torch.Tensor | None = None  # cached mode: (pairs, 2) log-probs by pair id, on the CPU
 
     def configure_model(self) -> None:
         if self.model is not None:
@@ -133,15 +140,58 @@ class PreferenceLM(CodeLM):
             reference = copy.deepcopy(self.model).eval().requires_grad_(False)
             object.__setattr__(self, "_reference", reference)  # not a submodule: no state dict, no optimizer
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.hparams.reference == "cached" and stage in ("fit", "validate") and self._reference_table is None:
+            trainer = self.trainer
+            if not isinstance(trainer.datamodule, PreferenceDataModule):
+                raise ConfigError("model.reference: cached needs data: class_path: cai_lightning.data.preference.PreferenceDataModule")
+            self._reference_table = self.reference_table(
+                trainer.datamodule, trainer.strategy.root_device, str(trainer.precision),
+                compute=trainer.local_rank == 0, barrier=trainer.strategy.barrier,
+            )
+
+    def reference_table(self, datamodule, device: torch.device, precision: str, compute: bool = True,
+                        barrier=lambda: None) -> torch.Tensor:
+        """The reference model's summed log-probs of every pair of ``datamodule`` (``pair_examples``), chosen and
+        rejected, ``(pairs, 2)`` by pair id: read from ``reference-<key>.pt`` beside the pairs in their cache, or
+        computed there once (on ``device``, under ``precision``) when ``compute`` (a node's first rank; the others
+        wait at ``barrier``, then read it). The key holds the reference's identity (``model.pretrained``, by
+        content for a file), the device type and the precision: another reference means new log-probs."""
+        from cai_lightning.pretrained import model_identity
+
+        identity = {"model": model_identity(self.hparams.pretrained, "model.pretrained"), "device": device.type,
+                    "precision": precision}
+        key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        path = Path(datamodule.pair_cache_dir) / f"reference-{key}.pt"
+        if compute and not path.exists():
+            examples = datamodule.pair_examples()
+            logps = reference_logps(examples, self.hparams.pretrained, datamodule.tokenizer, device, precision,
+                                    datamodule.hparams.reference_batch_size)
+            table = torch.tensor(logps, dtype=torch.float32)  # row i: pair i (ids are 0..n-1)
+            partial = path.with_name(f".{path.name}.{os.getpid()}")
+            torch.save({"identity": identity, "logps": table}, partial)
+            os.replace(partial, path)  # atomic: whole or absent
+            print(f"Computed the reference log-probs of {len(examples)} pairs: {path}")
+        elif compute:
+            print(f"Reusing cached reference log-probs {path}")
+        barrier()
+        return torch.load(path, weights_only=True)["logps"]
+
     def on_fit_start(self) -> None:
         if self._reference is not None:
             self._reference.to(self.device)
 
     def _reference_logps(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``(2B,)``: the chosen rows' reference log-probs, then the rejected rows'."""
         if self._reference is None:
-            if "reference_logps" not in batch:
-                raise RuntimeError("model.reference: cached needs pairs with reference log-probs (PreferenceDataModule)")
-            return batch["reference_logps"]
+            if "reference_logps" in batch:  # given with the batch (benchmarks, tests)
+                return batch["reference_logps"]
+            if self._reference_table is None or "pair_ids" not in batch:
+                raise RuntimeError("model.reference: cached needs the pairs' ids and their reference log-probs "
+                                   "(PreferenceDataModule, and the model set up by a Trainer)")
+            table = self._reference_table[batch["pair_ids"].cpu()]  # (B, 2)
+            return torch.cat([table[:, 0], table[:, 1]]).to(batch["input_ids"].device)
         with torch.no_grad():
             logits = self._reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
             return sequence_logps(logits, batch["labels"])
@@ -185,3 +235,28 @@ class PreferenceLM(CodeLM):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self._preference_step(batch, "val")
+
+
+def reference_logps(examples: list[dict], pretrained: str, tokenizer, device: torch.device, precision: str,
+                    batch_size: int) -> list[tuple[float, float]]:
+    """Summed log-probs of each pair's chosen and rejected response under the reference model: the policy
+    as it starts (built exactly as :class:`~cai_lightning.dpo.PreferenceLM` builds it), in eval mode, under
+    the trainer's precision. The model is freed before training starts."""
+    from tqdm.auto import tqdm
+
+    module = PreferenceLM(pretrained=pretrained)
+    module.connect(tokenizer)
+    module.configure_model()
+    model = module.model.to(device).eval()
+    collate = PairCollator(tokenizer.pad_token_id)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
+    out: list[tuple[float, float]] = []
+    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", unit="batch"):
+        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
+        with autocast:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logps = sequence_logps(logits, batch["labels"]).float().cpu().tolist()
+        n = len(logps) // 2
+        out.extend(zip(logps[:n], logps[n:]))
+    del model, module
+    return out

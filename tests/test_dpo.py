@@ -97,8 +97,6 @@ def _pairs_module(tmp_path: Path, pairs: Path, reference: Path) -> PreferenceDat
         pairs=str(pairs), pairs_val_fraction=0.0, source=str(write_jsonl(tmp_path / "rows.jsonl", make_rows(20))),
         tokenizer=str(reference), max_length=256, cache_dir=str(tmp_path / "cache"), batch_size=4,
     )
-    module.trainer = SimpleNamespace(lightning_module=SimpleNamespace(hparams={"pretrained": str(reference), "reference": "cached"}),
-                                     precision="32-true")
     return module
 
 
@@ -114,29 +112,37 @@ def test_reference_logps_are_computed_once_cached_reused_and_redone_for_another_
     module.prepare_data()
     module.setup("fit")
     assert "Built preference pairs" in capsys.readouterr().out
-    cached = module.pair_splits["train"]["reference_chosen"]
-    assert len(cached) == 6 and all(x < 0 for x in cached)
-    # the cached values are the starting model's log-probs
+    assert sorted(module.pair_splits["train"]["pair_id"]) == list(range(6))
     policy = PreferenceLM(pretrained=str(first_model))
     policy.connect(module.tokenizer)
+    table = policy.reference_table(module, torch.device("cpu"), "32-true")
+    assert "Computed the reference log-probs of 6 pairs" in capsys.readouterr().out
+    assert table.shape == (6, 2) and (table < 0).all()
+    # the cached values are the starting model's log-probs, looked up by the batch's pair ids
     policy.configure_model()
     policy.eval()
+    policy._reference_table = table
     batch = next(iter(module.train_dataloader()))
+    assert "reference_logps" not in batch and batch["pair_ids"].shape == (4,)
     with torch.no_grad():
         logps = sequence_logps(policy(batch["input_ids"], batch["attention_mask"]), batch["labels"])
-    assert logps.tolist() == pytest.approx(batch["reference_logps"].tolist(), abs=1e-4)
+    assert logps.tolist() == pytest.approx(policy._reference_logps(batch).tolist(), abs=1e-4)
 
     again = _pairs_module(tmp_path, pairs, first_model)
     again.prepare_data()
+    again.setup("fit")
     assert "Reusing cached preference pairs" in capsys.readouterr().out
+    assert torch.equal(PreferenceLM(pretrained=str(first_model)).reference_table(again, torch.device("cpu"), "32-true"), table)
+    assert "Reusing cached reference log-probs" in capsys.readouterr().out
     other_model = save_tiny_gpt2(tmp_path / "other")  # same architecture and tokenizer, other weights
     torch.manual_seed(1)
     from transformers import GPT2LMHeadModel
 
     GPT2LMHeadModel(GPT2LMHeadModel.from_pretrained(other_model).config).save_pretrained(other_model)
-    changed = _pairs_module(tmp_path, pairs, other_model)
-    changed.prepare_data()
-    assert "Built preference pairs" in capsys.readouterr().out
+    other = PreferenceLM(pretrained=str(other_model)).reference_table(again, torch.device("cpu"), "32-true")
+    assert "Computed the reference log-probs of 6 pairs" in capsys.readouterr().out and not torch.equal(other, table)
+    bf16 = PreferenceLM(pretrained=str(first_model)).reference_table(again, torch.device("cpu"), "bf16-mixed")
+    assert "Computed" in capsys.readouterr().out and bf16.shape == table.shape  # another precision: its own entry
 
 
 def test_a_pairs_file_without_a_column_is_an_error_naming_it(tmp_path):
@@ -196,7 +202,7 @@ def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir,
     main(["fit", *dpo_args, "--trainer.max_epochs=2"])
     out = capsys.readouterr().out
     assert "Constitution stage: reusing all" in out  # the SFT run's stage, and so its pairs
-    assert "Built preference pairs" in out
+    assert "Built preference pairs" in out and "Computed the reference log-probs" in out
     run = workdir / "lightning_logs/dpo/version_0"
     assert (run / "checkpoints/last.ckpt").exists() and (run / "hf_model/config.json").exists()
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -208,7 +214,8 @@ def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir,
         assert name in scalars, (name, sorted(scalars))
     step = torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"]
     main(["fit", *dpo_args, "--trainer.max_epochs=3", "--ckpt_path=last"])
-    assert "Reusing cached preference pairs" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Reusing cached preference pairs" in out and "Reusing cached reference log-probs" in out
     assert torch.load(run / "checkpoints/last.ckpt", weights_only=False)["global_step"] > step
 
     # the SFT run's checkpoint is a model to start from too: converted once into the very network it exported
@@ -217,7 +224,8 @@ def test_sft_then_dpo_through_the_cli_with_checkpoint_resume_and_export(workdir,
     checkpoint = workdir / "lightning_logs/default/version_0/checkpoints/last.ckpt"
     main(["fit", *dpo_args, f"--model.pretrained={checkpoint}", "--trainer.max_epochs=1"])
     out = capsys.readouterr().out
-    assert "Reusing cached tokenized dataset" in out and "Built preference pairs" in out  # another reference's log-probs
+    assert "Reusing cached tokenized dataset" in out and "Reusing cached preference pairs" in out
+    assert "Computed the reference log-probs" in out  # another reference: its own log-probs
     (converted,) = (workdir / "cache/models").glob("ckpt-default-version_0-last-*")
     exported, restored = (AutoModelForCausalLM.from_pretrained(p).state_dict() for p in (sft, converted))
     assert exported.keys() == restored.keys() and all(torch.equal(exported[k], restored[k]) for k in exported)
@@ -271,3 +279,9 @@ def test_chat_message_pairs_render_with_the_chat_template(tmp_path, capsys):
     module.setup("fit")
     assert len(module.pair_splits["train"]) == 5 and "5 read from" in capsys.readouterr().out
     assert module.pair_splits["train"][0]["prompt"].startswith("<|im_start|>user\nWrite f")
+
+
+def test_preference_pairs_go_with_the_preference_model(workdir, capsys):
+    with pytest.raises(SystemExit) as exit:
+        main(["fit", "--config", DEFAULT, *TINY, "--data.class_path=cai_lightning.data.preference.PreferenceDataModule"])
+    assert exit.value.code == 2 and "PreferenceDataModule goes with model: class_path: cai_lightning.dpo.PreferenceLM" in capsys.readouterr().err

@@ -1,17 +1,18 @@
-"""Preference pairs for DPO: (prompt, chosen, rejected), tokenized as SFT examples are, with the reference
-model's log-probabilities computed once and cached with them.
+"""Preference pairs for DPO: (prompt, chosen, rejected), tokenized as SFT examples are, and cached.
 
-    pairs ─► validated ─► prompt and each response tokenized ─► train / val ─► reference log-probs ─► batches
-    (the stage's        (no empty     separately, concatenated,  (a stable      (the starting model,     (chosen rows,
-     preference split,   side, chosen  the prompt kept whole and   hash of the   frozen, once; cached     then rejected
-     a file, or a Hub    != rejected)  the responses cut; a pair   prompt)       under its identity)      rows)
+    pairs ─► validated ─► prompt and each response tokenized ─► train / val ─► batches
+    (the stage's        (no empty     separately, concatenated,  (a stable      (chosen rows, then rejected rows,
+     preference split,   side, chosen  the prompt kept whole and   hash of the   each pair's id: the model looks
+     a file, or a Hub    != rejected)  the responses cut; a pair   prompt)       its reference log-probs up by it)
      dataset)                          that cannot fit is dropped
                                        and counted)
 
 The SFT splits of :class:`CodeInstructionDataModule` stay: ``test`` and ``predict`` (and the sample callback)
 use the held-out tasks as in SFT. The cache key holds everything the cached arrays depend on: the pairs'
-content, the tokenizer, ``max_length``, the validation share, and the reference model's identity, device
-type and precision; another reference (a new SFT run) means new log-probs.
+content, the tokenizer, ``max_length`` and the validation share. The reference model's log-probs are the
+model's business: :class:`~cai_lightning.dpo.PreferenceLM` computes them once when it is set up, and caches
+them beside the pairs (:attr:`PreferenceDataModule.pair_cache_dir`) under the reference's identity, device type
+and precision.
 """
 
 from __future__ import annotations
@@ -32,12 +33,11 @@ from cai_lightning.data.collate import PadCollator
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.data.records import load_source
 from cai_lightning.data.tokenization import build_example, tokenizer_fingerprint
-from cai_lightning.devices import resolve_device
 from cai_lightning.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
-PAIRS_FORMAT = 1  # bump when what the pair cache holds changes
+PAIRS_FORMAT = 2  # bump when what the pair cache holds changes (2: a pair id, no reference log-probs)
 PAIR_FIELDS = ("prompt", "chosen", "rejected")
 STAGE = "stage"  # data.pairs value: the constitution stage's preference split
 
@@ -53,12 +53,12 @@ class PreferenceDataModule(CodeInstructionDataModule):
             should see it, template included).
         pairs_split: Split of a Hub dataset of pairs.
         pairs_val_fraction: Share of pairs held out for validation, by a stable hash of the prompt.
-        reference_batch_size: Pairs per forward pass when the reference log-probs are computed.
+        reference_batch_size: Pairs per forward pass when the model computes the reference log-probs.
         **kwargs: Everything :class:`CodeInstructionDataModule` takes (source, constitution, revise,
             max_length, batch_size, ...): the SFT data the pairs come with.
 
-    The reference model is the one ``model.pretrained`` names (read from the trainer's module when the
-    data is prepared), so it is configured once.
+    The reference model is the one ``model.pretrained`` names: :class:`~cai_lightning.dpo.PreferenceLM` computes
+    its log-probs of :meth:`pair_examples` when it is set up, so the data module never needs the model.
     """
 
     def __init__(
@@ -78,18 +78,6 @@ class PreferenceDataModule(CodeInstructionDataModule):
         self.pair_manifest: dict = {}
         self._pair_path: Path | None = None
 
-    # ---------------------------------------------------------------- the reference
-    def _reference(self) -> tuple[str, str]:
-        """(model.pretrained, model.reference) of the module being trained."""
-        module = getattr(getattr(self, "trainer", None), "lightning_module", None)
-        hparams = getattr(module, "hparams", {})
-        if "reference" not in hparams or not hparams.get("pretrained"):
-            raise ConfigError("PreferenceDataModule goes with model: class_path: cai_lightning.dpo.PreferenceLM")
-        return hparams["pretrained"], hparams["reference"]
-
-    def _precision(self) -> str:
-        return str(getattr(getattr(self, "trainer", None), "precision", "32-true"))
-
     @property
     def _only_split_read(self) -> str | None:
         """None with ``pairs: stage``: the pairs are built in ``prepare_data`` from the stage's preference
@@ -101,20 +89,12 @@ class PreferenceDataModule(CodeInstructionDataModule):
         super().prepare_data()
         if not (self._resolved[1] / "manifest.json").exists():
             return  # DDP: the ranks share the constitution stage out in setup(), which calls this again
-        pretrained, mode = self._reference()
         tokenizer = self._load_tokenizer()
         raw, origin, source_key = self._raw_pairs(tokenizer)
-        device = resolve_device("auto")
-        reference = None
-        if mode == "cached":
-            from cai_lightning.pretrained import model_identity
-
-            reference = {"model": model_identity(pretrained, "model.pretrained"), "device": device.type,
-                         "precision": self._precision()}
         hp = self.hparams
         key = hashlib.sha256(json.dumps({
             "format": PAIRS_FORMAT, "pairs": source_key, "tokenizer": tokenizer_fingerprint(tokenizer),
-            "max_length": hp.max_length, "val_fraction": hp.pairs_val_fraction, "reference": reference,
+            "max_length": hp.max_length, "val_fraction": hp.pairs_val_fraction,
         }, sort_keys=True).encode()).hexdigest()[:16]
         path = self.cache_root / "preference" / key
         self._pair_path = path
@@ -124,7 +104,7 @@ class PreferenceDataModule(CodeInstructionDataModule):
         staging = path.with_name(f".tmp-{key}-{os.getpid()}")
         shutil.rmtree(staging, ignore_errors=True)
         try:
-            manifest = self._build_pairs(raw, origin, tokenizer, staging, pretrained if reference else None, device)
+            manifest = self._build_pairs(raw, origin, tokenizer, staging)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
             path.parent.mkdir(parents=True, exist_ok=True)
             os.replace(staging, path)  # atomic: complete or absent
@@ -185,8 +165,7 @@ class PreferenceDataModule(CodeInstructionDataModule):
         rows = conversations_as_text(rows, tokenizer, loaded.origin, loaded.lines)
         return check_pairs(rows, loaded.origin, loaded.lines), loaded.origin, loaded.fingerprint
 
-    def _build_pairs(self, raw: list[dict], origin: str, tokenizer, out: Path, reference: str | None,
-                     device: torch.device) -> dict:
+    def _build_pairs(self, raw: list[dict], origin: str, tokenizer, out: Path) -> dict:
         import datasets
 
         hp = self.hparams
@@ -195,10 +174,8 @@ class PreferenceDataModule(CodeInstructionDataModule):
             log.warning("%s: dropped %d pair(s) whose prompt alone fills data.max_length=%d", origin, dropped, hp.max_length)
         if not examples:
             raise DataError(f"{origin}: no pair fits data.max_length={hp.max_length} ({len(raw)} pairs read)")
-        if reference is not None:
-            logps = reference_logps(examples, reference, tokenizer, device, self._precision(), hp.reference_batch_size)
-            for example, (chosen, rejected) in zip(examples, logps):
-                example["reference_chosen"], example["reference_rejected"] = chosen, rejected
+        for pair_id, example in enumerate(examples):
+            example["pair_id"] = pair_id  # what the model's reference log-probs are looked up by
         by_split = {"train": [], "val": []}
         for example in examples:
             by_split[pair_split(example["prompt"], hp.pairs_val_fraction, hp.split_seed)].append(example)
@@ -210,8 +187,20 @@ class PreferenceDataModule(CodeInstructionDataModule):
         return {
             "origin": origin, "pairs_read": len(raw), "dropped_prompt_too_long": dropped,
             "truncated": truncated, "train": len(by_split["train"]), "val": len(by_split["val"]),
-            "reference": reference if reference is not None else "live (not cached)",
         }
+
+    # ---------------------------------------------------------------- what the model reads
+    @property
+    def pair_cache_dir(self) -> Path:
+        """The cache entry of the pairs ``prepare_data`` built: where the model keeps their reference log-probs."""
+        if self._pair_path is None:
+            raise RuntimeError("PreferenceDataModule.pair_cache_dir: prepare_data has not run")
+        return self._pair_path
+
+    def pair_examples(self) -> list[dict]:
+        """Every tokenized pair of both splits (``pair_id``, ``chosen_*``, ``rejected_*``), by ``pair_id``."""
+        rows = [row for split in self.pair_splits.values() for row in split]
+        return sorted(rows, key=lambda row: row["pair_id"])
 
     # ---------------------------------------------------------------- loaders
     def _pair_loader(self, split: str, shuffle: bool) -> DataLoader:
@@ -332,38 +321,11 @@ def pair_split(prompt: str, val_fraction: float, seed: int) -> str:
 
 
 @torch.no_grad()
-def reference_logps(examples: list[dict], pretrained: str, tokenizer, device: torch.device, precision: str,
-                    batch_size: int) -> list[tuple[float, float]]:
-    """Summed log-probs of each pair's chosen and rejected response under the reference model: the policy
-    as it starts (built exactly as :class:`~cai_lightning.dpo.PreferenceLM` builds it), in eval mode, under
-    the trainer's precision. The model is freed before training starts."""
-    from tqdm.auto import tqdm
-
-    from cai_lightning.dpo import PreferenceLM, sequence_logps
-
-    module = PreferenceLM(pretrained=pretrained)
-    module.connect(tokenizer)
-    module.configure_model()
-    model = module.model.to(device).eval()
-    collate = PairCollator(tokenizer.pad_token_id)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision.startswith("bf16"))
-    out: list[tuple[float, float]] = []
-    for start in tqdm(range(0, len(examples), batch_size), desc="reference log-probs", unit="batch"):
-        batch = {k: v.to(device) for k, v in collate(examples[start : start + batch_size]).items()}
-        with autocast:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logps = sequence_logps(logits, batch["labels"]).float().cpu().tolist()
-        n = len(logps) // 2
-        out.extend(zip(logps[:n], logps[n:]))
-    del model, module
-    return out
-
-
 @dataclass(frozen=True)
 class PairCollator:
     """A batch of ``B`` pairs as one ``(2B, T)`` batch: the chosen rows, then the rejected rows in the same
-    order, right-padded as :class:`PadCollator` pads SFT examples; ``reference_logps`` ``(2B,)`` when the
-    pairs carry them."""
+    order, right-padded as :class:`PadCollator` pads SFT examples; ``pair_ids`` ``(B,)`` when the pairs carry
+    ids, ``reference_logps`` ``(2B,)`` when they carry log-probs (benchmarks and tests give them)."""
 
     pad_id: int
     pad_to_multiple_of: int | None = None
@@ -372,6 +334,8 @@ class PairCollator:
         rows = [{"input_ids": p[f"{side}_input_ids"], "labels": p[f"{side}_labels"]}
                 for side in ("chosen", "rejected") for p in pairs]
         batch = PadCollator(self.pad_id, self.pad_to_multiple_of)(rows)
+        if "pair_id" in pairs[0]:
+            batch["pair_ids"] = torch.tensor([p["pair_id"] for p in pairs], dtype=torch.long)
         if "reference_chosen" in pairs[0]:
             batch["reference_logps"] = torch.tensor(
                 [p["reference_chosen"] for p in pairs] + [p["reference_rejected"] for p in pairs], dtype=torch.float32
@@ -383,6 +347,5 @@ def format_pair_summary(manifest: dict) -> str:
     return (
         f"  pairs: {manifest['pairs_read']} read from {manifest['origin']}: {manifest['train']} train, "
         f"{manifest['val']} val, {manifest['dropped_prompt_too_long']} dropped (prompt too long), "
-        f"{manifest['truncated']} with a response cut; reference log-probs: "
-        + (json.dumps(manifest["reference"]) if isinstance(manifest["reference"], dict) else manifest["reference"])
+        f"{manifest['truncated']} with a response cut"
     )
