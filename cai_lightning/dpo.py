@@ -31,6 +31,7 @@ from cai_lightning.data.preference import PairCollator, PreferenceDataModule
 from cai_lightning.data.tokenization import IGNORE_INDEX
 from cai_lightning.errors import ConfigError
 from cai_lightning.model import CodeLM
+from cai_lightning.pretrained import model_identity
 
 LossType = Literal["sigmoid", "ipo"]
 
@@ -158,8 +159,6 @@ class PreferenceLM(CodeLM):
         computed there once (on ``device``, under ``precision``) when ``compute`` (a node's first rank; the others
         wait at ``barrier``, then read it). The key holds the reference's identity (``model.pretrained``, by
         content for a file), the device type and the precision: another reference means new log-probs."""
-        from cai_lightning.pretrained import model_identity
-
         identity = {"model": model_identity(self.hparams.pretrained, "model.pretrained"), "device": device.type,
                     "precision": precision}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
