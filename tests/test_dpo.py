@@ -115,7 +115,10 @@ def test_reference_logps_are_computed_once_cached_reused_and_redone_for_another_
     assert sorted(module.pair_splits["train"]["pair_id"]) == list(range(6))
     policy = PreferenceLM(pretrained=str(first_model))
     policy.connect(module.tokenizer)
-    table = policy.reference_table(module, torch.device("cpu"), "32-true")
+    saved = []  # tensors kept for a backward pass: none without gradients
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        table = policy.reference_table(module, torch.device("cpu"), "32-true")
+    assert saved == []
     assert "Computed the reference log-probs of 6 pairs" in capsys.readouterr().out
     assert table.shape == (6, 2) and (table < 0).all()
     # the cached values are the starting model's log-probs, looked up by the batch's pair ids

@@ -320,7 +320,6 @@ def pair_split(prompt: str, val_fraction: float, seed: int) -> str:
     return "val" if int.from_bytes(digest[:8], "big") / 2**64 < val_fraction else "train"
 
 
-@torch.no_grad()
 @dataclass(frozen=True)
 class PairCollator:
     """A batch of ``B`` pairs as one ``(2B, T)`` batch: the chosen rows, then the rejected rows in the same
