@@ -57,6 +57,9 @@ a reply read for its code ends at the closing fence) and the ratio of rows/s, wi
 (accepted candidates by source, rows changed, rows still failing a must-pass check, refusals). Then, on the
 first ``--greedy-rows`` rows, both decoders greedy (one candidate): the share of answers, critiques and
 revisions written the same (fp32: the same up to rounding; bf16 on a CPU with native bf16: reported).
+Last, what one decoding step of the own decoder costs with 8, 16, 32 and 64 rows in the batch
+(``--step-batches``; critique prompts, greedy, ``--step-tokens`` steps each): where it grows little with the
+rows, a step is bound by reading the weights, and only fewer steps or more rows per step make the stage faster.
 
     python bench/constitution_throughput.py --critic qwen2.5-coder-0.5b-instruct [--rows 32] [--batch-size 16]
         [--own-batch-size 32] [--greedy-rows 8] [--repeats 1]
@@ -234,6 +237,32 @@ def decoder_throughput(args: argparse.Namespace) -> list[dict]:
         print(f"greedy, {len(before)} rows, {dtype}: written the same by both decoders: "
               + ", ".join(f"{part} {share:.2f}" for part, share in same.items()))
         table.append({"setup": "greedy agreement", "rows": len(before), "dtype": str(dtype), **same})
+    table += step_costs(critic, rows, args.step_batches, args.step_tokens)
+    return table
+
+
+def step_costs(critic: Critic, rows: list[dict], batches: list[int], tokens: int) -> list[dict]:
+    """What one decoding step of ``decode`` costs with ``batch`` rows in it, each of ``batches``: the same
+    critique prompts, greedy, every row running ``tokens`` steps (no end token). Where the time grows
+    little with the rows, a step is bound by reading the weights, not by the rows' arithmetic."""
+    from cai_lightning.constitution.prompts import critique_prompt
+    from cai_lightning.generation import decode
+
+    principle = Constitution.load(DEFAULT_PATH).principles[0]
+    texts = [critique_prompt(row["instruction"], row.get("input", ""), row["output"], principle, []) for row in rows]
+    prompts = [critic.tokenizer(critic.as_prompt(text), add_special_tokens=False)["input_ids"] for text in texts]
+    table = []
+    for batch in batches:
+        chosen = [prompts[i % len(prompts)] for i in range(batch)]
+        stats: dict[str, float] = {}
+        decode(critic.model, chosen, max_new_tokens=tokens, eos_token_id=-1, pad_token_id=critic.pad_id, stats=stats)
+        table.append({
+            "setup": "decoding step", "batch": batch, "steps": stats["steps"], "step_ms": stats["step_s"] / stats["steps"] * 1e3,
+            "row_step_ms": stats["step_s"] / stats["row_steps"] * 1e3,
+            "encode_ms_per_token": stats["encode_s"] / sum(map(len, chosen)) * 1e3,
+        })
+        print(f"decoding step, {batch:3d} rows: {table[-1]['step_ms']:7.1f} ms a step, "
+              f"{table[-1]['row_step_ms']:6.2f} ms a row; prompts encoded at {table[-1]['encode_ms_per_token']:.2f} ms a token")
     return table
 
 
@@ -327,6 +356,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval", default=None, help="time evaluation's generation with this model (tiny or a name)")
     parser.add_argument("--critic", default=None, help="time the stage's decoders with this pretrained critic")
     parser.add_argument("--greedy-rows", type=int, default=8, help="--critic: rows decoded greedily by both decoders")
+    parser.add_argument("--step-batches", type=int, nargs="*", default=[8, 16, 32, 64],
+                        help="--critic: rows in the batch for which a decoding step is timed (none: skip)")
+    parser.add_argument("--step-tokens", type=int, default=48, help="--critic: steps timed at each of --step-batches")
     parser.add_argument("--tasks", type=int, default=16, help="--eval: tasks of the shipped test split")
     parser.add_argument("--samples", type=int, default=5, help="--eval: samples per task")
     parser.add_argument("--eval-tokens", type=int, default=256, help="--eval: new tokens per sample at most")
@@ -343,6 +375,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.critique_tokens, args.revision_tokens = 4, 8
         args.tasks, args.samples, args.eval_tokens, args.eval_batch = 3, 2, 6, 2
         args.greedy_rows = args.greedy_tasks = 2
+        args.step_batches, args.step_tokens = [1, 2], 3
         if args.eval:
             args.eval = "tiny"
     args.critic_model = None

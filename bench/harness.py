@@ -101,19 +101,27 @@ def checkout_commit() -> str:
     return head + ("+" if git("status", "--porcelain", "--untracked-files=no").stdout.strip() else "")
 
 
+# what a CPU's matmuls depend on: its vector width and whether bf16 (and int8) is native
+CPU_FEATURES = {"avx2": "AVX2", "avx512f": "AVX-512", "avx512_bf16": "AVX512-BF16", "amx_bf16": "AMX-BF16", "amx_int8": "AMX-INT8"}
+
+
 def machine() -> dict:
-    """The hardware and software a figure depends on: CPU model and cores, native bf16, the GPU if any, the
-    thread count, Python and torch."""
+    """The hardware and software a figure depends on: CPU model, its matmul features (``CPU_FEATURES``) and
+    cores, native bf16, the GPU if any, the thread count, Python and torch."""
     from cai_lightning.devices import cpu_supports_bf16
 
-    cpu = platform.processor() or platform.machine()
+    cpu, flags = platform.processor() or platform.machine(), set()
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+            if cpu and flags:
                 break
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "cpu_bf16": cpu_supports_bf16(), "threads": torch.get_num_threads(),
+        "cpu": cpu, "cpu_features": [name for flag, name in CPU_FEATURES.items() if flag in flags],
+        "cores": os.cpu_count(), "cpu_bf16": cpu_supports_bf16(), "threads": torch.get_num_threads(),
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "python": platform.python_version(), "torch": torch.__version__,
     }

@@ -19,7 +19,9 @@ import yaml
 from cai_lightning.cli import resolved_config
 
 BENCH = Path(__file__).resolve().parents[1] / "bench"
-SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py") if 'if __name__ == "__main__":' in path.read_text())
+NOT_BENCHES = {"report"}  # draws the docs' tables and plots from the result files: tests/test_bench_report.py
+SCRIPTS = sorted(path.stem for path in BENCH.glob("*.py")
+                 if 'if __name__ == "__main__":' in path.read_text() and path.stem not in NOT_BENCHES)
 SLOW = {  # a minute (constitution_effect: five arms, each fine-tuned and sampled) or 4-20 s: training, subprocesses
     "constitution_effect", "dpo_step", "memory_growth", "optimizer_step", "recipe_compare", "train_throughput",
 }
