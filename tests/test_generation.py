@@ -1,5 +1,9 @@
 """The decoding loop (cai_lightning.generation.decode): what it writes is what transformers' generate writes,
-whatever it does to get there faster (grouped encoding, reused prompt beginnings, stops, dropped rows)."""
+whatever it does to get there faster (grouped encoding, reused prompt beginnings, stops, dropped rows); and
+decode_attention, the attention of a decoding step over a preallocated cache."""
+
+import dataclasses
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -152,3 +156,38 @@ def test_sampler_draws_from_the_distribution_transformers_samples_from():
     drawn = torch.bincount(scores.argmax(-1), minlength=8) / 40_000
     assert (drawn[expected == 0] == 0).all()  # outside top-k / top-p: never drawn
     assert torch.allclose(drawn, expected, atol=0.01), (drawn, expected)
+
+
+@pytest.mark.parametrize("fold_groups", [True, False])
+@pytest.mark.parametrize(("n", "kv_heads"), [(2, 4), (1, 4), (3, 2), (1, 2)])
+def test_decode_attention_is_sdpa_over_the_whole_static_cache(n, kv_heads, fold_groups):
+    """decode_attention reads less (the cache cut where its filling ends; with n samples, each prompt once)
+    and must compute what transformers' SDPA computes over the whole preallocated cache, masked."""
+    from cai_lightning.generation import _DECODING, _Decoding, decode_attention
+
+    torch.manual_seed(0)
+    heads, dim, width, filled, capacity = 4, 8, 7, 5, 20  # prompts of 8 tokens (7 cached before decoding)
+    real = torch.tensor([7, 3, 0])  # tokens of each prompt before its last; the third prompt is all padding there
+    prompt_mask = torch.arange(width) >= width - real[:, None]  # left padding, (prompts, width)
+    keys, values = torch.randn(2, 3, kv_heads, capacity, dim)
+    cache = SimpleNamespace(layers=[SimpleNamespace(keys=keys, values=values)])
+    decoding = dataclasses.replace(_Decoding.of(cache, prompt_mask, n), fold_groups=fold_groups)
+    assert (decoding.prompts is not None) == (n > 1)  # the prompt is shared only where there is something to share
+    keys, values = keys.repeat_interleave(n, 0), values.repeat_interleave(n, 0)
+    keys[:, :, width:], values[:, :, width:] = torch.randn(2, 3 * n, kv_heads, capacity - width, dim)  # per sample
+    mask = torch.zeros(3 * n, 1, 1, capacity, dtype=torch.bool)
+    mask[..., :width] = prompt_mask.repeat_interleave(n, 0)[:, None, None]
+    mask[..., width : width + filled] = True  # the prompt's last token and 4 generated; the rest not yet written
+    query = torch.randn(3 * n, heads, 1, dim)
+    groups = heads // kv_heads
+    expected = torch.nn.functional.scaled_dot_product_attention(
+        query, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1), attn_mask=mask
+    ).transpose(1, 2)
+    module = SimpleNamespace(layer_idx=0, training=False, is_causal=True, num_key_value_groups=groups)
+    token = _DECODING.set(decoding)
+    try:
+        out, _ = decode_attention(module, query, keys, values, mask)
+    finally:
+        _DECODING.reset(token)
+    assert out.shape == expected.shape
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)

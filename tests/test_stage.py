@@ -3,7 +3,6 @@ after SIGKILL, and bad input."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -15,18 +14,16 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 
 from cai_lightning.callbacks import ConstitutionReport
 from cai_lightning.constitution import DEFAULT_PATH, Constitution, Finding
-from cai_lightning.constitution.critic import Critic
 from cai_lightning.constitution.prompts import REPLY_FORMAT, critique_prompt, extract_code, revision_prompt
 from cai_lightning.constitution.report import format_summary, pair_skip, same_program, verified_pairs
 from cai_lightning.constitution.stage import ConstitutionStage, score
 from cai_lightning.data.datamodule import CodeInstructionDataModule
 from cai_lightning.errors import ConfigError, DataError
 from cai_lightning.settings import Revise
-from tests.conftest import make_rows, save_tiny_gpt2, write_jsonl
+from tests.conftest import make_rows, write_jsonl
 
 CONSTITUTION = Constitution.load(DEFAULT_PATH)
 WEIGHTS = CONSTITUTION.weights  # correctness 4, safety 2, style 1, documentation 1
@@ -162,85 +159,6 @@ def test_fixer_alone_documents_and_formats_without_changing_behaviour(tmp_path):
     assert record["findings_before"]["style"] and record["findings_before"]["documentation"]
     assert record["findings_after"] == {check: [] for check in WEIGHTS}
     assert record["final"].startswith('def add(a, b):\n    """Return a + b."""\n')  # what it does, not the request
-
-
-def test_random_critic_generates_batched_and_seeded(tmp_path):
-    from cai_lightning.data.tokenization import train_bpe_tokenizer
-
-    tokenizer = train_bpe_tokenizer([r["instruction"] + r["output"] for r in make_rows(20)], 300)
-    critic = Critic.random(tokenizer, seed=1, device="cpu")
-    prompts = ["short", "a much longer prompt than the first one, to be left-padded"]
-    batched = critic.generate(prompts, max_new_tokens=6, n=2, seed=3)
-    assert len(batched) == 2 and all(len(texts) == 2 for texts in batched)
-    assert batched == critic.generate(prompts, max_new_tokens=6, n=2, seed=3)  # same seed, same text
-    alone = critic.generate(prompts[:1], max_new_tokens=6, n=1, do_sample=False)
-    assert alone == critic.generate(prompts, max_new_tokens=6, n=1, do_sample=False)[:1]  # left padding is masked
-
-
-def test_candidates_share_one_prefill_without_changing_what_is_generated():
-    from cai_lightning.data.tokenization import train_bpe_tokenizer
-
-    tokenizer = train_bpe_tokenizer([r["instruction"] + r["output"] for r in make_rows(20)], 300)
-    critic = Critic.random(tokenizer, seed=2, device="cpu")
-    prompts = ["x = 1", "a longer prompt, left-padded in the batch: def add(a, b):"]
-    for decoder in ("own", "transformers"):
-        greedy = critic.generate(prompts, max_new_tokens=8, n=2, do_sample=False, decoder=decoder)
-        assert greedy == [[one[0], one[0]] for one in critic.generate(prompts, max_new_tokens=8, n=1, do_sample=False, decoder=decoder)]
-    shared = critic.generate(prompts, max_new_tokens=8, n=3, seed=4, decoder="transformers")
-    assert critic.model.config._attn_implementation == "sdpa"  # decode_attention was for that call only
-    critic._shared_prefill = False  # the prompts repeated 3 times, each copy encoded
-    assert shared == critic.generate(prompts, max_new_tokens=8, n=3, seed=4, decoder="transformers")
-
-
-@pytest.mark.parametrize("fold_groups", [True, False])
-@pytest.mark.parametrize(("n", "kv_heads"), [(2, 4), (1, 4), (3, 2), (1, 2)])
-def test_decode_attention_is_sdpa_over_the_whole_static_cache(n, kv_heads, fold_groups):
-    """decode_attention reads less (the cache cut where its filling ends; with n samples, each prompt once)
-    and must compute what transformers' SDPA computes over the whole preallocated cache, masked."""
-    from types import SimpleNamespace
-
-    from cai_lightning.generation import _DECODING, _Decoding, decode_attention
-
-    torch.manual_seed(0)
-    heads, dim, width, filled, capacity = 4, 8, 7, 5, 20  # prompts of 8 tokens (7 cached before decoding)
-    real = torch.tensor([7, 3, 0])  # tokens of each prompt before its last; the third prompt is all padding there
-    prompt_mask = torch.arange(width) >= width - real[:, None]  # left padding, (prompts, width)
-    keys, values = torch.randn(2, 3, kv_heads, capacity, dim)
-    cache = SimpleNamespace(layers=[SimpleNamespace(keys=keys, values=values)])
-    decoding = dataclasses.replace(_Decoding.of(cache, prompt_mask, n), fold_groups=fold_groups)
-    assert (decoding.prompts is not None) == (n > 1)  # the prompt is shared only where there is something to share
-    keys, values = keys.repeat_interleave(n, 0), values.repeat_interleave(n, 0)
-    keys[:, :, width:], values[:, :, width:] = torch.randn(2, 3 * n, kv_heads, capacity - width, dim)  # per sample
-    mask = torch.zeros(3 * n, 1, 1, capacity, dtype=torch.bool)
-    mask[..., :width] = prompt_mask.repeat_interleave(n, 0)[:, None, None]
-    mask[..., width : width + filled] = True  # the prompt's last token and 4 generated; the rest not yet written
-    query = torch.randn(3 * n, heads, 1, dim)
-    groups = heads // kv_heads
-    expected = torch.nn.functional.scaled_dot_product_attention(
-        query, keys.repeat_interleave(groups, 1), values.repeat_interleave(groups, 1), attn_mask=mask
-    ).transpose(1, 2)
-    module = SimpleNamespace(layer_idx=0, training=False, is_causal=True, num_key_value_groups=groups)
-    token = _DECODING.set(decoding)
-    try:
-        out, _ = decode_attention(module, query, keys, values, mask)
-    finally:
-        _DECODING.reset(token)
-    assert out.shape == expected.shape
-    torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
-
-
-def test_hub_style_critic_with_chat_template(tmp_path):
-    folder = save_tiny_gpt2(tmp_path / "critic")
-    critic = Critic.load(str(folder), device="cpu")
-    assert critic.as_prompt("hi") == "hi"
-    critic.tokenizer.chat_template = "{% for m in messages %}<user>{{ m['content'] }}</user>{% endfor %}<bot>"
-    assert critic.as_prompt("hi") == "<user>hi</user><bot>"
-    assert len(critic.generate(["hi", "there"], max_new_tokens=4, n=1)[1]) == 1
-
-
-def test_unloadable_critic_names_it(tmp_path):
-    with pytest.raises(ConfigError, match="could not load the critic model '/nonexistent/critic'"):
-        Critic.load("/nonexistent/critic")
 
 
 def datamodule(tmp_path, rows_path, cache="cache", **revise):
