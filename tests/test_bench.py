@@ -230,7 +230,7 @@ CHECKS = {
 @pytest.mark.slow
 def test_train_throughput_times_a_compiled_row_when_asked(workdir, capsys):
     """The compile row is opt-in (``--rows``): it trains through ``torch.compile`` on the same batches as eager,
-    and the table can add MFU against a nominal peak (the GPU figure of issue 14's item 5)."""
+    and the table can add MFU against a nominal peak (the GPU's figure)."""
     import torch._dynamo
 
     from cai_lightning.devices import cpu_supports_bf16

@@ -1,5 +1,5 @@
 """The sandbox: ordinary outcomes, bad input, and attacks. Every attack must end as a non-passed result
-while this process (the parent) stays unharmed and the session goes on. The attacks of issue 11, also as
+while this process (the parent) stays unharmed and the session goes on. The attacks on the judge, also as
 an unprivileged user and through ``evaluate()``, are in test_sandbox_attacks.py; the judge's rules in
 test_judge.py.
 

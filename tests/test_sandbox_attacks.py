@@ -1,4 +1,4 @@
-"""Issue 11's attacks on the sandbox as a judge, each through ``evaluation.evaluate()`` (the path
+"""The attacks on the sandbox as a judge, each through ``evaluation.evaluate()`` (the path
 ``ExecutionEval`` and the constitution gate take), as this process's user in-process and as ``nobody`` in a
 child (see ``unprivileged.py``). For every attack: the sample is not passed; the same ``evaluate()`` call
 goes on to score a correct program as passed; no sandbox process and no work folder is left; the evaluator
