@@ -173,3 +173,20 @@ def save_tiny_llama(directory: Path, texts: list[str] | None = None) -> Path:
     LlamaForCausalLM(config).to(torch.bfloat16).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def pairs_datamodule(tmp_path: Path, pairs: Path, reference: Path):
+    """A PreferenceDataModule as the trainer would prepare it, with ``reference`` as model.pretrained."""
+    from cai_lightning.data.preference import PreferenceDataModule
+
+    module = PreferenceDataModule(
+        pairs=str(pairs), pairs_val_fraction=0.0, source=str(write_jsonl(tmp_path / "rows.jsonl", make_rows(20))),
+        tokenizer=str(reference), max_length=256, cache_dir=str(tmp_path / "cache"), batch_size=4,
+    )
+    return module
+
+
+def pair_rows(n: int) -> list[dict]:
+    """``n`` preference pairs of one-line functions: the chosen returns, the rejected passes."""
+    return [{"prompt": f"Write f{i}.\n", "chosen": f"def f{i}():\n    return {i}\n", "rejected": f"def f{i}():\n    pass\n"}
+            for i in range(n)]
