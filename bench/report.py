@@ -30,7 +30,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DOCS = ROOT / "docs"
-FIGURES = DOCS / "figures"
 LABELS = ROOT / "bench" / "data" / "scraped_labels.jsonl"  # constitution_gate's planted defects, by row
 
 BLOCK = re.compile(r"(<!-- results: (?P<file>[\w.-]+)(?: (?P<variant>\w+))? -->\n)(?P<body>.*?)(<!-- end results -->)", re.DOTALL)
@@ -233,7 +232,7 @@ def constitution_gate(results: list[dict]) -> str:
 def repairs_by_defect(results: list[dict], names: dict[str, str]) -> str:
     """Planted defects repaired (a kept revision the audit calls better), by the kind of defect, each critic."""
     labels = [json.loads(line) for line in LABELS.read_text().splitlines() if line.strip()]
-    rows = len(results[0]["audit_entries"]) and results[0]["rows"]
+    rows = results[0]["rows"]  # the first N rows of the labelled set (--rows)
     planted: dict[str, int] = {}
     for label in labels[:rows]:
         if label["defect"]:
