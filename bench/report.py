@@ -331,7 +331,8 @@ def plot_throughput(results: Path, figures: Path) -> list[Path]:
                 ax.annotate(f"{r['seconds_per_row']:.1f} s\n{r['speedup']:.2f}×", (i, r["seconds_per_row"]),
                             ha="center", va="bottom", fontsize=8)
             words = entry["command"].split()
-            ax.set_title(f"critic {words[words.index('--critic') + 1]}" if "--critic" in words else p.stem, fontsize=9)
+            critic = words[words.index("--critic") + 1] if "--critic" in words else p.stem
+            ax.set_title(f"critic {critic}, {rows[0]['rows']} rows", fontsize=9)
             ax.set_ylabel("seconds a row (lower is better)")
             ax.margins(y=0.25)
             ax.tick_params(axis="x", labelsize=7)
