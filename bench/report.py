@@ -175,18 +175,21 @@ def constitution_decoders(results: list[dict]) -> str:
                      f"{r['tokens_per_s']:.1f}", f"**{r['speedup']:.2f}×**",
                      f"{accepted.get('critic', 0)} / {accepted.get('fixer', 0)}", str(r["rows_changed"])])
     text = table(["decoder", "s/row", "generating (s)", "tokens/s", "speedup", "accepted critic / fixer", "rows changed"], rows)
+    notes = []
     greedy = next((r for r in results if r.get("setup") == "greedy agreement"), None)
     if greedy:
         same = " / ".join(f"{greedy[key]:.2f}" for key in ("answers", "critiques", "revisions"))
-        text += (f"\n\nBoth decoders greedy on {greedy['rows']} rows ({greedy['dtype'].removeprefix('torch.')}): "
-                 f"the share of answers / critiques / revisions that are the same, {same}.")
+        notes.append(f"Both decoders greedy on {greedy['rows']} rows ({greedy['dtype'].removeprefix('torch.')}): "
+                     f"the share of answers / critiques / revisions that are the same, {same}.")
     own = next((r for r in results if r.get("decode")), None)
     if own:
         d = own["decode"]
-        text += (f" Where the own decoder's {own['generation_seconds']:.0f} s went: {d['encode_s']:.0f} s encoding prompts "
-                 f"({own['prompt_tokens_encoded']:,} tokens encoded, {own['prompt_tokens_reused']:,} reused), "
-                 f"{d['step_s']:.0f} s in {d['steps']:.0f} decoding steps ({d['step_s'] / d['steps'] * 1e3:.0f} ms a step, "
-                 f"{d['row_steps'] / d['steps']:.1f} rows in the batch on average).")
+        notes.append(f"Where the own decoder's {own['generation_seconds']:.0f} s went: {d['encode_s']:.0f} s encoding prompts "
+                     f"({own['prompt_tokens_encoded']:,} tokens encoded, {own['prompt_tokens_reused']:,} reused), "
+                     f"{d['step_s']:.0f} s in {d['steps']:.0f} decoding steps ({d['step_s'] / d['steps'] * 1e3:.0f} ms a step, "
+                     f"{d['row_steps'] / d['steps']:.1f} rows in the batch on average).")
+    if notes:
+        text += "\n\n" + " ".join(notes)
     steps = [r for r in results if r.get("setup") == "decoding step"]
     if steps:
         base = steps[0]
