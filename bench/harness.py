@@ -110,15 +110,13 @@ def machine() -> dict:
     cores, native bf16, the GPU if any, the thread count, Python and torch."""
     from cai_lightning.devices import cpu_supports_bf16
 
-    cpu, flags = platform.processor() or platform.machine(), set()
+    fields: dict[str, str] = {}  # the first processor's "key: value" lines
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-            if cpu and flags:
-                break
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    cpu = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
     return {
         "cpu": cpu, "cpu_features": [name for flag, name in CPU_FEATURES.items() if flag in flags],
         "cores": os.cpu_count(), "cpu_bf16": cpu_supports_bf16(), "threads": torch.get_num_threads(),

@@ -214,48 +214,56 @@ GATE_CRITICS = {"random": "random (the floor)", "smollm2-135m-instruct": "SmolLM
                 "qwen2.5-coder-0.5b-instruct": "Qwen2.5-Coder-0.5B-Instruct"}
 
 
+def _critic(r: dict) -> str:
+    return GATE_CRITICS.get(r["critic"], r["critic"])
+
+
+def _by_repairs(results: list[dict]) -> list[dict]:
+    """The gate's rows, the critic that repaired most first: the order of every gate table."""
+    return sorted(results, key=lambda r: -r["repaired"])
+
+
 def constitution_gate(results: list[dict]) -> str:
-    names = GATE_CRITICS
+    critics = _by_repairs(results)
     rows = []
-    for r in sorted(results, key=lambda r: -r["repaired"]):
+    for r in critics:
         a, p, t = r["accepted"], r["proposed"], r["audit"]
         agreed = r.get("agreed_tests", {})
-        rows.append([names.get(r["critic"], r["critic"]), f"{p.get('critic', 0)} / {a.get('critic', 0)}", str(a.get("fixer", 0)),
+        rows.append([_critic(r), f"{p.get('critic', 0)} / {a.get('critic', 0)}", str(a.get("fixer", 0)),
                      str(t.get("better", 0)), str(t.get("unchanged", 0)), f"**{t.get('harmful', 0)}**", str(t.get("unknown", 0)),
                      f"**{r['repaired']} / {r['planted']}**", f"{agreed.get('rows', 0)} / {agreed.get('missed', 0)}",
                      f"{r['seconds_per_row']:.1f}"])
     text = table(["critic", "critic revisions proposed / kept", "fixer kept", "better", "unchanged", "harmful", "unknown",
                   "planted defects repaired", "rows with agreed tests / missed by the original", "s/row"], rows)
-    refused = "; ".join(f"{names.get(r['critic'], r['critic'])}: " + (", ".join(f"{k} {v}" for k, v in r["refused"].items()) or "none")
-                        for r in sorted(results, key=lambda r: -r["repaired"]))
+    refused = "; ".join(f"{_critic(r)}: " + (", ".join(f"{k} {v}" for k, v in r["refused"].items()) or "none")
+                        for r in critics)
     text += f"\n\nRefused by the gate, by reason: {refused}."
-    return text + "\n\n" + repairs_by_defect(results, names)
+    return text + "\n\n" + repairs_by_defect(critics)
 
 
-def repairs_by_defect(results: list[dict], names: dict[str, str]) -> str:
+def repairs_by_defect(critics: list[dict]) -> str:
     """Planted defects repaired (a kept revision the audit calls better), by the kind of defect, each critic."""
     labels = [json.loads(line) for line in LABELS.read_text().splitlines() if line.strip()]
-    rows = results[0]["rows"]  # the first N rows of the labelled set (--rows)
+    rows = critics[0]["rows"]  # the first N rows of the labelled set (--rows)
     planted: dict[str, int] = {}
     for label in labels[:rows]:
         if label["defect"]:
             planted[label["defect"]] = planted.get(label["defect"], 0) + 1
-    critics = sorted(results, key=lambda r: -r["repaired"])
-    repaired = {r["critic"]: {} for r in critics}
+    repaired: dict[str, dict[str, int]] = {r["critic"]: {} for r in critics}
     for r in critics:
         better = {(e["row"], e["defect"]) for e in r["audit_entries"] if e["verdict"] == "better" and e["defect"]}
         for _, defect in better:
             repaired[r["critic"]][defect] = repaired[r["critic"]].get(defect, 0) + 1
     body = [[defect, str(count), *(str(repaired[r["critic"]].get(defect, 0)) for r in critics)]
             for defect, count in sorted(planted.items(), key=lambda kv: (-kv[1], kv[0]))]
-    return table(["planted defect", "rows", *(f"repaired: {names.get(r['critic'], r['critic'])}" for r in critics)], body)
+    return table(["planted defect", "rows", *(f"repaired: {_critic(r)}" for r in critics)], body)
 
 
 def constitution_gate_brief(results: list[dict]) -> str:
     """The gate's table in four columns, for the README."""
-    rows = [[GATE_CRITICS.get(r["critic"], r["critic"]), f"{r['proposed'].get('critic', 0)} / {r['accepted'].get('critic', 0)}",
+    rows = [[_critic(r), f"{r['proposed'].get('critic', 0)} / {r['accepted'].get('critic', 0)}",
              f"**{r['audit'].get('harmful', 0)}**", f"**{r['repaired']} / {r['planted']}**"]
-            for r in sorted(results, key=lambda r: -r["repaired"])]
+            for r in _by_repairs(results)]
     return table(["critic", "critic revisions proposed / kept", "harmful", "planted defects repaired"], rows)
 
 
@@ -317,7 +325,7 @@ def plot_throughput(results: Path, figures: Path) -> list[Path]:
         medians = [r["target_tokens_per_s"] for r in rows]
         errors = [[m - r["range"][0] for m, r in zip(medians, rows)], [r["range"][1] - m for m, r in zip(medians, rows)]]
         colors = ["tab:orange" if r["row"].startswith("ours") else "tab:gray" for r in rows]
-        ax.barh([f"{r['row']}" for r in rows], medians, xerr=errors, color=colors, capsize=3)
+        ax.barh([r["row"] for r in rows], medians, xerr=errors, color=colors, capsize=3)
         ax.set_xlabel("target tokens/s (median; bars: range over repeats)")
         ax.set_title(f"Training throughput, ours (orange) against transformers.Trainer\n{short_machine(entry)}", fontsize=9)
         fig.tight_layout()
