@@ -2,7 +2,8 @@
 
     python bench/constitution_effect.py [--config configs/smollm2.yaml] [--out bench/results/constitution_effect]
         [--fraction 0.3] [--epochs 1 | --max-steps N] [--dpo-steps N] [--samples 5 | --greedy] [--humaneval-limit 164]
-        [--device cpu|cuda] [--stage-only] [--set SECTION.KEY=VALUE ...] [--smoke]
+        [--train-seeds S [S ...]] [--device cpu|cuda] [--stage-only] [--set SECTION.KEY=VALUE ...]
+        [--record FILE] [--smoke]
 
 Same base model (``model.pretrained`` of the config: SmolLM2-135M-Instruct), same seed, same settings and
 the same number of optimizer steps in every arm; the shipped task set, whose training outputs are
@@ -26,6 +27,10 @@ greedy sample with ``--greedy``): pass@1,
 pass@5, syntax-valid and unsafe shares (samples with a safety finding), on the held-out tasks and on
 HumanEval (the first ``--humaneval-limit`` problems), each with a 95% bootstrap interval over tasks, and
 each fine-tuned arm's pass@1 difference from ``sft-corrupted`` with a paired bootstrap interval.
+``--train-seeds 0 1 2`` trains every fine-tuned arm once per seed (``seed_everything``: the order of the
+batches and the dropout masks; the pretrained weights are the same), since one training run's swing can be as large as the
+differences between arms: an arm's score on a task is then its mean over the seeds, and the table also gives
+each seed's pass@1 and its paired difference, seed against the same seed.
 Data-level figures: what the stage did with each kind of corruption (repaired by the critic / by the
 fixer, dropped, still failing) and its summary.
 
@@ -33,8 +38,11 @@ fixer, dropped, still failing) and its summary.
 (no training, no scoring): with ``--config configs/coder-critic.yaml``, what the coder critic repairs. It
 writes ``<out>/stage-<arm>.json``.
 
-Each arm writes ``<out>/<arm>/result.json`` when done and is skipped on a re-run: run it in the
-background (``nohup python bench/constitution_effect.py > effect.log 2>&1 &``) and re-run after a kill.
+Each arm writes ``<out>/<arm>/result.json`` (``<out>/<arm>/seed-<s>/result.json`` with ``--train-seeds``) when
+done and is skipped on a re-run: run it in the background (``nohup python bench/constitution_effect.py >
+effect.log 2>&1 &``) and re-run after a kill. ``<out>`` holds checkpoints and is not tracked; the figures of
+every arm done in it go to ``--record`` (default ``bench/results/constitution_effect.json``, which
+``bench/report.py`` renders into the docs) and to ``<out>/table.md``.
 ``--smoke`` runs the whole machinery in about a minute with a tiny random GPT-2 and the fixers only
 (no critic): CI runs it so the benchmark cannot rot. Its figures mean nothing.
 """
@@ -47,8 +55,11 @@ import json
 import sys
 import time
 from collections import Counter, defaultdict
+from datetime import datetime, timezone
 from pathlib import Path
 
+import harness
+import report
 import yaml
 
 from cai_lightning.compare import interval, paired
@@ -94,14 +105,29 @@ def split_settings(data: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------- config
-def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Path:
+def run_name(arm: str, seed: int | None) -> str:
+    """Where one run of an arm lives under ``<out>`` (and ``<out>/runs``): ``arm``, or ``arm/seed-<s>``."""
+    return arm if seed is None else f"{arm}/seed-{seed}"
+
+
+def planned_runs(arms, seeds: list[int] | None) -> list[tuple[str, int | None]]:
+    """(arm, training seed) of every run of ``arms``: one per arm, or one per seed of each fine-tuned arm with
+    ``--train-seeds`` (``base`` is not trained: once)."""
+    return [(arm, seed) for arm in arms for seed in ([None] if arm == "base" else seeds or [None])]
+
+
+def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path, seed: int | None = None) -> Path:
     """The config of one arm: the base config (resolved, :func:`cai_lightning.cli.resolved_config`) with the
-    arm's data, logger folder and evaluation settings; written in full, valid ``--config`` input."""
+    arm's data, logger folder and evaluation settings, and ``seed`` as ``seed_everything`` where given;
+    written in full, valid ``--config`` input."""
     from cai_lightning.cli import set_dotted
 
     config = json.loads(json.dumps(base))  # a deep copy
+    name = run_name(arm, seed)
+    if seed is not None:
+        config["seed_everything"] = seed
     trainer, data = config["trainer"], config["data"]["init_args"]
-    trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=arm)
+    trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=name)
     trainer["enable_progress_bar"] = False
     # equal optimizer steps in every arm: the drop policy leaves the constitution arm fewer rows, which
     # it then sees more often, rather than training it for less
@@ -137,17 +163,19 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path) -> Pat
             raise KeyError(f"--set {key}: no section {key.partition('.')[0]!r} in the config")
         set_dotted(config, key, value)  # data.revise.principles: data.init_args.revise.principles
     if arm == DPO_ARM:
-        config = dpo_config(config, out, args)
-    path = out / arm / "config.yaml"
+        config = dpo_config(config, out, args, seed)
+    path = out / name / "config.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path
 
 
-def dpo_config(sft: dict, out: Path, args: argparse.Namespace) -> dict:
-    """The DPO arm's config from sft-constitution's: ``PreferenceLM`` starting from that arm's export, on the
-    same data (its stage, named by the same critic, is reused, and so are its pairs), ``--dpo-steps`` steps."""
-    exports = sorted((out / "runs" / "sft-constitution").glob("version_*/hf_model"), key=lambda p: p.stat().st_mtime)
+def dpo_config(sft: dict, out: Path, args: argparse.Namespace, seed: int | None = None) -> dict:
+    """The DPO arm's config from sft-constitution's: ``PreferenceLM`` starting from that arm's export (of the
+    same training seed), on the same data (its stage, named by the same critic, is reused, and so are its
+    pairs), ``--dpo-steps`` steps."""
+    sft_runs = out / "runs" / run_name("sft-constitution", seed)
+    exports = sorted(sft_runs.glob("version_*/hf_model"), key=lambda p: p.stat().st_mtime)
     if not exports:
         raise SystemExit(f"{DPO_ARM} starts from sft-constitution's export: run that arm first (--arms sft-constitution {DPO_ARM})")
     config = json.loads(json.dumps(sft))
@@ -188,7 +216,8 @@ def run_arm(arm: str, config: Path, out: Path) -> dict:
     from cai_lightning.callbacks import ExecutionEval
     from cai_lightning.cli import main
 
-    result: dict = {"arm": arm}
+    result: dict = {"arm": arm, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                    "commit": harness.checkout_commit()}
     manifest = None
     if arm != "base":
         start = time.perf_counter()
@@ -205,8 +234,8 @@ def run_arm(arm: str, config: Path, out: Path) -> dict:
     result["test_seconds"] = round(time.perf_counter() - start, 1)
     [evaluator] = [c for c in cli.trainer.callbacks if isinstance(c, ExecutionEval)]
     result["suites"] = {}
-    for suite, report in evaluator.reports.items():
-        samples = [{"task_id": s.task_id, "status": s.status, "syntax_valid": s.syntax_valid, "safety": s.safety} for s in report.samples]
+    for suite, scored in evaluator.reports.items():
+        samples = [{"task_id": s.task_id, "status": s.status, "syntax_valid": s.syntax_valid, "safety": s.safety} for s in scored.samples]
         result["suites"][suite] = {"ks": list(evaluator.ks), "samples": samples}
     result["data"] = (manifest or cli.datamodule.manifest)["splits"]
     del cli
@@ -262,44 +291,63 @@ def stage_figures(datamodule, out: Path) -> dict:
 METRICS = ("pass@1", "pass@5", "syntax_valid", "unsafe")
 
 
-def table(results: dict[str, dict]) -> str:
-    lines = []
+def summarize(results: dict[str, dict], runs: list[tuple[str, int | None]]) -> dict:
+    """The figures of every run in ``results`` (by run name; ``runs`` gives each one's arm and seed): per suite,
+    each arm's metrics over the tasks every arm scored (a task's score: its mean over the arm's runs), with 95%
+    bootstrap intervals over tasks; each fine-tuned arm's pass@1 difference from sft-corrupted (and the
+    no-critic and DPO arms' from sft-constitution), paired over tasks, pooled and seed by seed; what each
+    constitution stage did with the corrupted rows; and when each run ran, on which checkout, how long."""
+    by_arm: dict[str, list[tuple[int | None, dict]]] = defaultdict(list)
+    for arm, seed in runs:
+        if run_name(arm, seed) in results:
+            by_arm[arm].append((seed, results[run_name(arm, seed)]))
     suites = sorted({suite for r in results.values() for suite in r["suites"]}, key=lambda s: s != "tasks")
+    summary: dict = {"suites": [], "stages": {}, "runs": {}}
     for suite in suites:
-        scored = {arm: per_task(r["suites"][suite]["samples"], r["suites"][suite]["ks"]) for arm, r in results.items() if suite in r["suites"]}
-        # the tasks every arm scored (arms may have been run with other limits): the same tasks in each row
-        common = set.intersection(*(set(s) for s in scored.values()))
-        scored = {arm: {task: v for task, v in s.items() if task in common} for arm, s in scored.items()}
-        n_tasks = len(common)
-        metrics = [m for m in METRICS if any(m in next(iter(s.values())) for s in scored.values() if s)]
-        lines += [f"\n{suite} ({n_tasks} tasks; mean [95% bootstrap interval over tasks])", ""]
-        lines.append("| arm | " + " | ".join(metrics) + " | pass@1 - sft-corrupted | pass@1 - sft-constitution |")
-        lines.append("|---" * (len(metrics) + 3) + "|")
+        scored = {arm: [(seed, per_task(r["suites"][suite]["samples"], r["suites"][suite]["ks"]))
+                        for seed, r in done if suite in r["suites"]] for arm, done in by_arm.items()}
+        scored = {arm: runs_ for arm, runs_ in scored.items() if runs_}
+        # the tasks every run scored (arms may have been run with other limits): the same tasks in each row
+        common = set.intersection(*(set(s) for runs_ in scored.values() for _, s in runs_))
+        metrics = [m for m in METRICS if all(m in next(iter(s.values()), {}) for runs_ in scored.values() for _, s in runs_)]
+        pooled = {arm: {task: {m: sum(s[task][m] for _, s in runs_) / len(runs_) for m in metrics} for task in common}
+                  for arm, runs_ in scored.items()}
+        rows = []
         for arm in ARMS:
             if arm not in scored:
                 continue
-            cells = []
-            for metric in metrics:
-                mean, low, high = interval([task[metric] for task in scored[arm].values()])
-                cells.append(f"{mean:.3f} [{low:.3f}, {high:.3f}]")
-            for baseline, shown in (("sft-corrupted", arm != "sft-corrupted"), ("sft-constitution", arm in (NO_CRITIC_ARM, DPO_ARM))):
-                if shown and baseline in scored:  # paired over tasks
-                    mean, low, high = paired(
-                        {t: v["pass@1"] for t, v in scored[arm].items()}, {t: v["pass@1"] for t, v in scored[baseline].items()}
-                    )
-                    cells.append(f"{mean:+.3f} [{low:+.3f}, {high:+.3f}]")
-                else:
-                    cells.append("")
-            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
-    for arm, result in results.items():
-        if "stage" not in result or arm == DPO_ARM:  # the DPO arm reuses sft-constitution's stage
-            continue
-        lines += ["", f"what the constitution stage of {arm} did with each corrupted training row, by kind:", ""]
-        for kind, counts in result["stage"]["by_kind"].items():
-            lines.append(f"  {kind:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
-    timing = [f"{arm}: fit {r.get('fit_seconds', 0):.0f} s, test {r['test_seconds']:.0f} s" for arm, r in results.items()]
-    lines += ["", "time: " + "; ".join(timing)]
-    return "\n".join(lines)
+            row = {"arm": arm, "seeds": [seed for seed, _ in scored[arm]],
+                   "metrics": {m: list(interval([pooled[arm][t][m] for t in sorted(common)])) for m in metrics},
+                   "pass@1_by_seed": [sum(s[t]["pass@1"] for t in common) / len(common) for _, s in scored[arm]],
+                   "vs": {}, "vs_by_seed": {}}
+            for baseline in BASELINES[arm]:
+                if baseline not in scored:
+                    continue
+                row["vs"][baseline] = list(paired({t: v["pass@1"] for t, v in pooled[arm].items()},
+                                                  {t: v["pass@1"] for t, v in pooled[baseline].items()}))
+                theirs = dict(scored[baseline])
+                row["vs_by_seed"][baseline] = [
+                    sum(s[t]["pass@1"] - theirs[seed][t]["pass@1"] for t in common) / len(common)
+                    for seed, s in scored[arm] if seed in theirs]
+            rows.append(row)
+        summary["suites"].append({"suite": suite, "tasks": len(common), "arms": rows})
+    for arm, done in by_arm.items():
+        stage = next((r["stage"] for _, r in done if "stage" in r), None)
+        if stage is not None and arm != DPO_ARM:  # the DPO arm reuses sft-constitution's stage
+            summary["stages"][arm] = {"by_kind": stage["by_kind"], "summary": stage["summary"]}
+        for seed, r in done:
+            summary["runs"][run_name(arm, seed)] = {
+                key: r.get(key) for key in ("date", "commit", "fit_seconds", "test_seconds", "optimizer_steps")}
+            summary["runs"][run_name(arm, seed)]["train_rows"] = r["data"].get("train", {}).get("examples")
+    return summary
+
+
+# which arms each arm's pass@1 is compared with, paired over tasks
+BASELINES = {
+    "base": ("sft-corrupted",), "sft-clean": ("sft-corrupted",), "sft-corrupted": (),
+    "sft-constitution": ("sft-corrupted",), NO_CRITIC_ARM: ("sft-corrupted", "sft-constitution"),
+    DPO_ARM: ("sft-corrupted", "sft-constitution"),
+}
 
 
 SMOKE = {  # a tiny random GPT-2 from configs/default.yaml, a few steps, fixers only
@@ -331,6 +379,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default: the config's")
     parser.add_argument("--cache-dir", default=None, help="default: the config's data.cache_dir")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
+    parser.add_argument("--train-seeds", nargs="+", type=int, default=None, metavar="S",
+                        help="train every fine-tuned arm once per seed (seed_everything; default: once, the config's)")
+    parser.add_argument("--record", default=None,
+                        help="the result file of every arm done in --out (default: bench/results/constitution_effect.json)")
     parser.add_argument("--stage-only", action="store_true", help="the constitution arms' stage only: data-level figures")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config keys for every arm, e.g. data.revise.principles=repair (values read as YAML)")
@@ -353,6 +405,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> dict:
     from cai_lightning.cli import resolved_config
 
+    argv = sys.argv[1:] if argv is None else argv
     args = parse(argv)
     out = Path(args.out)
     base = resolved_config(args.config)  # the config as the CLI reads it: includes and defaults applied
@@ -372,19 +425,27 @@ def main(argv: list[str] | None = None) -> dict:
             for kind, counts in figures[arm]["stage"]["by_kind"].items():
                 print(f"  {kind:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         return figures
-    for arm in args.arms:
-        done = out / arm / "result.json"
+    runs = planned_runs(args.arms, args.train_seeds)
+    for arm, seed in runs:
+        name = run_name(arm, seed)
+        done = out / name / "result.json"
         if done.exists():
-            print(f"{arm}: done before, reading {done}", flush=True)
+            print(f"{name}: done before, reading {done}", flush=True)
             continue
-        print(f"\n===== {arm} =====", flush=True)
-        done.write_text(json.dumps(run_arm(arm, arm_config(base, arm, args, out), out)))
-    # every arm done in this folder, also by earlier invocations with other --arms
-    results = {arm: json.loads((out / arm / "result.json").read_text()) for arm in ARMS if (out / arm / "result.json").exists()}
-    report = table(results)
-    header = f"constitution effect: {Path(args.config).name}, {corruption['corrupted']} of {corruption['train_rows']} training outputs corrupted ({dict(kinds)})"
-    (out / "table.md").write_text(header + "\n" + report + "\n")
-    print("\n" + header + report)
+        print(f"\n===== {name} =====", flush=True)
+        result = run_arm(arm, arm_config(base, arm, args, out, seed), out)
+        done.write_text(json.dumps(result))
+    # every run done in this folder, also by earlier invocations with other --arms (the same seeds)
+    every = planned_runs(ARMS, args.train_seeds)
+    results = {run_name(*r): json.loads((out / run_name(*r) / "result.json").read_text())
+               for r in every if (out / run_name(*r) / "result.json").exists()}
+    summary = {"config": Path(args.config).name, "corrupted": corruption["corrupted"],
+               "train_rows": corruption["train_rows"], "kinds": dict(kinds.most_common()), **summarize(results, every)}
+    harness.record("constitution_effect", summary, argv, smoke=args.smoke,
+                   path=Path(args.record) if args.record else None)
+    text = report.constitution_effect(summary)
+    (out / "table.md").write_text(text + "\n")
+    print("\n" + text)
     return results
 
 

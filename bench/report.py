@@ -267,12 +267,68 @@ def constitution_gate_brief(results: list[dict]) -> str:
     return table(["critic", "critic revisions proposed / kept", "harmful", "planted defects repaired"], rows)
 
 
+def _ci(value: list[float], signed: bool = False) -> str:
+    """'0.054 [0.014, 0.100]' (a mean and its interval), with signs for a difference."""
+    f = "{:+.3f}" if signed else "{:.3f}"
+    mean, low, high = value
+    return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]".replace("-", "−")
+
+
+EFFECT_METRICS = {"pass@1": "pass@1", "pass@5": "pass@5", "syntax_valid": "syntax-valid", "unsafe": "unsafe samples"}
+
+
+def constitution_effect(results: dict) -> str:
+    """The effect experiment: per suite, each arm's scores and its paired pass@1 differences (pooled over the
+    training seeds, and seed by seed); what each constitution stage did with the corrupted rows; the runs."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in results["kinds"].items())
+    seeds = sorted({s for suite in results["suites"] for arm in suite["arms"] for s in arm["seeds"] if s is not None})
+    lines = [f"{results['config']}: {results['corrupted']} of {results['train_rows']} training outputs corrupted ({kinds}); "
+             + (f"training seeds {', '.join(map(str, seeds))}, an arm's score on a task is its mean over them."
+                if seeds else "one training run an arm.")]
+    for suite in results["suites"]:
+        metrics = list(suite["arms"][0]["metrics"])
+        baselines = [b for b in ("sft-corrupted", "sft-constitution") if any(b in a["vs"] for a in suite["arms"])]
+        headers = ["arm", *(EFFECT_METRICS.get(m, m) for m in metrics), *(f"pass@1 − {b}" for b in baselines)]
+        if seeds:
+            headers.append("pass@1 by seed")
+        rows = []
+        for arm in suite["arms"]:
+            row = [arm["arm"], *(_ci(arm["metrics"][m]) for m in metrics)]
+            for b in baselines:
+                cell = _ci(arm["vs"][b], signed=True) if b in arm["vs"] else ""
+                by_seed = arm["vs_by_seed"].get(b, [])
+                if seeds and len(by_seed) > 1:
+                    cell += " (by seed: " + ", ".join(f"{d:+.3f}" for d in by_seed).replace("-", "−") + ")"
+                row.append(cell)
+            if seeds:
+                row.append(", ".join(f"{v:.3f}" for v in arm["pass@1_by_seed"]) if arm["seeds"] != [None] else "")
+            rows.append(row)
+        name = "held-out shipped tasks" if suite["suite"] == "tasks" else suite["suite"]
+        lines += ["", f"{name} ({suite['tasks']} tasks; mean [95% bootstrap interval over tasks], differences paired over tasks):",
+                  "", table(headers, rows, "l" * len(headers))]
+    for arm, stage in results["stages"].items():
+        outcomes = sorted({k for counts in stage["by_kind"].values() for k in counts},
+                          key=lambda k: (not k.startswith("repaired"), k))
+        body = [[kind, str(sum(counts.values())), *(str(counts.get(k, 0)) for k in outcomes)]
+                for kind, counts in sorted(stage["by_kind"].items(), key=lambda kv: -sum(kv[1].values()))]
+        lines += ["", f"What the constitution stage of {arm} did with each corrupted training row, by kind of corruption:",
+                  "", table(["corruption", "rows", *outcomes], body)]
+    runs = results["runs"]
+    dates = sorted(r["date"] for r in runs.values() if r.get("date"))
+    commits = sorted({r["commit"] for r in runs.values() if r.get("commit")})
+    timing = "; ".join(f"{name}: " + (f"fit {r['fit_seconds']:.0f} s, " if r.get("fit_seconds") is not None else "")
+                       + f"test {r['test_seconds']:.0f} s" for name, r in runs.items())
+    when = f"Runs from {dates[0]} to {dates[-1]}, commit {', '.join(commits)}. " if dates else ""
+    lines += ["", f"{when}Time: {timing}."]
+    return "\n".join(lines)
+
+
 RENDERERS: dict[str, Callable] = {
     "train_throughput": train_throughput, "memory_growth": memory_growth, "cpu_attention": cpu_attention,
     "optimizer_step": optimizer_step, "sandbox_throughput": sandbox_throughput, "dpo_step": dpo_step,
     "constitution_throughput-stage": constitution_stage, "constitution_throughput-decoders": constitution_decoders,
     "constitution_throughput-eval": constitution_eval, "constitution_gate": constitution_gate,
-    "constitution_gate brief": constitution_gate_brief,
+    "constitution_gate brief": constitution_gate_brief, "constitution_effect": constitution_effect,
 }
 
 
@@ -353,6 +409,52 @@ def plot_throughput(results: Path, figures: Path) -> list[Path]:
     return written
 
 
+def plot_effect(results: Path, figures: Path) -> list[Path]:
+    """The effect experiment with its intervals: per suite, each arm's pass@1 (95% interval over tasks; dots:
+    each training seed's) and each fine-tuned arm's paired difference from sft-corrupted."""
+    path = results / "constitution_effect.json"
+    if not path.is_file():
+        return []
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entry = load(path)
+    suites = entry["results"]["suites"]
+    fig, axes = plt.subplots(2, len(suites), figsize=(4.6 * len(suites), 5.6), squeeze=False)
+    for column, suite in enumerate(suites):
+        arms = suite["arms"][::-1]  # the first arm on top
+        names = [a["arm"] for a in arms]
+        top, bottom = axes[0][column], axes[1][column]
+        means = [a["metrics"]["pass@1"][0] for a in arms]
+        errors = [[m - a["metrics"]["pass@1"][1] for m, a in zip(means, arms)],
+                  [a["metrics"]["pass@1"][2] - m for m, a in zip(means, arms)]]
+        top.errorbar(means, names, xerr=errors, fmt="o", color="tab:blue", capsize=3)
+        for y, a in enumerate(arms):
+            if len(a["pass@1_by_seed"]) > 1:
+                top.plot(a["pass@1_by_seed"], [y] * len(a["pass@1_by_seed"]), "x", color="tab:gray", markersize=5)
+        top.set_title(f"{suite['suite']} ({suite['tasks']} tasks): pass@1", fontsize=9)
+        top.set_xlim(left=0)
+        compared = [a for a in arms if "sft-corrupted" in a["vs"]]
+        diffs = [a["vs"]["sft-corrupted"] for a in compared]
+        bottom.errorbar([d[0] for d in diffs], [a["arm"] for a in compared],
+                        xerr=[[d[0] - d[1] for d in diffs], [d[2] - d[0] for d in diffs]], fmt="o", color="tab:orange", capsize=3)
+        for y, a in enumerate(compared):
+            by_seed = a["vs_by_seed"].get("sft-corrupted", [])
+            if len(by_seed) > 1:
+                bottom.plot(by_seed, [y] * len(by_seed), "x", color="tab:gray", markersize=5)
+        bottom.axvline(0, color="black", linewidth=0.8)
+        bottom.set_title("pass@1 − sft-corrupted, paired over tasks", fontsize=9)
+        for ax in (top, bottom):
+            ax.tick_params(labelsize=8)
+            ax.grid(axis="x", alpha=0.3)
+    fig.suptitle("Does the constitution help? 95% bootstrap intervals over tasks; × each training seed\n"
+                 f"{entry['results']['config']}, {short_machine(entry)}", fontsize=9)
+    fig.tight_layout()
+    return [save(fig, figures / "constitution_effect.png")]
+
+
 def save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
@@ -386,7 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     for page in stale:
         print(f"rewrote {page}")
     if not args.no_plots:
-        for path in plot_throughput(args.results, args.figures or args.docs / "figures"):
+        figures = args.figures or args.docs / "figures"
+        for path in [*plot_throughput(args.results, figures), *plot_effect(args.results, figures)]:
             print(f"drew {path}")
     return 0
 
