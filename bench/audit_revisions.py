@@ -42,6 +42,9 @@ defect row's original fails at least one (a security defect row instead passes t
 finding). Exits 1 if any row does not. ``--smoke`` (seconds, for CI) checks the labels of the first
 rows and audits those rows' originals as revisions of themselves, writing nothing; it fails unless every
 label holds and every verdict is unchanged or unknown.
+
+Why one long module: it is the audit's whole judge (label checks, the verdict rules, the sandbox runs and the
+report), kept apart from the package on purpose, importing nothing of the constitution it judges.
 """
 
 from __future__ import annotations

@@ -45,6 +45,9 @@ every arm done in it go to ``--record`` (default ``bench/results/constitution_ef
 ``bench/report.py`` renders into the docs) and to ``<out>/table.md``.
 ``--smoke`` runs the whole machinery in about a minute with a tiny random GPT-2 and the fixers only
 (no critic): CI runs it so the benchmark cannot rot. Its figures mean nothing.
+
+Why one long module: each arm's config, run, scoring and the summary across arms and seeds are one
+experiment, resumable arm by arm from the one folder.
 """
 
 from __future__ import annotations
@@ -342,11 +345,11 @@ def summarize(results: dict[str, dict], runs: list[tuple[str, int | None]]) -> d
     return summary
 
 
-# which arms each arm's pass@1 is compared with, paired over tasks
+# which arms each arm's pass@1 is compared with, paired over tasks (against base: what fine-tuning did)
 BASELINES = {
-    "base": ("sft-corrupted",), "sft-clean": ("sft-corrupted",), "sft-corrupted": (),
-    "sft-constitution": ("sft-corrupted",), NO_CRITIC_ARM: ("sft-corrupted", "sft-constitution"),
-    DPO_ARM: ("sft-corrupted", "sft-constitution"),
+    "base": ("sft-corrupted",), "sft-clean": ("sft-corrupted", "base"), "sft-corrupted": ("base",),
+    "sft-constitution": ("sft-corrupted", "base"), NO_CRITIC_ARM: ("sft-corrupted", "sft-constitution", "base"),
+    DPO_ARM: ("sft-corrupted", "sft-constitution", "base"),
 }
 
 

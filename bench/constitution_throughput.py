@@ -67,6 +67,9 @@ rows, a step is bound by reading the weights, and only fewer steps or more rows 
 With ``--repeats`` above 1 the two decoders run in turn, repeatedly; each reports its median run and the
 range. ``--own-batch-size`` gives the own decoder its own rows per call (default: ``--batch-size``): it gains more from a
 larger batch than ``generate``, which runs every sequence of a call until the longest one ends.
+
+Why one long module: its three modes (the stage, the stage's decoders, evaluation) share the rows, the
+critic loading and the timing, and the docs read each mode's table from the one command.
 """
 
 from __future__ import annotations

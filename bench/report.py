@@ -15,6 +15,9 @@ so a figure in such a table is the file's, and ``--check`` (run by the tests) fa
 by hand or a bench's new result file is not carried into the docs. The plots (PNG) are drawn from the same
 files; they need matplotlib (``pip install -e ".[bench]"``) and are not checked byte for byte, since a
 matplotlib release may draw the same figures differently.
+
+Why one long module: one renderer per bench, side by side, so that ``--check`` sees every table a page
+quotes and a new result file without a renderer is refused in one place.
 """
 
 from __future__ import annotations
@@ -274,6 +277,7 @@ def _ci(value: list[float], signed: bool = False) -> str:
     return f"{f.format(mean)} [{f.format(low)}, {f.format(high)}]".replace("-", "−")
 
 
+EFFECT_BASELINES = ("sft-corrupted", "sft-constitution")  # the main table's comparisons
 EFFECT_METRICS = {"pass@1": "pass@1", "pass@5": "pass@5", "syntax_valid": "syntax-valid", "unsafe": "unsafe samples"}
 
 
@@ -287,7 +291,7 @@ def constitution_effect(results: dict) -> str:
                 if seeds else "one training run an arm.")]
     for suite in results["suites"]:
         metrics = list(suite["arms"][0]["metrics"])
-        baselines = [b for b in ("sft-corrupted", "sft-constitution") if any(b in a["vs"] for a in suite["arms"])]
+        baselines = [b for b in EFFECT_BASELINES if any(b in a["vs"] for a in suite["arms"])]
         headers = ["arm", *(EFFECT_METRICS.get(m, m) for m in metrics), *(f"pass@1 − {b}" for b in baselines)]
         if seeds:
             headers.append("pass@1 by seed")
@@ -323,12 +327,30 @@ def constitution_effect(results: dict) -> str:
     return "\n".join(lines)
 
 
+def constitution_effect_tuning(results: dict) -> str:
+    """The effect experiment's fine-tuned arms against the base model: what fine-tuning did, suite by suite."""
+    rows = []
+    for suite in results["suites"]:
+        arms = {a["arm"]: a for a in suite["arms"]}
+        if "base" not in arms:
+            continue
+        base = arms["base"]["metrics"]
+        for arm in (a for a in suite["arms"] if "base" in a["vs"]):
+            m = arm["metrics"]
+            rows.append([f"{suite['suite']} ({suite['tasks']})", arm["arm"], f"{base['pass@1'][0]:.3f}", f"{m['pass@1'][0]:.3f}",
+                         f"**{_ci(arm['vs']['base'], signed=True)}**",
+                         f"{base['syntax_valid'][0]:.3f} → {m['syntax_valid'][0]:.3f}", f"{base['unsafe'][0]:.3f} → {m['unsafe'][0]:.3f}"])
+    return table(["suite (tasks)", "fine-tuned arm", "base pass@1", "fine-tuned pass@1", "difference [95% paired interval]",
+                  "syntax-valid, base → fine-tuned", "unsafe, base → fine-tuned"], rows, "llrrlll")
+
+
 RENDERERS: dict[str, Callable] = {
     "train_throughput": train_throughput, "memory_growth": memory_growth, "cpu_attention": cpu_attention,
     "optimizer_step": optimizer_step, "sandbox_throughput": sandbox_throughput, "dpo_step": dpo_step,
     "constitution_throughput-stage": constitution_stage, "constitution_throughput-decoders": constitution_decoders,
     "constitution_throughput-eval": constitution_eval, "constitution_gate": constitution_gate,
     "constitution_gate brief": constitution_gate_brief, "constitution_effect": constitution_effect,
+    "constitution_effect tuning": constitution_effect_tuning,
 }
 
 

@@ -261,6 +261,34 @@ def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_pa
     assert not (tmp_path / "effect" / "runs").exists()  # nothing trained
 
 
+@pytest.mark.slow
+def test_constitution_effect_trains_each_arm_once_per_seed_and_records_the_summary(tmp_path, capsys):
+    bench = _load("constitution_effect")
+    out, record = tmp_path / "effect", tmp_path / "effect.json"
+    arguments = ["--smoke", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--record", str(record),
+                 "--arms", "base", "sft-corrupted", "sft-no-critic", "--train-seeds", "3", "4"]
+    results = bench.main(arguments)
+    assert sorted(results) == ["base", "sft-corrupted/seed-3", "sft-corrupted/seed-4", "sft-no-critic/seed-3", "sft-no-critic/seed-4"]
+    config = yaml.safe_load((out / "sft-no-critic" / "seed-4" / "config.yaml").read_text())
+    assert config["seed_everything"] == 4 and config["trainer"]["logger"]["init_args"]["name"] == "sft-no-critic/seed-4"
+    entry = json.loads(record.read_text())
+    assert entry["smoke"] is True and entry["command"].endswith("--train-seeds 3 4")
+    [suite] = entry["results"]["suites"]
+    arms = {arm["arm"]: arm for arm in suite["arms"]}
+    assert list(arms) == ["base", "sft-corrupted", "sft-no-critic"]  # in ARMS' order
+    assert arms["base"]["seeds"] == [None] and arms["sft-no-critic"]["seeds"] == [3, 4]
+    assert len(arms["sft-no-critic"]["pass@1_by_seed"]) == 2 and len(arms["sft-no-critic"]["vs_by_seed"]["sft-corrupted"]) == 2
+    mean, low, high = arms["sft-no-critic"]["vs"]["sft-corrupted"]
+    assert low <= mean <= high and "base" in arms["sft-corrupted"]["vs"]
+    assert set(entry["results"]["runs"]) == set(results) and entry["results"]["runs"]["base"]["commit"]
+    assert "sft-no-critic" in entry["results"]["stages"]
+    table = (out / "table.md").read_text()
+    assert "training seeds 3, 4" in table and "(by seed: " in table and "| sft-no-critic |" in table
+
+    bench.main(arguments)  # read back, not re-run
+    assert capsys.readouterr().out.count("done before") == 5
+
+
 def test_constitution_effect_sets_config_keys_of_every_arm(tmp_path):
     bench = _load("constitution_effect")
     args = bench.parse(["--max-steps", "24", "--greedy", "--set", "data.revise.principles=repair", "data.revise.batch_size=64"])
