@@ -36,7 +36,7 @@ fixer, dropped, still failing) and its summary.
 
 ``--stage-only`` runs the constitution stage of the constitution arms and reports only the data-level figures
 (no training, no scoring): with ``--config configs/coder-critic.yaml``, what the coder critic repairs. It
-writes ``<out>/stage-<arm>.json``.
+writes ``<out>/stage-<arm>.json`` and its result file (default ``bench/results/constitution_effect-stage.json``).
 
 Each arm writes ``<out>/<arm>/result.json`` (``<out>/<arm>/seed-<s>/result.json`` with ``--train-seeds``) when
 done and is skipped on a re-run: run it in the background (``nohup python bench/constitution_effect.py >
@@ -385,7 +385,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--train-seeds", nargs="+", type=int, default=None, metavar="S",
                         help="train every fine-tuned arm once per seed (seed_everything; default: once, the config's)")
     parser.add_argument("--record", default=None,
-                        help="the result file of every arm done in --out (default: bench/results/constitution_effect.json)")
+                        help="the result file of every arm done in --out (default: bench/results/constitution_effect.json; "
+                             "with --stage-only, constitution_effect-stage.json)")
     parser.add_argument("--stage-only", action="store_true", help="the constitution arms' stage only: data-level figures")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config keys for every arm, e.g. data.revise.principles=repair (values read as YAML)")
@@ -418,15 +419,18 @@ def main(argv: list[str] | None = None) -> dict:
     kinds = Counter(entry["kind"] for entry in corruption["log"])
     print(f"corrupted {corruption['corrupted']} of {corruption['train_rows']} training outputs: {dict(kinds)}", flush=True)
 
+    described = {"config": Path(args.config).name, "corrupted": corruption["corrupted"],
+                 "train_rows": corruption["train_rows"], "kinds": dict(kinds.most_common())}
     if args.stage_only:
         figures = {}
         for arm in [a for a in args.arms if a in ("sft-constitution", NO_CRITIC_ARM)]:
             print(f"\n===== {arm}: the constitution stage only =====", flush=True)
             figures[arm] = run_stage_only(arm, arm_config(base, arm, args, out), out)
             (out / f"stage-{arm}.json").write_text(json.dumps(figures[arm], indent=1))
-            print(f"{arm}: {figures[arm]['stage_seconds']:.0f} s; what the stage did with each corrupted training row, by kind:")
-            for kind, counts in figures[arm]["stage"]["by_kind"].items():
-                print(f"  {kind:16s} " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        stages = {arm: {"seconds": f["stage_seconds"], **f["stage"]} for arm, f in figures.items()}
+        harness.record("constitution_effect", {**described, "stages": stages}, argv, smoke=args.smoke,
+                       path=Path(args.record) if args.record else None, stem="constitution_effect-stage")
+        print("\n" + report.constitution_effect_stage({**described, "stages": stages}))
         return figures
     runs = planned_runs(args.arms, args.train_seeds)
     for arm, seed in runs:
@@ -442,8 +446,7 @@ def main(argv: list[str] | None = None) -> dict:
     every = planned_runs(ARMS, args.train_seeds)
     results = {run_name(*r): json.loads((out / run_name(*r) / "result.json").read_text())
                for r in every if (out / run_name(*r) / "result.json").exists()}
-    summary = {"config": Path(args.config).name, "corrupted": corruption["corrupted"],
-               "train_rows": corruption["train_rows"], "kinds": dict(kinds.most_common()), **summarize(results, every)}
+    summary = {**described, **summarize(results, every)}
     harness.record("constitution_effect", summary, argv, smoke=args.smoke,
                    path=Path(args.record) if args.record else None)
     text = report.constitution_effect(summary)

@@ -311,12 +311,7 @@ def constitution_effect(results: dict) -> str:
         lines += ["", f"{name} ({suite['tasks']} tasks; mean [95% bootstrap interval over tasks], differences paired over tasks):",
                   "", table(headers, rows, "l" * len(headers))]
     for arm, stage in results["stages"].items():
-        outcomes = sorted({k for counts in stage["by_kind"].values() for k in counts},
-                          key=lambda k: (not k.startswith("repaired"), k))
-        body = [[kind, str(sum(counts.values())), *(str(counts.get(k, 0)) for k in outcomes)]
-                for kind, counts in sorted(stage["by_kind"].items(), key=lambda kv: -sum(kv[1].values()))]
-        lines += ["", f"What the constitution stage of {arm} did with each corrupted training row, by kind of corruption:",
-                  "", table(["corruption", "rows", *outcomes], body)]
+        lines += ["", stage_tables(arm, stage)]
     runs = results["runs"]
     dates = sorted(r["date"] for r in runs.values() if r.get("date"))
     commits = sorted({r["commit"] for r in runs.values() if r.get("commit")})
@@ -325,6 +320,34 @@ def constitution_effect(results: dict) -> str:
     when = f"Runs from {dates[0]} to {dates[-1]}, commit {', '.join(commits)}. " if dates else ""
     lines += ["", f"{when}Time: {timing}."]
     return "\n".join(lines)
+
+
+def stage_tables(arm: str, stage: dict) -> str:
+    """What one constitution stage of the effect experiment did: its summary in a line, then each corrupted
+    training row's outcome by kind of corruption."""
+    summary = stage["summary"]
+    rounds = ", ".join(f"round {r['round']}: {r['failing']} → {r['failing'] - r['repaired']}" for r in summary.get("repairs", []))
+    by_source = ", ".join(f"{source} {summary['proposed'].get(source, 0)} / {summary['accepted'].get(source, 0)}"
+                          for source in sorted(summary.get("proposed", {})))
+    refused = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.get("refused", {}).items(), key=lambda kv: -kv[1]))
+    seconds = f" in {stage['seconds']:.0f} s" if stage.get("seconds") else ""
+    lines = [f"The stage of {arm}{seconds}: {summary['rows']} training rows, {summary['rows_reviewed']} reviewed, "
+             f"{summary['rows_changed']} changed; revisions proposed / accepted: {by_source or 'none'}; "
+             f"refused: {refused or 'none'}; rows failing a must-pass check ({', '.join(summary['must_pass'])}), "
+             f"per round: {rounds or 'none'}; dropped {summary.get('dropped', 0)}; "
+             f"preference pairs {summary.get('preference_pairs', 0)}."]
+    outcomes = sorted({k for counts in stage["by_kind"].values() for k in counts}, key=lambda k: (not k.startswith("repaired"), k))
+    body = [[kind, str(sum(counts.values())), *(str(counts.get(k, 0)) for k in outcomes)]
+            for kind, counts in sorted(stage["by_kind"].items(), key=lambda kv: -sum(kv[1].values()))]
+    lines += ["", "Each corrupted training row, by kind of corruption:", "", table(["corruption", "rows", *outcomes], body)]
+    return "\n".join(lines)
+
+
+def constitution_effect_stage(results: dict) -> str:
+    """``constitution_effect.py --stage-only``: what each constitution stage did with the corrupted rows."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in results["kinds"].items())
+    head = f"{results['config']}: {results['corrupted']} of {results['train_rows']} training outputs corrupted ({kinds})."
+    return "\n\n".join([head, *(stage_tables(arm, stage) for arm, stage in results["stages"].items())])
 
 
 def constitution_effect_tuning(results: dict) -> str:
@@ -350,7 +373,7 @@ RENDERERS: dict[str, Callable] = {
     "constitution_throughput-stage": constitution_stage, "constitution_throughput-decoders": constitution_decoders,
     "constitution_throughput-eval": constitution_eval, "constitution_gate": constitution_gate,
     "constitution_gate brief": constitution_gate_brief, "constitution_effect": constitution_effect,
-    "constitution_effect tuning": constitution_effect_tuning,
+    "constitution_effect tuning": constitution_effect_tuning, "constitution_effect-stage": constitution_effect_stage,
 }
 
 
@@ -361,6 +384,8 @@ def renderer(entry: dict, path: Path, variant: str | None = None) -> Callable:
     if name == "constitution_throughput":  # three modes, one command
         words = entry["command"].split()
         name += "-eval" if "--eval" in words else "-decoders" if "--critic" in words else "-stage"
+    if name == "constitution_effect" and "--stage-only" in entry["command"].split():
+        name += "-stage"
     name += f" {variant}" if variant else ""
     if name not in RENDERERS:
         raise SystemExit(f"{path}: no table {name!r} for bench {entry['bench']!r} in bench/report.py")

@@ -252,13 +252,19 @@ def test_train_throughput_times_a_compiled_row_when_asked(workdir, capsys):
 
 def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_path, capsys):
     bench = _load("constitution_effect")
-    figures = bench.main(["--smoke", "--stage-only", "--arms", "sft-no-critic", "--out", str(tmp_path / "effect")])
+    record = tmp_path / "stage.json"
+    figures = bench.main(["--smoke", "--stage-only", "--arms", "sft-no-critic", "--out", str(tmp_path / "effect"),
+                          "--record", str(record)])
     assert list(figures) == ["sft-no-critic"]
     by_kind = figures["sft-no-critic"]["stage"]["by_kind"]
     corrupted = json.loads((tmp_path / "effect" / "corruption.json").read_text())
     assert sum(sum(counts.values()) for counts in by_kind.values()) == len(corrupted)  # every corrupted row accounted for
     assert json.loads((tmp_path / "effect" / "stage-sft-no-critic.json").read_text())["stage"]["by_kind"] == by_kind
     assert not (tmp_path / "effect" / "runs").exists()  # nothing trained
+    entry = json.loads(record.read_text())
+    assert entry["smoke"] is True and entry["results"]["stages"]["sft-no-critic"]["by_kind"] == by_kind
+    printed = capsys.readouterr().out
+    assert "The stage of sft-no-critic in " in printed and "| corruption | rows |" in printed
 
 
 @pytest.mark.slow
