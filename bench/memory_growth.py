@@ -30,15 +30,14 @@ import argparse
 import gc
 import json
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
-from harness import SMOKE_MODEL, bare_trainer, checkout_commit, from_config, record
+from harness import SMOKE_MODEL, bare_trainer, from_config, record
+from report import memory_growth as table
 
 ROOT = Path(__file__).resolve().parents[1]
 ARMS = ("new", "replay")
@@ -151,29 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def report(args: argparse.Namespace, flags: list[str], results: dict[str, list[dict]]) -> None:
+    """The run's setting in a line, then the table the docs quote (``bench/report.py``'s, from the same figures)."""
     from cai_lightning.devices import malloc_in_use
 
     first = results["new"][0]
-    print(f"\n{datetime.now():%Y-%m-%d %H:%M}, commit {checkout_commit()}; {args.config.name} "
-          f"{' '.join(flags)}; {first['precision']}; {malloc_in_use(first['kept'])}; "
-          f"{args.epochs} epochs, {args.repeats} repeats (medians)\n")
-    print("| epoch | arm    | target tok/s | resident MiB | minor faults | live tensors MiB |")
-    print("|------:|--------|-------------:|-------------:|-------------:|-----------------:|")
-    for epoch in range(args.epochs):
-        for arm in ARMS:
-            figures = [run["epochs"][epoch] for run in results[arm]]
-
-            def median(key: str) -> float:
-                return statistics.median(f[key] for f in figures)  # noqa: B023 (used right here)
-
-            print(f"| {epoch:5d} | {arm:6s} | {median('target_tokens_per_s'):12.0f} | {median('resident_mib'):12.0f} | "
-                  f"{median('minor_faults'):12.0f} | {median('live_tensor_mib'):16.1f} |")
-    ratios = [
-        sum(e["seconds"] for e in new["epochs"][1:]) / sum(e["seconds"] for e in replay["epochs"][1:])
-        for new, replay in zip(results["new"], results["replay"], strict=True)
-    ]
-    print(f"\nepochs 1-{args.epochs - 1}: replay ran {statistics.median(ratios):.2f}x the speed of new "
-          f"(paired by repeat, range {min(ratios):.2f}-{max(ratios):.2f})")
+    print(f"\n{args.config.name} {' '.join(flags)}; {first['precision']}; {malloc_in_use(first['kept'])}; "
+          f"{args.epochs} epochs, {args.repeats} repeats\n")
+    print(table(results))
 
 
 if __name__ == "__main__":

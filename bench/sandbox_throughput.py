@@ -16,7 +16,7 @@ table shows medians):
   judge sandbox      today's `sandbox.run_many`: a judge process and an isolated program process per pair
 
 Columns: ``overhead`` is what a sandbox adds per program over bare python at the same number of workers, in
-worker-milliseconds: (sandbox seconds - bare seconds) x workers / programs; ``vs previous`` is today's
+worker-milliseconds: (sandbox seconds - bare seconds) x workers / programs; ``overhead / previous`` is the judge sandbox's
 overhead over the previous sandbox's.
 """
 
@@ -36,6 +36,7 @@ from pathlib import Path
 
 from cai_lightning import sandbox
 from harness import record
+from report import sandbox_throughput as table
 
 TASKS = Path(sandbox.__file__).parent.parent / "tasks"
 REPO = Path(__file__).resolve().parents[1]
@@ -111,25 +112,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     for layer, state in sandbox.isolation_report().items():
         print(f"  {layer:11s} {state}")
     print()
-    header = f"{'setup':<30s} {'passed':>6s} {'seconds':>8s} {'programs/s':>10s} {'overhead (ms)':>13s} {'vs previous':>11s}"
-    print(header)
-    print("-" * len(header))
     rows = []
     for workers in worker_counts:
         median = {kind: statistics.median(seconds[kind, workers]) for kind in runners}
         overhead = {kind: (median[kind] - median["bare python"]) * workers / len(jobs) * 1000 for kind in runners}
         for kind in ("bare python", "previous sandbox", "judge sandbox"):
-            if kind not in runners:
-                continue
-            shown = "" if kind == "bare python" else f"{overhead[kind]:+.1f}"
-            ratio = ""
-            if kind == "judge sandbox" and "previous sandbox" in runners and overhead["previous sandbox"] > 0:
-                ratio = f"{overhead[kind] / overhead['previous sandbox']:.2f}x"
-            label = f"{kind}, {workers} worker" + ("s" if workers > 1 else "")
-            print(f"{label:<30s} {passed[kind, workers]:>6d} {median[kind]:>8.2f} {len(jobs) / median[kind]:>10.1f} "
-                  f"{shown:>13s} {ratio:>11s}")
-            rows.append({"setup": kind, "workers": workers, "passed": passed[kind, workers],
-                         "seconds": median[kind], "overhead_ms": None if kind == "bare python" else overhead[kind]})
+            if kind in runners:
+                rows.append({"setup": kind, "workers": workers, "passed": passed[kind, workers],
+                             "seconds": median[kind], "overhead_ms": None if kind == "bare python" else overhead[kind]})
+    print(table(rows))  # the table the docs quote, from these rows
     failed = [(row["setup"], row["workers"]) for row in rows if row["passed"] != len(jobs)]
     if failed:
         sys.exit(f"not every pair passed in {failed}: the timings above do not measure the same work")
