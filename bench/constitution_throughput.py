@@ -253,7 +253,7 @@ def step_costs(critic: Critic, rows: list[dict], batches: list[int], tokens: int
 
     principle = Constitution.load(DEFAULT_PATH).principles[0]
     texts = [critique_prompt(row["instruction"], row.get("input", ""), row["output"], principle, []) for row in rows]
-    prompts = [critic.tokenizer(critic.as_prompt(text), add_special_tokens=False)["input_ids"] for text in texts]
+    prompts = critic.encode(texts)
     table = []
     for batch in batches:
         chosen = [prompts[i % len(prompts)] for i in range(batch)]

@@ -117,6 +117,10 @@ class Critic:
         """``text`` as one user turn of the critic's chat template, or as is for a plain LM."""
         return chat_prompt(self.tokenizer, text) if getattr(self.tokenizer, "chat_template", None) else text
 
+    def encode(self, prompts: list[str]) -> list[list[int]]:
+        """``prompts`` as the token ids the critic reads, each through :meth:`as_prompt`."""
+        return self.tokenizer([self.as_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
+
     @torch.inference_mode()
     def generate(
         self,
@@ -146,7 +150,7 @@ class Critic:
         if not prompts:
             return []
         budget = max(self.context - max_new_tokens, self.context // 2)  # a small-context critic writes less
-        encoded = self.tokenizer([self.as_prompt(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        encoded = self.encode(prompts)
         self.prompts_truncated += sum(len(ids) > budget for ids in encoded)
         batch = PadCollator(self.pad_id)([{"input_ids": ids[-budget:]} for ids in encoded])  # left-padded (B, T)
         width = batch["input_ids"].size(1)
