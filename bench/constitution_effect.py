@@ -214,13 +214,15 @@ def per_task(samples: list[dict], ks: list[int]) -> dict[str, dict[str, float]]:
 
 
 # ------------------------------------------------------------------------------------------------- arms
-def run_arm(arm: str, config: Path, out: Path) -> dict:
-    """fit (except for ``base``) then ``test`` through the CLI, in this process; the arm's result."""
+def run_arm(arm: str, config: Path, out: Path, commit: str) -> dict:
+    """fit (except for ``base``) then ``test`` through the CLI, in this process; the arm's result, which
+    names ``commit``, the checkout this process started from (its code is what runs, whatever the
+    checkout holds by the time the arm starts)."""
     from cai_lightning.callbacks import ExecutionEval
     from cai_lightning.cli import main
 
     result: dict = {"arm": arm, "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                    "commit": harness.checkout_commit()}
+                    "commit": commit}
     manifest = None
     if arm != "base":
         start = time.perf_counter()
@@ -410,6 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cai_lightning.cli import resolved_config
 
     argv = sys.argv[1:] if argv is None else argv
+    commit = harness.checkout_commit()  # the code this process runs, however long it runs
     args = parse(argv)
     out = Path(args.out)
     base = resolved_config(args.config)  # the config as the CLI reads it: includes and defaults applied
@@ -440,7 +443,7 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"{name}: done before, reading {done}", flush=True)
             continue
         print(f"\n===== {name} =====", flush=True)
-        result = run_arm(arm, arm_config(base, arm, args, out, seed), out)
+        result = run_arm(arm, arm_config(base, arm, args, out, seed), out, commit)
         done.write_text(json.dumps(result))
     # every run done in this folder, also by earlier invocations with other --arms (the same seeds)
     every = planned_runs(ARMS, args.train_seeds)
