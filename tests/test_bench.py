@@ -99,7 +99,7 @@ def _constitution_effect(bench, arguments, results, workdir, capsys):
     for arm in bench.ARMS:
         assert f"| {arm} |" in table
     assert "pass@1 − sft-corrupted" in table and "pass@1 − sft-constitution" in table
-    assert "stage of sft-constitution did" in table and "stage of sft-no-critic did" in table
+    assert "The stage of sft-constitution: " in table and "The stage of sft-no-critic: " in table
     dpo = yaml.safe_load((out / "sft-constitution-dpo" / "config.yaml").read_text())
     assert dpo["model"]["class_path"].endswith("PreferenceLM") and "sft-constitution" in dpo["model"]["init_args"]["pretrained"]
     assert results["sft-constitution-dpo"]["optimizer_steps"] == 2
