@@ -27,8 +27,9 @@ greedy sample with ``--greedy``): pass@1,
 pass@5, syntax-valid and unsafe shares (samples with a safety finding), on the held-out tasks and on
 HumanEval (the first ``--humaneval-limit`` problems), each with a 95% bootstrap interval over tasks, and
 each fine-tuned arm's pass@1 difference from ``sft-corrupted`` with a paired bootstrap interval.
-``--train-seeds 0 1 2`` trains every fine-tuned arm once per seed (``seed_everything``: the order of the
-batches and the dropout masks; the pretrained weights are the same), since one training run's swing can be as large as the
+``--train-seeds 0 1 2`` trains every fine-tuned arm once per seed (``data.shuffle_seed``: the order of the
+batches; ``seed_everything``: the dropout masks of a model that has dropout, which SmolLM2 has not; the
+pretrained weights are the same), since one training run's swing can be as large as the
 differences between arms: an arm's score on a task is then its mean over the seeds, and the table also gives
 each seed's pass@1 and its paired difference, seed against the same seed.
 Data-level figures: what the stage did with each kind of corruption (repaired by the critic / by the
@@ -127,9 +128,9 @@ def arm_config(base: dict, arm: str, args: argparse.Namespace, out: Path, seed: 
 
     config = json.loads(json.dumps(base))  # a deep copy
     name = run_name(arm, seed)
-    if seed is not None:
-        config["seed_everything"] = seed
     trainer, data = config["trainer"], config["data"]["init_args"]
+    if seed is not None:  # the order of the batches, and the dropout masks of a model that has dropout
+        config["seed_everything"] = data["shuffle_seed"] = seed
     trainer["logger"]["init_args"].update(save_dir=str(out / "runs"), name=name)
     trainer["enable_progress_bar"] = False
     # equal optimizer steps in every arm: the drop policy leaves the constitution arm fewer rows, which

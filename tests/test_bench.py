@@ -276,7 +276,8 @@ def test_constitution_effect_trains_each_arm_once_per_seed_and_records_the_summa
     results = bench.main(arguments)
     assert sorted(results) == ["base", "sft-corrupted/seed-3", "sft-corrupted/seed-4", "sft-no-critic/seed-3", "sft-no-critic/seed-4"]
     config = yaml.safe_load((out / "sft-no-critic" / "seed-4" / "config.yaml").read_text())
-    assert config["seed_everything"] == 4 and config["trainer"]["logger"]["init_args"]["name"] == "sft-no-critic/seed-4"
+    assert config["seed_everything"] == config["data"]["init_args"]["shuffle_seed"] == 4  # the batches' order too
+    assert config["trainer"]["logger"]["init_args"]["name"] == "sft-no-critic/seed-4"
     entry = json.loads(record.read_text())
     assert entry["smoke"] is True and entry["command"].endswith("--train-seeds 3 4")
     [suite] = entry["results"]["suites"]
