@@ -278,6 +278,7 @@ def _ci(value: list[float], signed: bool = False) -> str:
 
 
 EFFECT_BASELINES = ("sft-corrupted", "sft-constitution")  # the main table's comparisons
+SUITE_NAMES = {"tasks": "held-out shipped tasks", "humaneval": "HumanEval"}
 EFFECT_METRICS = {"pass@1": "pass@1", "pass@5": "pass@5", "syntax_valid": "syntax-valid", "unsafe": "unsafe samples"}
 
 
@@ -307,7 +308,7 @@ def constitution_effect(results: dict) -> str:
             if seeds:
                 row.append(", ".join(f"{v:.3f}" for v in arm["pass@1_by_seed"]) if arm["seeds"] != [None] else "")
             rows.append(row)
-        name = "held-out shipped tasks" if suite["suite"] == "tasks" else suite["suite"]
+        name = SUITE_NAMES.get(suite["suite"], suite["suite"])
         lines += ["", f"{name} ({suite['tasks']} tasks; mean [95% bootstrap interval over tasks], differences paired over tasks):",
                   "", table(headers, rows, "l" * len(headers))]
     for arm, stage in results["stages"].items():
@@ -360,7 +361,7 @@ def constitution_effect_tuning(results: dict) -> str:
         base = arms["base"]["metrics"]
         for arm in (a for a in suite["arms"] if "base" in a["vs"]):
             m = arm["metrics"]
-            rows.append([f"{suite['suite']} ({suite['tasks']})", arm["arm"], f"{base['pass@1'][0]:.3f}", f"{m['pass@1'][0]:.3f}",
+            rows.append([f"{SUITE_NAMES.get(suite['suite'], suite['suite'])} ({suite['tasks']})", arm["arm"], f"{base['pass@1'][0]:.3f}", f"{m['pass@1'][0]:.3f}",
                          f"**{_ci(arm['vs']['base'], signed=True)}**",
                          f"{base['syntax_valid'][0]:.3f} → {m['syntax_valid'][0]:.3f}", f"{base['unsafe'][0]:.3f} → {m['unsafe'][0]:.3f}"])
     return table(["suite (tasks)", "fine-tuned arm", "base pass@1", "fine-tuned pass@1", "difference [95% paired interval]",
@@ -457,8 +458,9 @@ def plot_throughput(results: Path, figures: Path) -> list[Path]:
 
 
 def plot_effect(results: Path, figures: Path) -> list[Path]:
-    """The effect experiment with its intervals: per suite, each arm's pass@1 (95% interval over tasks; dots:
-    each training seed's) and each fine-tuned arm's paired difference from sft-corrupted."""
+    """The effect experiment with its intervals: per suite, each arm's pass@1 (95% interval over tasks; crosses:
+    each training seed's), each fine-tuned arm's paired difference from sft-corrupted, and each arm's share
+    of unsafe samples."""
     path = results / "constitution_effect.json"
     if not path.is_file():
         return []
@@ -469,33 +471,31 @@ def plot_effect(results: Path, figures: Path) -> list[Path]:
 
     entry = load(path)
     suites = entry["results"]["suites"]
-    fig, axes = plt.subplots(2, len(suites), figsize=(4.6 * len(suites), 5.6), squeeze=False)
+    fig, axes = plt.subplots(3, len(suites), figsize=(4.6 * len(suites), 7.8), squeeze=False)
     for column, suite in enumerate(suites):
         arms = suite["arms"][::-1]  # the first arm on top
-        names = [a["arm"] for a in arms]
-        top, bottom = axes[0][column], axes[1][column]
-        means = [a["metrics"]["pass@1"][0] for a in arms]
-        errors = [[m - a["metrics"]["pass@1"][1] for m, a in zip(means, arms)],
-                  [a["metrics"]["pass@1"][2] - m for m, a in zip(means, arms)]]
-        top.errorbar(means, names, xerr=errors, fmt="o", color="tab:blue", capsize=3)
-        for y, a in enumerate(arms):
-            if len(a["pass@1_by_seed"]) > 1:
-                top.plot(a["pass@1_by_seed"], [y] * len(a["pass@1_by_seed"]), "x", color="tab:gray", markersize=5)
-        top.set_title(f"{suite['suite']} ({suite['tasks']} tasks): pass@1", fontsize=9)
-        top.set_xlim(left=0)
+        name = SUITE_NAMES.get(suite["suite"], suite["suite"])
         compared = [a for a in arms if "sft-corrupted" in a["vs"]]
-        diffs = [a["vs"]["sft-corrupted"] for a in compared]
-        bottom.errorbar([d[0] for d in diffs], [a["arm"] for a in compared],
-                        xerr=[[d[0] - d[1] for d in diffs], [d[2] - d[0] for d in diffs]], fmt="o", color="tab:orange", capsize=3)
-        for y, a in enumerate(compared):
-            by_seed = a["vs_by_seed"].get("sft-corrupted", [])
-            if len(by_seed) > 1:
-                bottom.plot(by_seed, [y] * len(by_seed), "x", color="tab:gray", markersize=5)
-        bottom.axvline(0, color="black", linewidth=0.8)
-        bottom.set_title("pass@1 − sft-corrupted, paired over tasks", fontsize=9)
-        for ax in (top, bottom):
+        panels = [  # (axes, arms, [mean, low, high] of each, each seed's values, title, colour)
+            (axes[0][column], arms, [a["metrics"]["pass@1"] for a in arms], [a["pass@1_by_seed"] for a in arms],
+             f"{name} ({suite['tasks']}): pass@1", "tab:blue"),
+            (axes[1][column], compared, [a["vs"]["sft-corrupted"] for a in compared],
+             [a["vs_by_seed"].get("sft-corrupted", []) for a in compared], "pass@1 − sft-corrupted, paired over tasks", "tab:orange"),
+            (axes[2][column], arms, [a["metrics"]["unsafe"] for a in arms], [[] for _ in arms],
+             "share of samples with a safety finding", "tab:red"),
+        ]
+        for ax, shown, values, seeds, title, colour in panels:
+            ax.errorbar([v[0] for v in values], [a["arm"] for a in shown], fmt="o", color=colour, capsize=3,
+                        xerr=[[v[0] - v[1] for v in values], [v[2] - v[0] for v in values]])
+            for y, by_seed in enumerate(seeds):
+                if len(by_seed) > 1:
+                    ax.plot(by_seed, [y] * len(by_seed), "x", color="tab:gray", markersize=5)
+            ax.set_title(title, fontsize=9)
             ax.tick_params(labelsize=8)
             ax.grid(axis="x", alpha=0.3)
+        axes[1][column].axvline(0, color="black", linewidth=0.8)
+        axes[0][column].set_xlim(left=0)
+        axes[2][column].set_xlim(left=-0.005)
     fig.suptitle("Does the constitution help? 95% bootstrap intervals over tasks; × each training seed\n"
                  f"{entry['results']['config']}, {short_machine(entry)}", fontsize=9)
     fig.tight_layout()
