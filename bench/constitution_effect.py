@@ -300,8 +300,8 @@ METRICS = ("pass@1", "pass@5", "syntax_valid", "unsafe")
 def summarize(results: dict[str, dict], runs: list[tuple[str, int | None]]) -> dict:
     """The figures of every run in ``results`` (by run name; ``runs`` gives each one's arm and seed): per suite,
     each arm's metrics over the tasks every arm scored (a task's score: its mean over the arm's runs), with 95%
-    bootstrap intervals over tasks; each fine-tuned arm's pass@1 difference from sft-corrupted (and the
-    no-critic and DPO arms' from sft-constitution), paired over tasks, pooled and seed by seed; what each
+    bootstrap intervals over tasks; each arm's pass@1 difference from the arms ``BASELINES`` names, paired
+    over tasks, pooled and seed by seed; what each
     constitution stage did with the corrupted rows; and when each run ran, on which checkout, how long."""
     by_arm: dict[str, list[tuple[int | None, dict]]] = defaultdict(list)
     for arm, seed in runs:
@@ -386,7 +386,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None, help="default: the config's data.cache_dir")
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS)
     parser.add_argument("--train-seeds", nargs="+", type=int, default=None, metavar="S",
-                        help="train every fine-tuned arm once per seed (seed_everything; default: once, the config's)")
+                        help="train every fine-tuned arm once per seed (data.shuffle_seed and seed_everything; default: once, the config's)")
     parser.add_argument("--record", default=None,
                         help="the result file of every arm done in --out (default: bench/results/constitution_effect.json; "
                              "with --stage-only, constitution_effect-stage.json)")
