@@ -331,7 +331,7 @@ def stage_tables(arm: str, stage: dict) -> str:
     by_source = ", ".join(f"{source} {summary['proposed'].get(source, 0)} / {summary['accepted'].get(source, 0)}"
                           for source in sorted(summary.get("proposed", {})))
     refused = ", ".join(f"{reason} {n}" for reason, n in sorted(summary.get("refused", {}).items(), key=lambda kv: -kv[1]))
-    seconds = f" in {stage['seconds']:.0f} s" if stage.get("seconds") else ""
+    seconds = f" in {stage['seconds']:.0f} s" if stage.get("seconds") is not None else ""
     lines = [f"The stage of {arm}{seconds}: {summary['rows']} training rows, {summary['rows_reviewed']} reviewed, "
              f"{summary['rows_changed']} changed; revisions proposed / accepted: {by_source or 'none'}; "
              f"refused: {refused or 'none'}; rows failing a must-pass check ({', '.join(summary['must_pass'])}), "

@@ -254,7 +254,7 @@ def test_constitution_effect_stage_only_reports_the_data_without_training(tmp_pa
     bench = _load("constitution_effect")
     record = tmp_path / "stage.json"
     figures = bench.main(["--smoke", "--stage-only", "--arms", "sft-no-critic", "--out", str(tmp_path / "effect"),
-                          "--record", str(record)])
+                          "--cache-dir", str(tmp_path / "cache"), "--record", str(record)])
     assert list(figures) == ["sft-no-critic"]
     by_kind = figures["sft-no-critic"]["stage"]["by_kind"]
     corrupted = json.loads((tmp_path / "effect" / "corruption.json").read_text())
