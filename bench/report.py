@@ -282,12 +282,17 @@ SUITE_NAMES = {"tasks": "held-out shipped tasks", "humaneval": "HumanEval"}
 EFFECT_METRICS = {"pass@1": "pass@1", "pass@5": "pass@5", "syntax_valid": "syntax-valid", "unsafe": "unsafe samples"}
 
 
+def corrupted(results: dict) -> str:
+    """'smollm2.yaml: 103 of 344 training outputs corrupted (syntax_error 35, ...)': what an effect run started from."""
+    kinds = ", ".join(f"{kind} {n}" for kind, n in results["kinds"].items())
+    return f"{results['config']}: {results['corrupted']} of {results['train_rows']} training outputs corrupted ({kinds})"
+
+
 def constitution_effect(results: dict) -> str:
     """The effect experiment: per suite, each arm's scores and its paired pass@1 differences (pooled over the
     training seeds, and seed by seed); what each constitution stage did with the corrupted rows; the runs."""
-    kinds = ", ".join(f"{kind} {n}" for kind, n in results["kinds"].items())
     seeds = sorted({s for suite in results["suites"] for arm in suite["arms"] for s in arm["seeds"] if s is not None})
-    lines = [f"{results['config']}: {results['corrupted']} of {results['train_rows']} training outputs corrupted ({kinds}); "
+    lines = [f"{corrupted(results)}; "
              + (f"training seeds {', '.join(map(str, seeds))}, an arm's score on a task is its mean over them."
                 if seeds else "one training run an arm.")]
     for suite in results["suites"]:
@@ -346,9 +351,7 @@ def stage_tables(arm: str, stage: dict) -> str:
 
 def constitution_effect_stage(results: dict) -> str:
     """``constitution_effect.py --stage-only``: what each constitution stage did with the corrupted rows."""
-    kinds = ", ".join(f"{kind} {n}" for kind, n in results["kinds"].items())
-    head = f"{results['config']}: {results['corrupted']} of {results['train_rows']} training outputs corrupted ({kinds})."
-    return "\n\n".join([head, *(stage_tables(arm, stage) for arm, stage in results["stages"].items())])
+    return "\n\n".join([corrupted(results) + ".", *(stage_tables(arm, stage) for arm, stage in results["stages"].items())])
 
 
 def constitution_effect_tuning(results: dict) -> str:
