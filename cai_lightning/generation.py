@@ -12,7 +12,8 @@ the sample callback) and the constitution's critic.
   (:class:`PromptCache`), a preallocated KV cache for the decoding steps (on a CPU, of the generated tokens
   only, each prompt's keys and values kept once beside it and read by :func:`decode_attention`), each
   sequence ending at EOS or at its stop criterion, and the finished sequences dropped from the batch as
-  they accumulate.
+  they accumulate; with ``lookup``, several tokens a step where a reply copies its prompt
+  (:class:`PromptLookup`), the same text either way.
 
 Why one long module: the decoding loop and the attention and cache it installs into the model work as one (the
 attention reads the loop's per-call state); apart, that state would cross modules.
@@ -239,16 +240,18 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     boolean mask, soft-capping, training) is transformers' SDPA unchanged.
     """
     decoding = _DECODING.get()
+    fed = query.size(2)  # tokens fed a row: 1, or more where decode feeds guesses (its split cache only)
     if (
-        decoding is None or query.size(2) != 1 or attention_mask is None or attention_mask.dtype != torch.bool
-        or module.training or kwargs.get("softcap") is not None or kwargs.get("position_bias") is not None
+        decoding is None or (fed != 1 and decoding.row_prompt is None) or attention_mask is None
+        or attention_mask.dtype != torch.bool or module.training or kwargs.get("softcap") is not None
+        or kwargs.get("position_bias") is not None
     ):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     rows, heads, _, dim = query.shape
     kv_heads = key.size(1)
     groups = heads // kv_heads  # query heads per key/value head (grouped-query attention)
-    mask = attention_mask.expand(rows, 1, 1, -1)  # True: attend
-    end = int(mask[0, 0, 0].nonzero()[-1]) + 1  # where the filling ends: generated tokens are attended by every row
+    mask = attention_mask.expand(rows, 1, fed, -1)  # True: attend
+    end = int(mask[0, 0, -1].nonzero()[-1]) + 1  # where the filling ends: the last fed token attends to itself
     if not decoding.fold_groups and (decoding.prompts is None or groups > 1):  # cut only
         return sdpa_attention_forward(
             module, query, key[:, :, :end], value[:, :, :end], mask[..., :end], dropout=dropout, scaling=scaling, **kwargs
@@ -256,9 +259,13 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
     scaling = dim**-0.5 if scaling is None else scaling
     # a key/value head's query heads stacked as that head's queries: (B, KV, G, D) against (B, KV, L, D), where
     # transformers' SDPA would copy each key/value head G times over (with a mask it does not ask SDPA for GQA)
+    if decoding.row_prompt is not None:  # a fed token's queries as (head's query head, token), each token's mask
+        grouped = query.reshape(rows, kv_heads, groups * fed, dim)
+        out = _split_attention(
+            decoding, module.layer_idx, grouped, key[:, :, :end], value[:, :, :end], mask[..., :end].repeat(1, 1, groups, 1), scaling
+        )
+        return out.reshape(rows, heads, fed, dim).transpose(1, 2), None
     grouped = query.reshape(rows, kv_heads, groups, dim)
-    if decoding.row_prompt is not None:
-        return _split_attention(decoding, module.layer_idx, grouped, key[:, :, :end], value[:, :, :end], mask[..., :end], scaling)
     if decoding.prompts is None:
         out = torch.nn.functional.scaled_dot_product_attention(
             grouped, key[:, :, :end], value[:, :, :end], attn_mask=mask[..., :end], scale=scaling
@@ -290,7 +297,9 @@ def decode_attention(module, query, key, value, attention_mask, dropout=0.0, sca
 def _split_attention(decoding: _Decoding, layer: int, grouped, key, value, mask, scaling: float):
     """Attention of one decoding step when the cache holds the generated tokens only (:func:`decode`): each
     prompt's keys and values, once, against the stacked queries of its samples still in the batch, and each
-    row's generated tokens; the two merged by their log-sum-exp. ``grouped``: ``(R, KV, G, D)``."""
+    row's generated tokens; the two merged by their log-sum-exp. ``grouped``: ``(R, KV, G, D)``, a key/value
+    head's ``G`` queries (its query heads, times the tokens fed), ``mask`` ``(R, 1, G, L)`` or ``(R, 1, 1, L)``;
+    returns ``(R, KV, G, D)``."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu  # also returns the log-sum-exp
     rows, kv_heads, groups, dim = grouped.shape
     prompt_keys, prompt_values = decoding.prompts[layer]
@@ -308,12 +317,17 @@ def _split_attention(decoding: _Decoding, layer: int, grouped, key, value, mask,
     generated_mask = torch.zeros(mask.shape, dtype=grouped.dtype, device=grouped.device).masked_fill_(~mask, float("-inf"))
     on_generated, lse_generated = flash(grouped, key, value, attn_mask=generated_mask, scale=scaling)
     share = torch.sigmoid(lse_prompt - lse_generated).unsqueeze(-1).to(grouped.dtype)  # the kernel's lse is fp32
-    out = on_generated + (on_prompt - on_generated) * share  # (R, KV, G, D)
-    return out.reshape(rows, kv_heads * groups, 1, dim).transpose(1, 2), None
+    return on_generated + (on_prompt - on_generated) * share  # (R, KV, G, D)
+
+
+def _decode_attention_mask(*args, **kwargs):
+    """transformers' SDPA mask, always made: where every slot is attended it would leave the mask out (SDPA's
+    ``is_causal``), and :func:`decode_attention` needs it to tell a split cache's filled slots."""
+    return sdpa_mask(*args, **{**kwargs, "allow_is_causal_skip": False})
 
 
 AttentionInterface.register(DECODE_ATTENTION, decode_attention)
-AttentionMaskInterface.register(DECODE_ATTENTION, sdpa_mask)
+AttentionMaskInterface.register(DECODE_ATTENTION, _decode_attention_mask)
 
 
 # ------------------------------------------------------------------------------------------------- the loop
@@ -327,6 +341,10 @@ def row_generators(seeds: Sequence[int], n: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(hash((seed, j)) & _SEED_BITS) for seed in seeds for j in range(n)]
 
 
+# Fewer leading tokens than this, shared with an earlier prompt, are encoded again (not worth the copying).
+MIN_SHARED = 16
+
+
 class PromptCache:
     """The keys and values of the prompts the last :func:`decode` call encoded, for the next call: a prompt
     that begins with one of them (a revision prompt goes on from its critique prompt) is encoded only from
@@ -336,7 +354,7 @@ class PromptCache:
         min_shared: Fewer shared tokens than this are encoded again (not worth the copying).
     """
 
-    def __init__(self, min_shared: int = 16) -> None:
+    def __init__(self, min_shared: int = MIN_SHARED) -> None:
         self.min_shared = min_shared
         self.entries: list[tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = []
         self.reused = self.encoded = 0
@@ -356,6 +374,36 @@ class PromptCache:
         return (best, found) if best >= self.min_shared else (0, None)
 
 
+class PromptLookup:
+    """Prompt-lookup guesses for one sequence: where the last ``ngram`` tokens written (down to 1) occurred
+    before in its prompt or its reply (the latest place), the tokens that followed them there. Every n-gram
+    is indexed once, as the reply grows.
+
+    Args:
+        prompt: The sequence's prompt (token ids).
+        ngram: The longest tail looked up.
+    """
+
+    def __init__(self, prompt: Sequence[int], ngram: int = 2) -> None:
+        self.text, self.prompt_length, self.ngram = list(prompt), len(prompt), ngram
+        self.latest: dict[tuple[int, ...], int] = {}  # n-gram -> where its latest occurrence ends
+        self.indexed = 0  # n-grams ending up to here are indexed
+
+    def after(self, reply: Sequence[int], most: int) -> list[int]:
+        """Up to ``most`` tokens guessed to follow ``reply`` (the sequence's reply so far, which only grows)."""
+        text = self.text
+        text += reply[len(text) - self.prompt_length :]
+        for end in range(self.indexed + 1, len(text)):  # not the tail itself, which ends at len(text)
+            for size in range(1, min(self.ngram, end) + 1):
+                self.latest[tuple(text[end - size : end])] = end
+        self.indexed = max(self.indexed, len(text) - 1)
+        for size in range(min(self.ngram, len(text) - 1), 0, -1):
+            end = self.latest.get(tuple(text[-size:]))
+            if end is not None:
+                return text[end : end + most]
+        return []
+
+
 def _compacted(decoding: _Decoding, kept_rows: torch.Tensor) -> _Decoding:
     """``decoding`` for the rows ``kept_rows`` of its batch; once at most half of its prompts have a row left,
     the prompts without one are dropped too (copying the prompts that stay)."""
@@ -367,6 +415,31 @@ def _compacted(decoding: _Decoding, kept_rows: torch.Tensor) -> _Decoding:
         mask = mask.index_select(0, left)
         row_prompt = torch.searchsorted(left, row_prompt)
     return dataclasses.replace(decoding, prompts=prompts, prompt_mask=mask, row_prompt=row_prompt, row_sample=row_sample)
+
+
+def _with_common_beginning(
+    model: PreTrainedModel, ids: list[torch.Tensor], reuse: list[tuple[int, list | None]], cache_name: str, last_only: dict,
+    prompt_cache: PromptCache | None,
+) -> list[tuple[int, list | None]]:
+    """``reuse`` where the prompts all begin alike (a chat template's system turn, a prompt template's fixed
+    preamble): that beginning is encoded once, and every prompt that reuses less of an earlier call's is
+    encoded from where it ends. At least :data:`MIN_SHARED` tokens, shared by at least two such prompts."""
+    if len(ids) < 2:
+        return reuse
+    width = min(len(t) for t in ids) - 1  # a prompt's last token is encoded: its logits start the decoding
+    first = ids[0][:width]
+    for t in ids[1:]:
+        differ = (t[:width] != first).nonzero()
+        width = int(differ[0]) if len(differ) else width
+        first = first[:width]
+    if width < MIN_SHARED or sum(shared < width for shared, _ in reuse) < 2:
+        return reuse
+    cache = DynamicCache(config=model.config)
+    out = model(input_ids=first[None].to(model.device), use_cache=True, **{cache_name: cache}, **last_only)
+    kv = [(layer.keys[0], layer.values[0]) for layer in out[cache_name].layers]
+    if prompt_cache is not None:
+        prompt_cache.encoded += width
+    return [(width, kv) if shared < width else (shared, found) for shared, found in reuse]
 
 
 def supports_decode(model: PreTrainedModel) -> bool:
@@ -408,6 +481,8 @@ def decode(
     stop: FencedBlockEnd | None = None,
     prompt_cache: PromptCache | None = None,
     drop_share: float = 0.25,
+    lookup: int = 0,
+    lookup_ngram: int = 2,
     stats: dict[str, float] | None = None,
 ) -> list[list[int]]:
     """``n`` continuations of each prompt (token ids), ``len(prompts) * n`` lists of new ids in ``generate``'s
@@ -416,13 +491,20 @@ def decode(
     * Greedy (``sampler`` None) or drawn by ``sampler`` with :func:`row_generators` of ``seeds`` (one per
       prompt; default: the prompt's index).
     * The prompts are encoded in groups of similar length (:func:`_length_groups`), so little is spent on
-      padding; with ``prompt_cache``, a prompt that begins with one of its entries is encoded from where they
-      part, and the cache then holds this call's prompts.
+      padding; a beginning all the prompts share (a chat template's system turn) is encoded once; with
+      ``prompt_cache``, a prompt that begins with one of its entries is encoded from where they part, and the
+      cache then holds this call's prompts.
     * A sequence ends at EOS, at ``max_new_tokens``, or where ``stop`` says its reply is complete; once
       ``drop_share`` of the batch has ended, the ended rows are dropped from it (and from the KV cache), so
       a batch costs what its sequences need, not its longest one times its size.
+    * ``lookup``: prompt-lookup decoding. At each step a row feeds, after its last token, up to ``lookup``
+      tokens guessed by :class:`PromptLookup` (what followed the last ``lookup_ngram`` tokens where they last
+      occurred in its prompt or reply), and keeps each guess the model writes itself, with the model's token
+      after the last kept one: several tokens a step where a reply copies its prompt (a revision), the same
+      tokens either way (greedy, and sampled: each kept token is drawn as it would have been, from the row's
+      generator). Guesses not kept cost the arithmetic of a fed token.
     * ``stats``, when given, adds up where the time went: ``encode_s`` (prompts), ``steps``, ``row_steps``
-      (rows in the batch at each step, summed), ``step_s``.
+      (rows in the batch at each step, summed), ``fed`` (tokens fed, summed over rows), ``step_s``.
 
     Greedy continuations are those of ``generate`` from the same prompts (up to rounding: a prompt is not
     encoded in the same batch shape). ``model`` must :func:`supports_decode`.
@@ -439,6 +521,7 @@ def decode(
     count = len(ids)
     started = time.perf_counter()
     reuse = [prompt_cache.longest_prefix(t) if prompt_cache is not None else (0, None) for t in ids]
+    reuse = _with_common_beginning(model, ids, reuse, cache_name, last_only, prompt_cache)
 
     # 1. encode the prompts, grouped by the length left to encode
     left = [len(t) - shared for t, (shared, _) in zip(ids, reuse)]
@@ -499,6 +582,7 @@ def decode(
         stacked.append((keys, values))
     del encoded
     rows = count * n
+    slots = max_new_tokens + (max_new_tokens + lookup if lookup else 0)  # room for fed guesses not kept
     split = (
         device.type == "cpu" and _attends_by_decode_attention(model)
         and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
@@ -509,41 +593,58 @@ def decode(
             no_prompt=None, row_prompt=torch.arange(count, device=device).repeat_interleave(n),
             row_sample=torch.arange(n, device=device).repeat(count),
         )
-        cache = StaticCache(config=model.config, max_cache_len=max_new_tokens)
+        cache = StaticCache(config=model.config, max_cache_len=slots)
         generated_from = 0  # the cache's first slot is the first generated token's
     else:
-        cache = StaticCache(config=model.config, max_cache_len=width + max_new_tokens)
+        cache = StaticCache(config=model.config, max_cache_len=width + slots)
         for layer, (keys, values) in enumerate(stacked):
             cache.update(keys.repeat_interleave(n, dim=0), values.repeat_interleave(n, dim=0), layer)
         decoding, generated_from = None, width
     del stacked
 
-    # 3. the steps
+    # 3. the steps. Each feeds every row's last token, and with `lookup` the tokens its drafts guess next;
+    # the cache is written a slot a fed token, and a slot whose token was not kept is masked from then on
     stepping = time.perf_counter()
-    attention = torch.zeros(rows, generated_from + max_new_tokens, dtype=torch.long, device=device)
+    attention = torch.zeros(rows, generated_from + slots, dtype=torch.long, device=device)
     if not split:
         attention[:, :width] = prompt_mask.repeat_interleave(n, dim=0).to(device)
     positions = torch.tensor([len(t) for t in ids], device=device).repeat_interleave(n)
-    logits = torch.stack(last_logits).repeat_interleave(n, dim=0)
+    logits = torch.stack(last_logits).repeat_interleave(n, dim=0)[:, None]  # (rows, fed tokens, vocab)
     draws = row_generators(seeds if seeds is not None else range(count), n) if sampler is not None else None
     may_stop = stop.may_complete(logits.size(-1)).tolist() if stop is not None else None
+    guesses = [PromptLookup(ids[r // n].tolist(), lookup_ngram) for r in range(rows)] if lookup else None
     alive = list(range(rows))  # the output row of each batch row
     ended = [False] * rows  # per batch row
+    drafts: list[list[int]] = [[] for _ in range(rows)]  # per batch row: the tokens fed after its last one
     outputs: list[list[int]] = [[] for _ in range(rows)]
+    filled = 0  # slots of the generated-token cache written
     with _decoding_with(model, decoding):
-        for step in range(max_new_tokens):
-            picks = sampler.draw(logits, draws) if sampler is not None else logits.argmax(-1)
-            for r, token in enumerate(picks.tolist()):
-                if ended[r]:
-                    continue
-                if token == eos_token_id:
-                    ended[r] = True
-                    continue
-                reply = outputs[alive[r]]
-                reply.append(token)
-                ended[r] = may_stop is not None and may_stop[token] and stop.is_complete(reply)
-            if all(ended) or step == max_new_tokens - 1:
+        while True:
+            firsts = sampler.draw(logits[:, 0], draws) if sampler is not None else logits[:, 0].argmax(-1)
+            picks, kept = [], []
+            for r, token in enumerate(firsts.tolist()):
+                reply, guessed, k = outputs[alive[r]], drafts[r], 0
+                while not ended[r]:  # the fed guesses the model agrees with, and the token after the last of them
+                    if token == eos_token_id:
+                        ended[r] = True
+                        break
+                    reply.append(token)
+                    ended[r] = len(reply) >= max_new_tokens or (may_stop is not None and may_stop[token] and stop.is_complete(reply))
+                    if ended[r] or k == len(guessed) or guessed[k] != token:
+                        break
+                    k += 1
+                    row_logits = logits[r : r + 1, k]
+                    token = int(sampler.draw(row_logits, draws[r : r + 1])[0] if sampler is not None else row_logits.argmax(-1)[0])
+                picks.append(token)
+                kept.append(k)
+            if all(ended):
                 break
+            if filled:  # the fed guesses not kept leave the cache
+                fed = logits.size(1)
+                for r, k in enumerate(kept):
+                    attention[r, generated_from + filled - fed + 1 + k : generated_from + filled] = 0
+                positions = positions + torch.tensor(kept, device=device) + 1
+            picks = torch.tensor(picks, device=device)
             if sum(ended) >= max(1, drop_share * len(alive)):
                 keep = [r for r, done in enumerate(ended) if not done]
                 index = torch.tensor(keep, device=device)
@@ -558,19 +659,29 @@ def decode(
                 if split:
                     decoding = _compacted(decoding, index)
                     _DECODING.set(decoding)
-                elif decoding is not None and decoding.prompts is not None:
-                    _DECODING.set(_Decoding(1))  # rows no longer come n to a prompt: cut the cache only
-            attention[:, generated_from + step] = 1
-            finished = torch.tensor(ended, device=device)
+            # what each row feeds: its last token, then (with room left) what its lookup guesses follows it
+            shortest = min(len(outputs[o]) for o, done in zip(alive, ended) if not done)
+            room = lookup and filled + 1 + lookup + (max_new_tokens - shortest) <= slots
+            drafts = [
+                guesses[o].after(outputs[o], lookup) if room and not done else [] for o, done in zip(alive, ended)
+            ]
+            fed = 1 + max(map(len, drafts))
+            tokens = torch.full((len(alive), fed), pad_token_id, dtype=torch.long)
+            for r, (token, guessed) in enumerate(zip(picks.tolist(), drafts)):
+                if not ended[r]:
+                    tokens[r, : 1 + len(guessed)] = torch.tensor([token, *guessed])
+            attention[:, generated_from + filled : generated_from + filled + fed] = 1
             out = model(
-                input_ids=picks.masked_fill(finished, pad_token_id)[:, None], attention_mask=attention,
-                position_ids=positions[:, None], use_cache=True, **{cache_name: cache}, **last_only,
+                input_ids=tokens.to(device), attention_mask=attention,
+                position_ids=positions[:, None] + torch.arange(fed, device=device), use_cache=True,
+                **{cache_name: cache}, **(last_only if fed == 1 else {}),
             )
-            logits = out.logits[:, -1]
-            positions = positions + 1
+            logits = out.logits[:, -fed:]
+            filled += fed
             if stats is not None:
                 stats["steps"] = stats.get("steps", 0) + 1
                 stats["row_steps"] = stats.get("row_steps", 0) + len(alive)
+                stats["fed"] = stats.get("fed", 0) + fed * len(alive)
     if stats is not None:
         stats["encode_s"] = stats.get("encode_s", 0.0) + stepping - started
         stats["step_s"] = stats.get("step_s", 0.0) + time.perf_counter() - stepping

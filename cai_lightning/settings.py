@@ -111,6 +111,13 @@ class Revise:
             ``generate`` on left-padded prompts, every reply to EOS or the token limit (the stage's decoder
             before, kept to measure against). Greedy, both write the same text up to rounding; sampled, the
             same distribution with other draws.
+        lookup: With the ``own`` decoder, prompt-lookup decoding of revisions (a revision mostly copies the
+            response in its prompt): each step feeds up to ``lookup`` tokens guessed from the prompt and keeps
+            those the critic writes itself, so a step can write several tokens. The same text as without (each
+            kept token is drawn as it would have been; in bf16, up to rounding); 0: off. It pays where a
+            decoding step costs about the same for more tokens fed (a GPU; a CPU's small batches), and costs
+            the arithmetic of the guesses not kept where a step is bound by it (a CPU's large batches): see
+            docs/generation.md. Does not change the stage's cache key.
         workers: Sandbox processes running unit tests at once (``null``: one per CPU core). Does not
             change the result.
         device: ``auto`` (a GPU when there is one), ``cpu`` or ``cuda``.
@@ -145,6 +152,7 @@ class Revise:
     top_p: float = 0.95
     seed: int = 0
     decoder: Literal["own", "transformers"] = "own"
+    lookup: int = 0
     workers: int | None = None
     device: str = "auto"
     must_pass: tuple[str, ...] = ("correctness", "safety")
@@ -155,6 +163,8 @@ class Revise:
         for name in ("rounds", "batch_size", "critique_tokens", "revision_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"data.revise.{name} must be at least 1, got {getattr(self, name)}")
+        if self.lookup < 0:
+            raise ConfigError(f"data.revise.lookup must be 0 (off) or more, got {self.lookup}")
         if self.top_k < 0:
             raise ConfigError(f"data.revise.top_k must be 0 (any token) or more, got {self.top_k}")
         if self.candidates < 0:

@@ -47,3 +47,27 @@ def test_hub_style_critic_with_chat_template(tmp_path):
 def test_unloadable_critic_names_it(tmp_path):
     with pytest.raises(ConfigError, match="could not load the critic model '/nonexistent/critic'"):
         Critic.load("/nonexistent/critic")
+
+
+def test_lookup_changes_neither_what_the_stage_writes_nor_its_key(tmp_path):
+    from cai_lightning.constitution import DEFAULT_PATH, Constitution
+    from cai_lightning.constitution.critic import critic_identity
+    from cai_lightning.constitution.stage import ConstitutionStage, stage_fingerprint
+    from cai_lightning.settings import Revise
+
+    rows = make_rows(4)
+    tokenizer = train_bpe_tokenizer([r["instruction"] + r["output"] for r in rows], 300)
+    critic = Critic.random(tokenizer, seed=3, device="cpu")
+    constitution = Constitution.load(DEFAULT_PATH)
+    written = []
+    for lookup in (0, 4):
+        settings = Revise(response_source="model", critique_tokens=8, revision_tokens=24, workers=1, lookup=lookup)
+        stage = ConstitutionStage(constitution, settings, tmp_path / f"lookup-{lookup}", lambda: critic)
+        critic.decode_stats = {}
+        written.append(stage.run(rows, progress=False))
+        assert critic.decode_stats["fed"] > critic.decode_stats["row_steps"] or not lookup  # guesses were fed
+    assert written[0] == written[1]
+    identity = critic_identity(None, 3, len(tokenizer))
+    assert len({stage_fingerprint(rows, constitution, identity, Revise(lookup=k), "cpu") for k in (0, 4)}) == 1
+    with pytest.raises(ConfigError, match="lookup"):
+        Revise(lookup=-1)

@@ -9,7 +9,9 @@ import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
-from cai_lightning.generation import FencedBlockEnd, PromptCache, TopKTopPSampler, _length_groups, decode, supports_decode
+from cai_lightning.generation import (
+    FencedBlockEnd, PromptCache, PromptLookup, TopKTopPSampler, _length_groups, decode, supports_decode,
+)
 
 EOS, PAD = 2, 0
 
@@ -80,6 +82,28 @@ def test_a_prompt_that_extends_the_last_calls_prompt_is_encoded_from_where_they_
 
 
 @pytest.mark.parametrize("make", MODELS)
+def test_a_beginning_all_prompts_share_is_encoded_once(make):
+    model = make()
+    system = prompts(20, seed=3)[0]
+    batch = [system + tail for tail in prompts(7, 30, 1, 12)]
+    cache = PromptCache()
+    got = decode(model, batch, max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, prompt_cache=cache)
+    assert got == [generate_one(model, p, 10) for p in batch]
+    assert cache.reused == 4 * 20 and cache.encoded == 20 + 7 + 30 + 1 + 12
+    # an earlier call's longer match wins over the common beginning
+    again = decode(model, [p + [5, 6] for p in batch], max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, prompt_cache=cache)
+    assert again == [generate_one(model, p + [5, 6], 10) for p in batch]
+    assert cache.reused == 80 + sum(map(len, batch)) and cache.encoded == 70 + 4 * 2
+    # fewer than MIN_SHARED tokens in common: each prompt encoded whole
+    short = [system[:10] + tail for tail in prompts(7, 30, seed=4)]
+    fresh = PromptCache()
+    assert decode(model, short, max_new_tokens=5, eos_token_id=EOS, pad_token_id=PAD, prompt_cache=fresh) == [
+        generate_one(model, p, 5) for p in short
+    ]
+    assert fresh.reused == 0 and fresh.encoded == 17 + 40
+
+
+@pytest.mark.parametrize("make", MODELS)
 def test_samples_depend_on_their_own_seed_only(make):
     model = make()
     batch = prompts(6, 25, 11)
@@ -90,6 +114,38 @@ def test_samples_depend_on_their_own_seed_only(make):
     alone = decode(model, batch[1:2], max_new_tokens=10, eos_token_id=EOS, pad_token_id=PAD, n=3, sampler=sampler, seeds=[8])
     assert alone == together[3:6]
     assert len({tuple(s) for s in together[3:6]}) > 1  # three samples, not one three times
+
+
+@pytest.mark.parametrize("make", MODELS)
+def test_lookup_writes_what_decoding_a_token_a_step_writes(make):
+    model = make()
+    batch = prompts(5, 17, 40, 41, 9, 60)
+    expected = [generate_one(model, p, 40) for p in batch]
+    for share in (0.25, 2.0):
+        stats = {}
+        got = decode(model, batch, max_new_tokens=40, eos_token_id=EOS, pad_token_id=PAD, n=2, lookup=4, drop_share=share, stats=stats)
+        assert got == [e for e in expected for _ in range(2)]
+        assert stats["fed"] > stats["row_steps"]  # guesses were fed
+    sampler = TopKTopPSampler(0.9, 20, 0.95)
+    kw = dict(max_new_tokens=40, eos_token_id=EOS, pad_token_id=PAD, n=3, sampler=sampler, seeds=[7, 8, 9, 1, 2, 3])
+    assert decode(model, batch, lookup=4, **kw) == decode(model, batch, **kw)  # each kept token drawn as it would be
+
+
+def test_lookup_takes_fewer_steps_where_the_reply_repeats():
+    model = gpt2()  # its greedy replies to these prompts repeat a token
+    batch = prompts(5, 17, 40, 41, 9, 60)
+    plain, looked = {}, {}
+    decode(model, batch, max_new_tokens=40, eos_token_id=EOS, pad_token_id=PAD, stats=plain)
+    decode(model, batch, max_new_tokens=40, eos_token_id=EOS, pad_token_id=PAD, lookup=4, stats=looked)
+    assert plain["steps"] == 39 and looked["steps"] <= 25
+
+
+def test_prompt_lookup_guesses_what_followed_the_latest_occurrence():
+    lookup = PromptLookup([1, 2, 3, 4, 9, 2, 3, 5, 6], ngram=2)
+    assert lookup.after([2, 3], 3) == [5, 6, 2]  # "2 3" last occurred before "5 6", then the reply's own "2"
+    assert lookup.after([2, 3, 7], 3) == []  # "3 7" and "7" occur nowhere before
+    assert lookup.after([2, 3, 7, 9], 2) == [2, 3]  # no "7 9" before; "9" is followed by "2 3"
+    assert PromptLookup([4, 4], ngram=2).after([], 5) == [4]
 
 
 class Tokens:

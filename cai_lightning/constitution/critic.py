@@ -135,6 +135,7 @@ class Critic:
         seed: int = 0,
         stop_after_code_block: bool = False,
         decoder: Literal["own", "transformers"] = "own",
+        lookup: int = 0,
     ) -> list[list[str]]:
         """``n`` completions per prompt (generated text only, cut at EOS), in one batched call.
 
@@ -145,7 +146,8 @@ class Critic:
         request is, and are counted; what is left of the context bounds the new tokens.
         ``stop_after_code_block``: a reply ends at its first fenced code block's closing fence (for callers
         that read that block only). ``decoder``: :func:`~cai_lightning.generation.decode`, or transformers'
-        ``generate`` (the decoder before it; also what runs a model ``decode`` cannot).
+        ``generate`` (the decoder before it; also what runs a model ``decode`` cannot). ``lookup``: the own
+        decoder's prompt-lookup guesses a step (:func:`~cai_lightning.generation.decode`; 0: none).
         """
         if not prompts:
             return []
@@ -165,7 +167,7 @@ class Critic:
                 self.model, [ids[-budget:] for ids in encoded], max_new_tokens=new_tokens, n=n,
                 eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.pad_id, sampler=sampler,
                 seeds=[hash((seed, i)) & ((1 << 63) - 1) for i in range(len(prompts))], stop=stop,
-                prompt_cache=self.prompt_cache, stats=self.decode_stats,
+                prompt_cache=self.prompt_cache, lookup=lookup, stats=self.decode_stats,
             )
             return decode_completions(self.tokenizer, generated, n)
         input_ids, attention_mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)

@@ -71,8 +71,9 @@ def score(findings: dict[str, list], weights: dict[str, float]) -> float:
 
 def stage_fingerprint(rows: list[dict], constitution: Constitution, critic: dict, settings: Revise, device: str) -> str:
     """Key of the stage's folder: the rows, the constitution, the critic's identity, every setting that
-    changes the result, and the device type (CPU and GPU sample differently). ``workers`` is left out, and
-    so is ``critic``: the identity says which model it is, however it was named.
+    changes the result, and the device type (CPU and GPU sample differently). ``workers`` and ``lookup`` are
+    left out (they change how fast, not what), and so is ``critic``: the identity says which model it is,
+    however it was named.
     ``must_pass`` and ``on_failure`` leave the chunks as they are but decide which rows are trained on;
     they are in because the datamodule's cache key reaches the stage's settings through this key."""
     from importlib.metadata import version
@@ -88,7 +89,8 @@ def stage_fingerprint(rows: list[dict], constitution: Constitution, critic: dict
         # the critic setting is left out: its identity is in (null, `random` and a name can be the same critic)
         # verified_pairs picks pairs from the chunks and is in the datamodule's key instead
         "settings": {
-            k: v for k, v in asdict(settings).items() if k not in ("workers", "device", "splits", "critic", "verified_pairs")
+            k: v for k, v in asdict(settings).items()
+            if k not in ("workers", "device", "splits", "critic", "verified_pairs", "lookup")
         },
         "device": device,
         "ruff": version("ruff"),  # its rules and fixes decide style findings and fixer output
@@ -262,13 +264,17 @@ class ConstitutionStage:
         rng = random.Random(f"{self.settings.seed}:{row_number}:{step}")  # str seeds are stable across runs
         return rng.choice(violated)
 
-    def _generate(self, prompts: list[str], max_new_tokens: int, n: int, seed: int, code: bool = False) -> list[list[str]]:
+    def _generate(
+        self, prompts: list[str], max_new_tokens: int, n: int, seed: int, code: bool = False, copies: bool = False
+    ) -> list[list[str]]:
         """``code``: only the reply's first code block is read (:func:`extract_code`), so the own decoder ends
-        the reply at its closing fence."""
+        the reply at its closing fence. ``copies``: the replies mostly copy their prompts (revisions), so
+        ``settings.lookup`` applies."""
         s = self.settings
         return self.critic.generate(
             prompts, max_new_tokens=max_new_tokens, n=n, do_sample=s.do_sample, temperature=s.temperature,
             top_k=s.top_k, top_p=s.top_p, seed=seed, decoder=s.decoder, stop_after_code_block=code and s.decoder == "own",
+            lookup=s.lookup if copies else 0,
         )
 
     def _revise_chunk(self, chunk: int, rows: list[dict], advance: Callable[[float], None] = lambda fraction: None) -> list[dict]:
@@ -350,7 +356,9 @@ class ConstitutionStage:
                     )
                     for i in active
                 ]
-                revisions = self._generate(prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"), code=True)
+                revisions = self._generate(
+                    prompts, s.revision_tokens, s.candidates, self._seed(chunk, step, "revision"), code=True, copies=True
+                )
                 for i, outs in zip(active, revisions):
                     for text in outs:
                         # the tests a chat model appends are left out; a reply cut inside them is whole before them
