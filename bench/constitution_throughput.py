@@ -51,15 +51,24 @@ at temperature 0.7), both on the same critic:
   transformers generate         ``data.revise.decoder: transformers``: left-padded prompts in one ``generate``
                                 per call, every reply to EOS or the token limit (the stage's path before)
   own decode                    ``data.revise.decoder: own`` (``cai_lightning.generation.decode``)
+  own decode, lookup N          the same with ``data.revise.lookup: N`` (``--lookup``, default 4; 0 leaves this
+                                row out): revisions decoded with N prompt-lookup guesses a step
 
 Each prints seconds a row, the seconds spent generating, generated tokens/s (the own decoder generates fewer:
 a reply read for its code ends at the closing fence) and the ratio of rows/s, with the stage's results
 (accepted candidates by source, rows changed, rows still failing a must-pass check, refusals). Then, on the
 first ``--greedy-rows`` rows, both decoders greedy (one candidate): the share of answers, critiques and
 revisions written the same (fp32: the same up to rounding; bf16 on a CPU with native bf16: reported).
-Last, what one decoding step of the own decoder costs with 8, 16, 32 and 64 rows in the batch
+Then, per kind of the own decoder's calls (answers, critiques, revisions): the replies' median length, the
+share that ran to the token limit, the decoding steps the calls took (each as many as its longest reply), and
+the same replayed with prompt-lookup drafts (:func:`lookup_steps`: the last 2 tokens looked up in the prompt
+and the reply so far, the 4 that followed fed with the step's token, kept where they are what the model
+wrote): the steps, and the tokens fed to the model, that lookup decoding would have taken to write the same
+replies. Last, what one decoding step of the own decoder costs with 8, 16, 32 and 64 rows in the batch
 (``--step-batches``; critique prompts, greedy, ``--step-tokens`` steps each): where it grows little with the
-rows, a step is bound by reading the weights, and only fewer steps or more rows per step make the stage faster.
+rows, a step is bound by reading the weights, and only fewer steps or more rows per step make the stage
+faster; where it grows in proportion to the rows, a step is bound by the arithmetic, and only fewer tokens
+fed make it faster.
 
     python bench/constitution_throughput.py --critic qwen2.5-coder-0.5b-instruct [--rows 32] [--batch-size 16]
         [--own-batch-size 32] [--greedy-rows 8] [--repeats 1]
@@ -77,9 +86,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import re
 import statistics
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -157,6 +168,78 @@ class Counting:
         return out
 
 
+@contextmanager
+def recording_calls(calls: list[dict]):
+    """Each call the critic makes of the own decoder (``generation.decode``), appended to ``calls``: its prompts
+    and replies (token ids), ``n``, token limit and whether replies stop at their code block's end."""
+    import cai_lightning.constitution.critic as critic_module
+
+    decode = critic_module.decode
+
+    def recorded(model, prompts, **settings):
+        replies = decode(model, prompts, **settings)
+        calls.append({"prompts": [list(p) for p in prompts], "replies": replies, "n": settings.get("n", 1),
+                      "limit": settings["max_new_tokens"], "stop": settings.get("stop") is not None})
+        return replies
+
+    critic_module.decode = recorded
+    try:
+        yield calls
+    finally:
+        critic_module.decode = decode
+
+
+def lookup_steps(context: list[int], reply: list[int], ngram: int = 2, draft: int = 4) -> tuple[int, int]:
+    """Decoding steps and tokens fed to the model to write ``reply`` after ``context`` with prompt-lookup
+    drafts: at each step the last ``ngram`` (down to 1) tokens written are looked up in the prompt and the
+    reply so far (the latest match), the ``draft`` tokens that followed them there are fed with the step's
+    token, and those the model would have written anyway are kept (exact verification: the reply is the
+    same), plus the model's own next token. Without drafts: ``len(reply)`` steps, one token each."""
+    steps = fed = written = 0
+    text = list(context)
+    while written < len(reply):
+        guess: list[int] = []
+        for size in range(ngram, 0, -1):
+            if len(text) <= size:
+                continue
+            tail = text[-size:]
+            start = next((s for s in range(len(text) - size - 1, -1, -1) if text[s : s + size] == tail), None)
+            if start is not None and (guess := text[start + size : start + size + draft]):
+                break
+        kept = 0
+        while kept < len(guess) and written + kept < len(reply) and guess[kept] == reply[written + kept]:
+            kept += 1
+        advance = min(kept + 1, len(reply) - written)
+        text += reply[written : written + advance]
+        written += advance
+        steps += 1
+        fed += 1 + len(guess)
+    return steps, fed
+
+
+def call_kinds(calls: list[dict], tokenizer) -> list[dict]:
+    """Per kind of call (the prompt's last ``### `` heading: Output for the critic's answers, Critique,
+    Revision), the replies' lengths against their limit, and the decoding steps and tokens fed as they ran
+    against with prompt-lookup drafts (:func:`lookup_steps`). A call takes as many steps as its longest reply."""
+    kinds: dict[str, dict] = {}
+    for call in calls:
+        headings = re.findall(r"^### ([^\n:]+):", tokenizer.decode(call["prompts"][0][-80:]), flags=re.MULTILINE)
+        kind = {"Output": "answer"}.get(headings[-1], headings[-1].lower()) if headings else "other"
+        k = kinds.setdefault(kind, {"setup": "calls", "kind": kind, "limit": call["limit"], "lengths": [],
+                                    "steps": 0, "lookup_steps": 0, "lookup_fed": 0})
+        lookups = [lookup_steps(call["prompts"][i // call["n"]], reply) for i, reply in enumerate(call["replies"])]
+        k["lengths"] += [len(reply) for reply in call["replies"]]
+        k["steps"] += max(map(len, call["replies"]), default=0)
+        k["lookup_steps"] += max((steps for steps, _ in lookups), default=0)
+        k["lookup_fed"] += sum(fed for _, fed in lookups)
+    table = []
+    for k in kinds.values():
+        lengths = k.pop("lengths")
+        table.append({**k, "replies": len(lengths), "median_tokens": statistics.median(lengths) if lengths else 0,
+                      "at_limit": sum(n >= k["limit"] for n in lengths) / max(len(lengths), 1), "fed": sum(lengths)})
+    return table
+
+
 def time_stage(critic, rows: list[dict], settings: Revise, provenance: list | None = None) -> tuple[float, dict]:
     with tempfile.TemporaryDirectory() as folder:
         stage = ConstitutionStage(Constitution.load(DEFAULT_PATH), settings, Path(folder) / "stage", lambda: critic)
@@ -184,24 +267,30 @@ def decoder_throughput(args: argparse.Namespace) -> list[dict]:
           f"{args.revision_tokens} + critique {args.critique_tokens} + {args.candidates} x revision {args.revision_tokens} "
           f"tokens at most")
     print(f"{'':30s} {'s/row':>7s} {'generating':>10s} {'tokens/s':>8s} {'speedup':>8s}  accepted (critic/fixer)  changed  failing")
-    decoders = (
-        (f"transformers generate (batch {args.batch_size})", "transformers", args.batch_size),
-        (f"own decode (batch {own_batch})", "own", own_batch),
-    )
-    runs: dict[str, list[dict]] = {label: [] for label, _, _ in decoders}
-    for _ in range(args.repeats):  # in turn, so drift on a shared machine falls on both alike
-        for label, decoder, batch_size in decoders:
+    decoders = [
+        (f"transformers generate (batch {args.batch_size})", "transformers", args.batch_size, 0),
+        (f"own decode (batch {own_batch})", "own", own_batch, 0),
+    ]
+    if args.lookup:
+        decoders.append((f"own decode (batch {own_batch}, lookup {args.lookup})", "own", own_batch, args.lookup))
+    runs: dict[str, list[dict]] = {label: [] for label, *_ in decoders}
+    calls: list[dict] = []
+    for _ in range(args.repeats):  # in turn, so drift on a shared machine falls on all alike
+        for label, decoder, batch_size, lookup in decoders:
             critic.prompt_cache, critic.decode_stats = PromptCache(), {}
             counting = Counting(critic)
-            settings = Revise(candidates=args.candidates, decoder=decoder, batch_size=batch_size, **common)
-            seconds, summary = time_stage(counting, rows, settings)
+            settings = Revise(candidates=args.candidates, decoder=decoder, batch_size=batch_size, lookup=lookup, **common)
+            recorded = calls if decoder == "own" and not lookup else []
+            recorded.clear()
+            with recording_calls(recorded):
+                seconds, summary = time_stage(counting, rows, settings)
             runs[label].append({
                 "seconds": seconds, "generation_seconds": counting.seconds, "generated_tokens": counting.tokens,
                 "prompt_tokens_reused": critic.prompt_cache.reused, "prompt_tokens_encoded": critic.prompt_cache.encoded,
                 "decode": dict(critic.decode_stats), "summary": summary,
             })
     table, baseline = [], None
-    for label, decoder, batch_size in decoders:
+    for label, decoder, batch_size, lookup in decoders:
         times = [run["seconds"] for run in runs[label]]
         seconds = statistics.median(times)
         run = min(runs[label], key=lambda r: abs(r["seconds"] - seconds))  # the median run (the results are seeded alike)
@@ -216,14 +305,22 @@ def decoder_throughput(args: argparse.Namespace) -> list[dict]:
             + (f"  range {min(times) / len(rows):.2f}-{max(times) / len(rows):.2f} s/row" if len(times) > 1 else "")
         )
         table.append({
-            "setup": label, "decoder": decoder, "batch_size": batch_size, "rows": len(rows), "seconds_per_row": seconds / len(rows),
+            "setup": label, "decoder": decoder, "batch_size": batch_size, "lookup": lookup, "rows": len(rows),
+            "seconds_per_row": seconds / len(rows),
             "runs_seconds": times, "tokens_per_s": run["generated_tokens"] / run["generation_seconds"],
             "speedup": rate / baseline, **run, "seconds": seconds, **summary,
         })
+    kinds = call_kinds(calls, critic.tokenizer)  # the own decoder's calls, in its last run
+    print(f"the own decoder's calls: {'':9s} {'replies':>7s} {'median':>6s} {'at limit':>8s} {'steps':>6s} "
+          f"{'with lookup':>11s} {'tokens fed':>10s} {'with lookup':>11s}")
+    for k in kinds:
+        print(f"  {k['kind']:10s} (<= {k['limit']:3d} tokens) {k['replies']:7d} {k['median_tokens']:6.0f} {k['at_limit']:8.0%} "
+              f"{k['steps']:6d} {k['lookup_steps']:11d} {k['fed']:10d} {k['lookup_fed']:11d}")
+    table += kinds
     if args.greedy_rows:
         greedy = dict(common, do_sample=False, candidates=1, batch_size=args.batch_size)
         written = {}
-        for _, decoder, _ in decoders:
+        for _, decoder, _, _ in decoders[:2]:
             critic.prompt_cache = PromptCache()
             records: list[dict] = []
             time_stage(critic, rows[: args.greedy_rows], Revise(decoder=decoder, **greedy), records)
@@ -359,6 +456,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--eval", default=None, help="time evaluation's generation with this model (tiny or a name)")
     parser.add_argument("--critic", default=None, help="time the stage's decoders with this pretrained critic")
     parser.add_argument("--greedy-rows", type=int, default=8, help="--critic: rows decoded greedily by both decoders")
+    parser.add_argument("--lookup", type=int, default=4,
+                        help="--critic: also the own decoder with this many prompt-lookup guesses a step for revisions (0: not)")
     parser.add_argument("--step-batches", type=int, nargs="*", default=[8, 16, 32, 64],
                         help="--critic: rows in the batch for which a decoding step is timed (none: skip)")
     parser.add_argument("--step-tokens", type=int, default=48, help="--critic: steps timed at each of --step-batches")

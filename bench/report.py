@@ -171,7 +171,7 @@ def constitution_stage(results: list[dict]) -> str:
 def constitution_decoders(results: list[dict]) -> str:
     rows = []
     for r in results:
-        if r.get("setup") in ("greedy agreement", "decoding step"):
+        if r.get("setup") in ("greedy agreement", "decoding step", "calls"):
             continue
         accepted = r["accepted"]
         rows.append([r["setup"], f"{r['seconds_per_row']:.2f}", f"{r['generation_seconds']:.0f}",
@@ -193,6 +193,16 @@ def constitution_decoders(results: list[dict]) -> str:
                      f"{d['row_steps'] / d['steps']:.1f} rows in the batch on average).")
     if notes:
         text += "\n\n" + " ".join(notes)
+    kinds = [r for r in results if r.get("setup") == "calls"]
+    if kinds:
+        text += "\n\n" + table(
+            ["the own decoder's calls", "replies", "median tokens", "at the limit", "steps", "steps with lookup",
+             "tokens fed", "tokens fed with lookup"],
+            [[f"{k['kind']} (≤ {k['limit']} tokens)", str(k["replies"]), f"{k['median_tokens']:.0f}", f"{k['at_limit']:.0%}",
+              str(k["steps"]), f"{k['lookup_steps']} ({k['lookup_steps'] / max(k['steps'], 1):.2f}×)", f"{k['fed']:,}",
+              f"{k['lookup_fed']:,} ({k['lookup_fed'] / max(k['fed'], 1):.2f}×)"] for k in kinds],
+            "lrrrrrrr",
+        )
     steps = [r for r in results if r.get("setup") == "decoding step"]
     if steps:
         base = steps[0]
@@ -440,21 +450,21 @@ def plot_throughput(results: Path, figures: Path) -> list[Path]:
     stage = sorted(p for p in results.glob("decoders_*.json"))
     if stage:
         entries = [load(p) for p in stage]
-        fig, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries), 2.8), squeeze=False)
+        fig, axes = plt.subplots(1, len(entries), figsize=(4 * len(entries), 3.1), squeeze=False)
         for ax, p, entry in zip(axes[0], stage, entries):
             rows = [r for r in entry["results"] if "seconds_per_row" in r]
-            ax.bar([r["setup"].replace(" (", "\n(") for r in rows], [r["seconds_per_row"] for r in rows],
-                   color=["tab:gray", "tab:orange"][: len(rows)])
+            colors = ["tab:gray" if r["decoder"] == "transformers" else "tab:green" if r.get("lookup") else "tab:orange" for r in rows]
+            ax.bar([r["setup"].replace(" (", "\n(") for r in rows], [r["seconds_per_row"] for r in rows], color=colors)
             for i, r in enumerate(rows):
                 ax.annotate(f"{r['seconds_per_row']:.1f} s\n{r['speedup']:.2f}×", (i, r["seconds_per_row"]),
                             ha="center", va="bottom", fontsize=8)
             words = entry["command"].split()
             critic = words[words.index("--critic") + 1] if "--critic" in words else p.stem
-            ax.set_title(f"critic {critic}, {rows[0]['rows']} rows", fontsize=9)
+            ax.set_title(f"critic {critic}, {rows[0]['rows']} rows\n{short_machine(entry)}", fontsize=8)
             ax.set_ylabel("seconds a row (lower is better)")
             ax.margins(y=0.25)
             ax.tick_params(axis="x", labelsize=7)
-        fig.suptitle(f"The constitution stage's decoders, by critic: {short_machine(entries[0])}", fontsize=9)
+        fig.suptitle("The constitution stage's decoders, by critic and machine", fontsize=9)
         fig.tight_layout()
         written.append(save(fig, figures / "constitution_decoders.png"))
     return written

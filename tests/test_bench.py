@@ -323,12 +323,26 @@ def test_constitution_throughput_times_evaluation_one_task_at_a_time_against_bat
     assert json.loads(out.read_text())["results"] == rows and "samples/s" in capsys.readouterr().out
 
 
+def test_lookup_replay_counts_the_steps_drafts_from_the_prompt_save():
+    bench = _load("constitution_throughput")
+    code = [10, 11, 12, 13, 14, 15, 16, 17]
+    # a reply that copies the prompt's code: its first token written alone, then found in the prompt, up to
+    # 5 a step (4 drafted and kept + the model's own), each step feeding 1 + 4 tokens
+    assert bench.lookup_steps([1, 2, *code, 3], code, ngram=2, draft=4) == (3, 1 + 5 + 5)
+    # nothing to copy: one token a step, nothing drafted but what the reply itself repeats
+    assert bench.lookup_steps([1, 2, 3], [20, 21, 22, 23]) == (4, 4)
+    assert bench.lookup_steps([1], []) == (0, 0)
+
+
 def test_constitution_throughput_times_the_stages_two_decoders(tmp_path, capsys):
     bench = _load("constitution_throughput")
     out = tmp_path / "decoders.json"
     rows = bench.main(["--smoke", "--critic", "qwen2.5-coder-0.5b-instruct", "--out", str(out)])
-    timed, agreement = rows[:2], rows[2]
-    assert [row["decoder"] for row in timed] == ["transformers", "own"]
+    timed, kinds, agreement = rows[:3], rows[3:6], rows[6]
+    assert [(row["decoder"], row["lookup"]) for row in timed] == [("transformers", 0), ("own", 0), ("own", 4)]
+    assert timed[1]["rows_changed"] == timed[2]["rows_changed"]  # fp32: lookup writes the same
+    assert [k["kind"] for k in kinds] == ["answer", "critique", "revision"]
+    assert all(k["replies"] == 2 and k["steps"] <= k["limit"] and k["lookup_steps"] <= k["steps"] <= k["fed"] for k in kinds)
     assert timed[0]["speedup"] == 1.0 and all(row["rows_reviewed"] == 2 and row["generated_tokens"] > 0 for row in timed)
     assert timed[1]["prompt_tokens_reused"] > 0  # the revision prompts went on from the critique prompts
     # the offline critic in fp32, greedy: both decoders write the same
