@@ -61,10 +61,10 @@ first ``--greedy-rows`` rows, both decoders greedy (one candidate): the share of
 revisions written the same (fp32: the same up to rounding; bf16 on a CPU with native bf16: reported).
 Then, per kind of the own decoder's calls (answers, critiques, revisions): the replies' median length, the
 share that ran to the token limit, the decoding steps the calls took (each as many as its longest reply), and
-the same replayed with prompt-lookup drafts (:func:`lookup_steps`: the last 2 tokens looked up in the prompt
-and the reply so far, the 4 that followed fed with the step's token, kept where they are what the model
-wrote): the steps, and the tokens fed to the model, that lookup decoding would have taken to write the same
-replies. Last, what one decoding step of the own decoder costs with 8, 16, 32 and 64 rows in the batch
+the same replayed with prompt-lookup guesses (:func:`lookup_steps`: the last 2 tokens looked up in the
+prompt and the reply so far, the 4 that followed fed with the step's token, kept where they are what the
+model wrote, as ``data.revise.lookup: 4`` decodes): the steps, and the tokens fed to the model, that
+lookup decoding would have taken to write the same replies. Last, what one decoding step of the own decoder costs with 8, 16, 32 and 64 rows in the batch
 (``--step-batches``; critique prompts, greedy, ``--step-tokens`` steps each): where it grows little with the
 rows, a step is bound by reading the weights, and only fewer steps or more rows per step make the stage
 faster; where it grows in proportion to the rows, a step is bound by the arithmetic, and only fewer tokens
@@ -191,27 +191,20 @@ def recording_calls(calls: list[dict]):
 
 def lookup_steps(context: list[int], reply: list[int], ngram: int = 2, draft: int = 4) -> tuple[int, int]:
     """Decoding steps and tokens fed to the model to write ``reply`` after ``context`` with prompt-lookup
-    drafts: at each step the last ``ngram`` (down to 1) tokens written are looked up in the prompt and the
-    reply so far (the latest match), the ``draft`` tokens that followed them there are fed with the step's
-    token, and those the model would have written anyway are kept (exact verification: the reply is the
-    same), plus the model's own next token. Without drafts: ``len(reply)`` steps, one token each."""
+    guesses, as ``decode(lookup=draft)`` makes them (:class:`~cai_lightning.generation.PromptLookup`): the
+    first token is written alone (from the prompt's encoding); then each step feeds the last token with up
+    to ``draft`` guesses and keeps those the model wrote, plus the model's own next token. Without guesses:
+    ``len(reply)`` steps, one token each."""
+    from cai_lightning.generation import PromptLookup
+
+    guesses = PromptLookup(context, ngram)
     steps = fed = written = 0
-    text = list(context)
     while written < len(reply):
-        guess: list[int] = []
-        for size in range(ngram, 0, -1):
-            if len(text) <= size:
-                continue
-            tail = text[-size:]
-            start = next((s for s in range(len(text) - size - 1, -1, -1) if text[s : s + size] == tail), None)
-            if start is not None and (guess := text[start + size : start + size + draft]):
-                break
+        guess = guesses.after(reply[:written], draft) if written else []
         kept = 0
         while kept < len(guess) and written + kept < len(reply) and guess[kept] == reply[written + kept]:
             kept += 1
-        advance = min(kept + 1, len(reply) - written)
-        text += reply[written : written + advance]
-        written += advance
+        written += min(kept + 1, len(reply) - written)
         steps += 1
         fed += 1 + len(guess)
     return steps, fed
