@@ -660,19 +660,20 @@ def decode(
                     decoding = _compacted(decoding, index)
                     _DECODING.set(decoding)
             # what each row feeds: its last token, then (with room left) what its lookup guesses follows it
-            shortest = min(len(outputs[o]) for o, done in zip(alive, ended) if not done)
-            room = lookup and filled + 1 + lookup + (max_new_tokens - shortest) <= slots
-            drafts = [
-                guesses[o].after(outputs[o], lookup) if room and not done else [] for o, done in zip(alive, ended)
-            ]
+            drafts = [[] for _ in alive]
+            if lookup:
+                shortest = min(len(outputs[o]) for o, done in zip(alive, ended) if not done)
+                if filled + 1 + lookup + (max_new_tokens - shortest) <= slots:
+                    drafts = [[] if done else guesses[o].after(outputs[o], lookup) for o, done in zip(alive, ended)]
             fed = 1 + max(map(len, drafts))
-            tokens = torch.full((len(alive), fed), pad_token_id, dtype=torch.long)
-            for r, (token, guessed) in enumerate(zip(picks.tolist(), drafts)):
-                if not ended[r]:
-                    tokens[r, : 1 + len(guessed)] = torch.tensor([token, *guessed])
+            tokens = torch.full((len(alive), fed), pad_token_id, dtype=torch.long, device=device)
+            tokens[:, 0] = picks.masked_fill(torch.tensor(ended, device=device), pad_token_id)
+            for r, guessed in enumerate(drafts):
+                if guessed:
+                    tokens[r, 1 : 1 + len(guessed)] = torch.tensor(guessed, device=device)
             attention[:, generated_from + filled : generated_from + filled + fed] = 1
             out = model(
-                input_ids=tokens.to(device), attention_mask=attention,
+                input_ids=tokens, attention_mask=attention,
                 position_ids=positions[:, None] + torch.arange(fed, device=device), use_cache=True,
                 **{cache_name: cache}, **(last_only if fed == 1 else {}),
             )
